@@ -1,0 +1,457 @@
+//! The settings file (`strait.toml`) and its `STRAIT_<KEY>` environment overrides.
+//!
+//! Keys are named after Kong's `kong.conf` keys. Precedence, lowest first:
+//! defaults < file < environment. Every value is parsed into a typed field here,
+//! so the rest of Strait never sees a raw string; every error names its key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::listen::{ListenEntry, Unit, parse_stream_listen};
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// DB-less: the declarative file is the whole configuration.
+    Off,
+}
+
+/// Kong's log levels, mapped onto `tracing`'s five.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where the per-session access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// Validated settings. Build them with [`Settings::load`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Working directory for logs and generated files.
+    pub prefix: PathBuf,
+    pub database: Database,
+    pub declarative_config: Option<PathBuf>,
+    pub stream_listen: Vec<ListenEntry>,
+    pub log_level: LogLevel,
+    pub proxy_stream_access_log: AccessLog,
+    /// Default certificate and key; generated under `prefix` when unset.
+    pub ssl_cert: Option<(PathBuf, PathBuf)>,
+    /// How long open sessions may finish after SIGTERM before they are closed.
+    pub drain_timeout: Duration,
+    /// Runtime worker threads; `None` means one per CPU.
+    pub worker_threads: Option<NonZeroUsize>,
+    /// Deadline for reading a whole ClientHello and for the TLS handshake.
+    pub preread_timeout: Duration,
+    /// On a plain listener where both plain and TLS routes could match, how long
+    /// to wait for the client's first byte before treating the session as plain.
+    pub tls_detect_timeout: Duration,
+}
+
+/// One refused setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub key: String,
+    /// `file` or `STRAIT_<KEY>`.
+    pub source: String,
+    pub reason: String,
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (from {}): {}", self.key, self.source, self.reason)
+    }
+}
+
+/// Everything wrong with a settings file, reported together.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read settings file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("settings file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid settings:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<SettingError>),
+}
+
+/// Every key Strait reads, in the order `config init` documents them.
+pub const KEYS: &[&str] = &[
+    "prefix",
+    "database",
+    "declarative_config",
+    "stream_listen",
+    "admin_listen",
+    "status_listen",
+    "log_level",
+    "proxy_stream_access_log",
+    "ssl_cert",
+    "ssl_cert_key",
+    "drain_timeout",
+    "worker_threads",
+    "preread_timeout",
+    "tls_detect_timeout",
+];
+
+/// A value before parsing: from the TOML file or from the environment.
+enum Raw<'a> {
+    File(&'a toml::Value),
+    Env(&'a str),
+}
+
+impl Raw<'_> {
+    /// A string value; TOML numbers are accepted where a string is expected,
+    /// so `drain_timeout = 30` and `STRAIT_DRAIN_TIMEOUT=30` mean the same.
+    fn text(&self) -> Result<String, String> {
+        match self {
+            Raw::Env(s) => Ok(s.trim().to_owned()),
+            Raw::File(toml::Value::String(s)) => Ok(s.trim().to_owned()),
+            Raw::File(toml::Value::Integer(i)) => Ok(i.to_string()),
+            Raw::File(toml::Value::Float(f)) => Ok(f.to_string()),
+            Raw::File(toml::Value::Boolean(b)) => Ok(if *b { "on" } else { "off" }.to_owned()),
+            Raw::File(other) => Err(format!("expected a string, found {}", other.type_str())),
+        }
+    }
+
+    /// Relative paths are taken from the settings file's folder when they come
+    /// from the file, from the working directory when they come from the environment.
+    fn path(&self, base: Option<&Path>) -> Result<PathBuf, String> {
+        let text = self.text()?;
+        if text.is_empty() {
+            return Err("expected a path, found an empty string".into());
+        }
+        let p = PathBuf::from(text);
+        Ok(match (self, base) {
+            (Raw::File(_), Some(base)) if p.is_relative() => base.join(p),
+            _ => p,
+        })
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("STRAIT_")).collect();
+        Settings::load_with_env(file, &env)
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_with_env(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Settings, SettingsError> {
+        let (table, base) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::Syntax {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+                let base = path.parent().map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p.to_owned()
+                    }
+                });
+                (table, base)
+            }
+            None => (toml::Table::new(), None),
+        };
+        Settings::from_sources(&table, base.as_deref(), env)
+    }
+
+    fn from_sources(
+        table: &toml::Table,
+        base: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Settings, SettingsError> {
+        let mut errors = Vec::new();
+        for key in table.keys() {
+            if !KEYS.contains(&key.as_str()) {
+                errors.push(SettingError {
+                    key: key.clone(),
+                    source: "file".into(),
+                    reason: "unknown setting".into(),
+                });
+            }
+        }
+
+        let mut s = Settings::defaults();
+        let mut cert: Option<PathBuf> = None;
+        let mut cert_key: Option<PathBuf> = None;
+        let mut access_log_raw = None;
+
+        for &key in KEYS {
+            let env_name = format!("STRAIT_{}", key.to_ascii_uppercase());
+            let (raw, source) = match (env.get(&env_name), table.get(key)) {
+                (Some(v), _) => (Raw::Env(v), env_name),
+                (None, Some(v)) => (Raw::File(v), "file".to_owned()),
+                (None, None) => continue,
+            };
+            let result: Result<(), String> = (|| {
+                match key {
+                    "prefix" => s.prefix = raw.path(base)?,
+                    "database" => {
+                        s.database = match raw.text()?.as_str() {
+                            "off" => Database::Off,
+                            "sqlite" | "postgres" => {
+                                return Err("only \"off\" is supported yet: the sqlite and postgres stores arrive with the Admin API".into());
+                            }
+                            other => return Err(format!("expected one of: off, sqlite, postgres; found '{other}'")),
+                        }
+                    }
+                    "declarative_config" => s.declarative_config = Some(raw.path(base)?),
+                    "stream_listen" => s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?,
+                    "admin_listen" | "status_listen" => {
+                        let v = raw.text()?;
+                        if !v.eq_ignore_ascii_case("off") {
+                            return Err(format!(
+                                "only \"off\" is supported yet (the {} API arrives in a later release); found '{v}'",
+                                if key == "admin_listen" { "Admin" } else { "Status" }
+                            ));
+                        }
+                    }
+                    "log_level" => s.log_level = parse_log_level(&raw.text()?)?,
+                    "proxy_stream_access_log" => access_log_raw = Some(raw.text()?),
+                    "ssl_cert" => cert = Some(raw.path(base)?),
+                    "ssl_cert_key" => cert_key = Some(raw.path(base)?),
+                    "drain_timeout" => s.drain_timeout = parse_duration_str(&raw.text()?, Unit::Seconds)?,
+                    "worker_threads" => {
+                        let v = raw.text()?;
+                        s.worker_threads = if v == "auto" {
+                            None
+                        } else {
+                            Some(
+                                v.parse::<NonZeroUsize>()
+                                    .ok()
+                                    .filter(|n| n.get() <= 1024)
+                                    .ok_or_else(|| format!("expected \"auto\" or a number from 1 to 1024, found '{v}'"))?,
+                            )
+                        }
+                    }
+                    "preread_timeout" => s.preread_timeout = nonzero(parse_duration_str(&raw.text()?, Unit::Millis)?)?,
+                    "tls_detect_timeout" => {
+                        s.tls_detect_timeout = nonzero(parse_duration_str(&raw.text()?, Unit::Millis)?)?
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })();
+            if let Err(reason) = result {
+                errors.push(SettingError {
+                    key: key.to_owned(),
+                    source,
+                    reason,
+                });
+            }
+        }
+
+        // The access log's relative path is under the prefix, as Kong's `logs/access.log`.
+        if let Some(v) = access_log_raw {
+            match parse_access_log(&v, &s.prefix) {
+                Ok(a) => s.proxy_stream_access_log = a,
+                Err(reason) => errors.push(SettingError {
+                    key: "proxy_stream_access_log".into(),
+                    source: "file or environment".into(),
+                    reason,
+                }),
+            }
+        } else {
+            s.proxy_stream_access_log = AccessLog::File(s.prefix.join("logs/access.log"));
+        }
+
+        match (cert, cert_key) {
+            (Some(c), Some(k)) => s.ssl_cert = Some((c, k)),
+            (None, None) => {}
+            (Some(_), None) => errors.push(SettingError {
+                key: "ssl_cert_key".into(),
+                source: "file or environment".into(),
+                reason: "must be set when ssl_cert is set".into(),
+            }),
+            (None, Some(_)) => errors.push(SettingError {
+                key: "ssl_cert".into(),
+                source: "file or environment".into(),
+                reason: "must be set when ssl_cert_key is set".into(),
+            }),
+        }
+
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(SettingsError::Invalid(errors))
+        }
+    }
+
+    fn defaults() -> Settings {
+        Settings {
+            prefix: PathBuf::from("/usr/local/strait"),
+            database: Database::Off,
+            declarative_config: None,
+            stream_listen: Vec::new(),
+            log_level: LogLevel::Info,
+            proxy_stream_access_log: AccessLog::Off,
+            ssl_cert: None,
+            drain_timeout: Duration::from_secs(30),
+            worker_threads: None,
+            preread_timeout: Duration::from_secs(10),
+            tls_detect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+fn nonzero(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        Err("must be greater than zero".into())
+    } else {
+        Ok(d)
+    }
+}
+
+fn parse_log_level(v: &str) -> Result<LogLevel, String> {
+    Ok(match v.to_ascii_lowercase().as_str() {
+        "debug" => LogLevel::Debug,
+        "info" | "notice" => LogLevel::Info,
+        "warn" => LogLevel::Warn,
+        "error" | "crit" | "alert" | "emerg" => LogLevel::Error,
+        _ => {
+            return Err(format!(
+                "expected one of: debug, info, notice, warn, error, crit, alert, emerg; found '{v}'"
+            ));
+        }
+    })
+}
+
+fn parse_access_log(v: &str, prefix: &Path) -> Result<AccessLog, String> {
+    let mut words = v.split_whitespace();
+    let target = words.next().ok_or("expected off, stdout or a path")?;
+    match words.next() {
+        None | Some("basic") => {}
+        Some(other) => return Err(format!("unknown log format '{other}' (only 'basic' is known)")),
+    }
+    if words.next().is_some() {
+        return Err("expected '<path|stdout|off> [basic]'".into());
+    }
+    Ok(match target {
+        "off" => AccessLog::Off,
+        "stdout" | "/dev/stdout" => AccessLog::Stdout,
+        path => {
+            let p = PathBuf::from(path);
+            AccessLog::File(if p.is_relative() { prefix.join(p) } else { p })
+        }
+    })
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or a bare number in `bare` units.
+pub fn parse_duration_str(v: &str, bare: Unit) -> Result<Duration, String> {
+    let v = v.trim();
+    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{v}' is not a duration (examples: 500ms, 30s, 2m)"))?;
+    let secs = match (unit, bare) {
+        ("", Unit::Seconds) | ("s", _) => n,
+        ("", Unit::Millis) | ("ms", _) => n / 1000.0,
+        ("m", _) => n * 60.0,
+        ("h", _) => n * 3600.0,
+        _ => return Err(format!("'{v}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("'{v}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let table: toml::Table = toml::from_str(toml).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_sources(&table, Some(Path::new("/etc/strait")), &env)
+    }
+
+    #[test]
+    fn defaults_are_kong_like() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(s.database, Database::Off);
+        assert!(s.stream_listen.is_empty());
+        assert_eq!(
+            s.proxy_stream_access_log,
+            AccessLog::File(PathBuf::from("/usr/local/strait/logs/access.log"))
+        );
+        assert_eq!(s.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let s = load(
+            r#"stream_listen = "127.0.0.1:9000"
+               prefix = "run""#,
+            &[("STRAIT_STREAM_LISTEN", "127.0.0.1:9000, 127.0.0.1:9443 ssl")],
+        )
+        .unwrap();
+        assert_eq!(s.stream_listen.len(), 2);
+        assert!(s.stream_listen[1].ssl);
+        assert_eq!(s.prefix, PathBuf::from("/etc/strait/run"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = load(
+            r#"stream_listn = "x"
+               drain_timeout = "soon"
+               database = "mysql"
+               worker_threads = 0
+               ssl_cert = "a.pem""#,
+            &[("STRAIT_LOG_LEVEL", "loud")],
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "stream_listn (from file): unknown setting",
+            "drain_timeout (from file)",
+            "database (from file)",
+            "worker_threads (from file)",
+            "log_level (from STRAIT_LOG_LEVEL)",
+            "ssl_cert_key",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration_str("250ms", Unit::Seconds).unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration_str("2m", Unit::Millis).unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration_str("5", Unit::Seconds).unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration_str("5", Unit::Millis).unwrap(), Duration::from_millis(5));
+        assert!(parse_duration_str("5d", Unit::Millis).is_err());
+        assert!(parse_duration_str("", Unit::Millis).is_err());
+        assert!(parse_duration_str("1e999", Unit::Millis).is_err());
+    }
+
+    #[test]
+    fn access_log_forms() {
+        let s = load(r#"proxy_stream_access_log = "off""#, &[]).unwrap();
+        assert_eq!(s.proxy_stream_access_log, AccessLog::Off);
+        let s = load(r#"proxy_stream_access_log = "stdout basic""#, &[]).unwrap();
+        assert_eq!(s.proxy_stream_access_log, AccessLog::Stdout);
+        assert!(load(r#"proxy_stream_access_log = "x.log json""#, &[]).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! Typed entities: what a valid configuration is made of.
+//!
+//! Values of these types exist only after validation (see `declarative`), so
+//! a `Route` always has a legal protocol set, parsed CIDRs and normalised SNIs.
+//! References between entities are indices into the owning [`Config`].
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use uuid::Uuid;
+
+/// Index of a service in [`Config::services`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceIdx(pub usize);
+/// Index of a certificate in [`Config::certificates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CertificateIdx(pub usize);
+/// Index of a CA certificate in [`Config::ca_certificates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CaCertificateIdx(pub usize);
+/// Index of an upstream in [`Config::upstreams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamIdx(pub usize);
+/// Index of a route in [`Config::routes`]; also its declaration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteIdx(pub usize);
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub services: Vec<Service>,
+    pub routes: Vec<Route>,
+    pub certificates: Vec<Certificate>,
+    pub snis: Vec<Sni>,
+    pub ca_certificates: Vec<CaCertificate>,
+    pub upstreams: Vec<Upstream>,
+    pub targets: Vec<Target>,
+    pub plugins: Vec<Plugin>,
+}
+
+/// Kong's protocol names, for services and routes alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Grpc,
+    Grpcs,
+    Http,
+    Https,
+    Tcp,
+    Tls,
+    TlsPassthrough,
+    Udp,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 8] = [
+        Protocol::Grpc,
+        Protocol::Grpcs,
+        Protocol::Http,
+        Protocol::Https,
+        Protocol::Tcp,
+        Protocol::Tls,
+        Protocol::TlsPassthrough,
+        Protocol::Udp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::Grpcs => "grpcs",
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::TlsPassthrough => "tls_passthrough",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Protocols served by the stream (L4) subsystem.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            Protocol::Tcp | Protocol::Tls | Protocol::TlsPassthrough | Protocol::Udp
+        )
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of route protocols, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ProtocolSet(u8);
+
+impl ProtocolSet {
+    pub fn insert(&mut self, p: Protocol) {
+        self.0 |= p.bit();
+    }
+    pub fn contains(self, p: Protocol) -> bool {
+        self.0 & p.bit() != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = Protocol> {
+        Protocol::ALL.into_iter().filter(move |p| self.contains(*p))
+    }
+    /// True when every protocol in the set is a stream protocol.
+    pub fn is_stream(self) -> bool {
+        !self.is_empty() && self.iter().all(Protocol::is_stream)
+    }
+    /// The route can serve a session whose client speaks TLS and wants it
+    /// terminated or passed through.
+    pub fn wants_tls(self) -> bool {
+        self.contains(Protocol::Tls) || self.contains(Protocol::TlsPassthrough)
+    }
+}
+
+impl fmt::Display for ProtocolSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self.iter().map(Protocol::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// Common bookkeeping fields of every entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub id: Uuid,
+    pub tags: Vec<String>,
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+}
+
+/// An upstream application, reached by protocol, host and port.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub meta: Meta,
+    pub name: Option<String>,
+    pub protocol: Protocol,
+    /// An IP literal, a DNS name, or the name of an upstream.
+    pub host: String,
+    pub port: u16,
+    pub path: Option<String>,
+    pub retries: u16,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// `None` keeps the default (off), as Kong leaves nginx's default.
+    pub tls_verify: Option<bool>,
+    pub tls_verify_depth: Option<u8>,
+    pub ca_certificates: Vec<CaCertificateIdx>,
+    pub client_certificate: Option<CertificateIdx>,
+    pub enabled: bool,
+}
+
+impl Service {
+    /// Kong's stream idle timeout: `max(read_timeout, write_timeout)`.
+    pub fn idle_timeout(&self) -> Duration {
+        self.read_timeout.max(self.write_timeout)
+    }
+
+    /// A name for logs: the service's name, else its id.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.meta.id.to_string())
+    }
+}
+
+/// What an address field of a route matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpMatch {
+    /// Written as a plain address: Kong's `ip ==` (weight 8).
+    Exact(IpAddr),
+    /// Written with a prefix length: Kong's `ip in` (weight 1).
+    Cidr(IpNet),
+}
+
+impl IpMatch {
+    pub fn matches(&self, ip: IpAddr) -> bool {
+        match self {
+            IpMatch::Exact(a) => *a == ip,
+            IpMatch::Cidr(net) => net.contains(&ip),
+        }
+    }
+
+    /// Prefix length, for the tie-break "longer prefix first".
+    pub fn prefix_len(&self) -> u8 {
+        match self {
+            IpMatch::Exact(IpAddr::V4(_)) => 32,
+            IpMatch::Exact(IpAddr::V6(_)) => 128,
+            IpMatch::Cidr(net) => net.prefix_len(),
+        }
+    }
+}
+
+/// One entry of a route's `sources` or `destinations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub ip: Option<IpMatch>,
+    pub port: Option<u16>,
+}
+
+impl Endpoint {
+    pub fn matches(&self, ip: IpAddr, port: u16) -> bool {
+        self.ip.is_none_or(|m| m.matches(ip)) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+/// A server-name pattern on a route or an SNI entity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SniPattern {
+    /// `example.com` (stored lower case, without a trailing dot).
+    Exact(String),
+    /// `*.example.com`, stored as `example.com`.
+    Suffix(String),
+    /// `example.*`, stored as `example`.
+    Prefix(String),
+    /// `*` alone: any name (SNI entities only).
+    Any,
+}
+
+impl fmt::Display for SniPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SniPattern::Exact(s) => f.write_str(s),
+            SniPattern::Suffix(s) => write!(f, "*.{s}"),
+            SniPattern::Prefix(s) => write!(f, "{s}.*"),
+            SniPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Rules that send sessions to a service.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub meta: Meta,
+    pub name: Option<String>,
+    pub protocols: ProtocolSet,
+    pub sources: Vec<Endpoint>,
+    pub destinations: Vec<Endpoint>,
+    pub snis: Vec<SniPattern>,
+    pub service: Option<ServiceIdx>,
+    /// In stream mode: send the client's SNI to a TLS upstream.
+    pub preserve_host: bool,
+}
+
+impl Route {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.meta.id.to_string())
+    }
+}
+
+/// What a PEM key is, so alternative certificates can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Rsa,
+    Ecdsa,
+    Ed25519,
+    Other,
+}
+
+/// A certificate chain and its private key, DER-encoded and checked to match.
+#[derive(Debug)]
+pub struct KeyPair {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub key_type: KeyType,
+}
+
+impl Clone for KeyPair {
+    fn clone(&self) -> Self {
+        KeyPair {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            key_type: self.key_type,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    pub meta: Meta,
+    pub pair: KeyPair,
+    pub alt: Option<KeyPair>,
+}
+
+/// A server name served with a certificate.
+#[derive(Debug, Clone)]
+pub struct Sni {
+    pub meta: Meta,
+    pub name: SniPattern,
+    pub certificate: CertificateIdx,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaCertificate {
+    pub meta: Meta,
+    pub cert: CertificateDer<'static>,
+    pub cert_digest: Option<String>,
+}
+
+/// Kong's balancing algorithms (used once upstreams reach the data path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    ConsistentHashing,
+    LeastConnections,
+    Latency,
+}
+
+impl Algorithm {
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Some(match s {
+            "round-robin" => Algorithm::RoundRobin,
+            "consistent-hashing" => Algorithm::ConsistentHashing,
+            "least-connections" => Algorithm::LeastConnections,
+            "latency" => Algorithm::Latency,
+            _ => return None,
+        })
+    }
+}
+
+/// A virtual host name balanced over targets. Fields the data path does not
+/// use yet are kept as given so they survive a round trip.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub meta: Meta,
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub slots: u32,
+    pub hash_on: Option<String>,
+    pub host_header: Option<String>,
+    pub client_certificate: Option<CertificateIdx>,
+    pub healthchecks: Option<serde_json::Value>,
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub meta: Meta,
+    pub upstream: UpstreamIdx,
+    /// The host part of `target`.
+    pub host: String,
+    pub port: u16,
+    pub weight: u16,
+}
+
+/// A plugin instance: validated by shape now, run once plugins land.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub meta: Meta,
+    pub name: String,
+    pub instance_name: Option<String>,
+    pub config: serde_json::Map<String, serde_json::Value>,
+    pub service: Option<ServiceIdx>,
+    pub route: Option<RouteIdx>,
+    pub protocols: Option<ProtocolSet>,
+    pub enabled: bool,
+}

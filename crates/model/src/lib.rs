@@ -1,0 +1,14 @@
+//! Strait's configuration model: Kong's entities (services, routes,
+//! certificates, SNIs, CA certificates, upstreams, targets, plugins) as typed
+//! values, and the declarative loader that produces them.
+//!
+//! No IO and no networking here: text in, a validated [`Config`] or a list of
+//! errors out. The data path and the Admin API share this one validation.
+
+pub mod declarative;
+pub mod entities;
+mod fields;
+pub mod pem;
+
+pub use declarative::{EntityError, LoadError, Loaded, load_str, load_value, parse_sni};
+pub use entities::*;
