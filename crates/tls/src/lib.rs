@@ -1,1 +1,32 @@
-//! placeholder
+//! Strait's TLS pieces: reading a ClientHello without terminating TLS,
+//! choosing the server certificate by SNI, and building upstream client
+//! configurations. Sockets and handshakes live in the proxy crate.
+
+pub mod client;
+pub mod client_hello;
+pub mod server;
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+
+pub use client::{UpstreamTlsOptions, client_config};
+pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek};
+pub use server::{CertStore, server_config};
+
+/// Errors building TLS configurations from validated entities.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("unusable private key: {0}")]
+    Key(String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+/// The one crypto provider Strait uses (ring: pure Rust and asm, no cmake).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
+}
