@@ -1,1 +1,133 @@
-//! placeholder
+//! Strait's data path: listeners, sessions, TLS termination and passthrough,
+//! upstream connections, the relay loop and the access log.
+//!
+//! A [`Proxy`] runs on the caller's tokio runtime. It reads configuration
+//! only through an atomically swapped [`Snapshot`]; it knows nothing of files,
+//! stores or HTTP. See `docs/LIFECYCLE.md` for one session's path through it.
+
+pub mod access_log;
+mod connect;
+mod listener;
+pub mod relay;
+mod rewind;
+mod session;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use access_log::{AccessLogWriter, AccessLogger, CloseReason, SessionRecord};
+pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
+pub use snapshot::{CompileError, Snapshot};
+
+/// Timeouts that apply to every session, from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub preread: Duration,
+    pub tls_detect: Duration,
+}
+
+/// State shared by every session of a proxy.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    log: AccessLogger,
+    preread_timeout: Duration,
+    tls_detect_timeout: Duration,
+    force_close: watch::Receiver<bool>,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    stop_accept: watch::Sender<bool>,
+    force_close: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    alive_rx: mpsc::Receiver<()>,
+    addrs: Vec<SocketAddr>,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Sessions still open at the drain deadline, closed by force.
+    pub forced: bool,
+}
+
+impl Proxy {
+    /// Starts accepting on `listeners`. Must be called inside a tokio runtime.
+    pub fn start(
+        listeners: Vec<BoundListener>,
+        snapshot: Snapshot,
+        log: AccessLogger,
+        timeouts: Timeouts,
+    ) -> std::io::Result<Proxy> {
+        let (stop_accept, stop_rx) = watch::channel(false);
+        let (force_close, force_rx) = watch::channel(false);
+        let (alive_tx, alive_rx) = mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            log,
+            preread_timeout: timeouts.preread,
+            tls_detect_timeout: timeouts.tls_detect,
+            force_close: force_rx,
+        });
+        let mut accept_tasks = Vec::new();
+        let mut addrs = Vec::new();
+        for bound in listeners {
+            let info = Arc::new(bound.info);
+            addrs.push(info.addr);
+            let listener = tokio::net::TcpListener::from_std(bound.socket)?;
+            tracing::info!(listener = %info.label, addr = %info.addr, ssl = info.ssl, "stream listener ready");
+            accept_tasks.push(tokio::spawn(listener::accept_loop(
+                listener,
+                info,
+                shared.clone(),
+                stop_rx.clone(),
+                alive_tx.clone(),
+            )));
+        }
+        Ok(Proxy {
+            shared,
+            stop_accept,
+            force_close,
+            accept_tasks,
+            alive_rx,
+            addrs,
+        })
+    }
+
+    /// The addresses actually bound, in `stream_listen` order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Publishes a new configuration for sessions accepted from now on.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.shared.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Stops accepting, lets open sessions finish for up to `drain`, then
+    /// closes the rest and waits for their log lines.
+    pub async fn shutdown(mut self, drain: Duration) -> DrainReport {
+        let _ = self.stop_accept.send(true);
+        for t in self.accept_tasks.drain(..) {
+            let _ = t.await;
+        }
+        // Every session holds a sender; `recv` yields `None` once all are gone.
+        let mut forced = false;
+        if tokio::time::timeout(drain, self.alive_rx.recv()).await.is_err() {
+            forced = true;
+            tracing::info!("drain_timeout reached: closing the remaining sessions");
+            let _ = self.force_close.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.alive_rx.recv()).await;
+        }
+        DrainReport { forced }
+    }
+}

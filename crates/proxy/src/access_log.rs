@@ -1,0 +1,260 @@
+//! The per-session access log: one line per session, written at close.
+//!
+//! The line starts with Kong's `basic` stream format (client, time, protocol,
+//! status, bytes sent to and received from the client, session time in
+//! seconds) and goes on with `key=value` fields. Lines are formatted on the
+//! session's task and handed to one writer thread, so a slow disk never blocks
+//! the runtime; the writer flushes whenever it has caught up.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use strait_config::AccessLog;
+
+/// Why a session ended, as written in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    UpstreamClosed,
+    IdleTimeout,
+    NoRoute,
+    NoService,
+    ConnectFailed,
+    UpstreamTlsFailed,
+    TlsHandshakeFailed,
+    NotTls,
+    BadClientHello,
+    PrereadTimeout,
+    ClientError,
+    UpstreamError,
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client closed",
+            CloseReason::UpstreamClosed => "upstream closed",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::NoRoute => "no route",
+            CloseReason::NoService => "no service",
+            CloseReason::ConnectFailed => "connect failed",
+            CloseReason::UpstreamTlsFailed => "upstream tls failed",
+            CloseReason::TlsHandshakeFailed => "tls handshake failed",
+            CloseReason::NotTls => "not tls",
+            CloseReason::BadClientHello => "bad client hello",
+            CloseReason::PrereadTimeout => "preread timeout",
+            CloseReason::ClientError => "client error",
+            CloseReason::UpstreamError => "upstream error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Everything known about a session when it closes.
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    pub client: SocketAddr,
+    pub listener: std::sync::Arc<str>,
+    pub started: SystemTime,
+    pub duration: Duration,
+    pub protocol: &'static str,
+    pub status: u16,
+    pub route: Option<String>,
+    pub service: Option<String>,
+    pub upstream: Option<SocketAddr>,
+    pub sni: Option<String>,
+    pub tries: u32,
+    /// Bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Bytes received from the client.
+    pub bytes_received: u64,
+    pub reason: CloseReason,
+    /// Extra detail for failures (an error message), never secret material.
+    pub detail: Option<String>,
+}
+
+impl SessionRecord {
+    /// Formats the access-log line (without the newline).
+    pub fn line(&self) -> String {
+        let mut s = String::with_capacity(256);
+        let proto = if self.protocol == "udp" { "UDP" } else { "TCP" };
+        let _ = write!(
+            s,
+            "{} [{}] {} {} {} {} {:.3}",
+            self.client,
+            clf_time(self.started),
+            proto,
+            self.status,
+            self.bytes_sent,
+            self.bytes_received,
+            self.duration.as_secs_f64()
+        );
+        let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let _ = write!(
+            s,
+            " listener={} protocol={} route={} service={} upstream={} sni={} tries={} reason=\"{}\"",
+            self.listener,
+            self.protocol,
+            dash(&self.route),
+            dash(&self.service),
+            self.upstream.map_or_else(|| "-".into(), |a| a.to_string()),
+            dash(&self.sni),
+            self.tries,
+            self.reason.as_str()
+        );
+        if let Some(d) = &self.detail {
+            let _ = write!(s, " detail=\"{}\"", d.replace('"', "'"));
+        }
+        s
+    }
+}
+
+/// `26/Nov/2026:15:04:32 +0000`, nginx's `$time_local` in UTC.
+fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        day,
+        MONTHS[(month - 1) as usize],
+        year,
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Sends log lines to the writer thread.
+#[derive(Debug, Clone)]
+pub struct AccessLogger {
+    tx: Option<mpsc::Sender<String>>,
+}
+
+/// Owns the writer thread; dropping every [`AccessLogger`] and then calling
+/// [`AccessLogWriter::finish`] flushes everything.
+#[derive(Debug)]
+pub struct AccessLogWriter {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AccessLogger {
+    /// A logger that discards everything (`proxy_stream_access_log = off`).
+    pub fn off() -> (AccessLogger, AccessLogWriter) {
+        (AccessLogger { tx: None }, AccessLogWriter { thread: None })
+    }
+
+    /// Opens the destination now, so a bad path fails at start, not later.
+    pub fn open(target: &AccessLog) -> io::Result<(AccessLogger, AccessLogWriter)> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLog::Off => return Ok(AccessLogger::off()),
+            AccessLog::Stdout => Box::new(io::stdout()),
+            AccessLog::File(path) => Box::new(open_append(path)?),
+        };
+        let (tx, rx) = mpsc::channel::<String>();
+        let thread = std::thread::Builder::new()
+            .name("strait-access-log".into())
+            .spawn(move || write_loop(rx, out))?;
+        Ok((AccessLogger { tx: Some(tx) }, AccessLogWriter { thread: Some(thread) }))
+    }
+
+    pub fn log(&self, record: &SessionRecord) {
+        if let Some(tx) = &self.tx {
+            // The writer only goes away at exit; a lost line then is harmless.
+            let _ = tx.send(record.line());
+        }
+    }
+}
+
+impl AccessLogWriter {
+    /// Waits until every line sent so far is written (all loggers must be dropped).
+    pub fn finish(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_loop(rx: mpsc::Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let mut write = |l: &str| {
+            if let Err(e) = writeln!(out, "{l}") {
+                tracing::error!(error = %e, "cannot write the access log");
+            }
+        };
+        write(&line);
+        while let Ok(more) = rx.try_recv() {
+            write(&more);
+        }
+        if let Err(e) = out.flush() {
+            tracing::error!(error = %e, "cannot flush the access log");
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_time_formats_known_instants() {
+        assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_705_472); // 2026-11-26T15:04:32Z
+        assert_eq!(clf_time(t), "26/Nov/2026:15:04:32 +0000");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(clf_time(leap), "29/Feb/2000:00:00:00 +0000");
+    }
+
+    #[test]
+    fn line_has_basic_prefix_and_fields() {
+        let r = SessionRecord {
+            client: "127.0.0.1:5000".parse().unwrap(),
+            listener: "127.0.0.1:9000".into(),
+            started: UNIX_EPOCH,
+            duration: Duration::from_millis(1500),
+            protocol: "tls",
+            status: 200,
+            route: Some("r1".into()),
+            service: None,
+            upstream: Some("127.0.0.1:6379".parse().unwrap()),
+            sni: Some("a.test".into()),
+            tries: 1,
+            bytes_sent: 10,
+            bytes_received: 20,
+            reason: CloseReason::ClientClosed,
+            detail: None,
+        };
+        assert_eq!(
+            r.line(),
+            "127.0.0.1:5000 [01/Jan/1970:00:00:00 +0000] TCP 200 10 20 1.500 listener=127.0.0.1:9000 \
+             protocol=tls route=r1 service=- upstream=127.0.0.1:6379 sni=a.test tries=1 reason=\"client closed\""
+        );
+    }
+}

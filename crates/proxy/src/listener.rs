@@ -1,0 +1,159 @@
+//! Stream listeners: binding sockets as `stream_listen` says, and the accept
+//! loop that hands each connection to its own session task.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use strait_config::{Keepalive, ListenEntry, ListenHost};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::{Shared, session};
+
+/// nginx's default listen backlog on Linux.
+const DEFAULT_BACKLOG: i32 = 511;
+
+/// What a session needs to know about the listener that accepted it.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    /// `host:port` as configured, for the access log.
+    pub label: Arc<str>,
+    /// The address actually bound (port 0 resolved).
+    pub addr: SocketAddr,
+    pub ssl: bool,
+    keepalive: Option<Keepalive>,
+}
+
+/// A bound, listening socket, not yet accepting.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub(crate) socket: std::net::TcpListener,
+    pub info: ListenerInfo,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {entry}: {source}")]
+pub struct BindError {
+    pub entry: String,
+    pub source: io::Error,
+}
+
+/// Binds every entry now, so that a busy port fails the start.
+pub fn bind_all(entries: &[ListenEntry]) -> Result<Vec<BoundListener>, BindError> {
+    entries.iter().map(bind).collect()
+}
+
+fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
+    let err = |source: io::Error| BindError {
+        entry: entry.addr_label(),
+        source,
+    };
+    let addr = match &entry.host {
+        ListenHost::Ip(ip) => SocketAddr::new(*ip, entry.port),
+        ListenHost::Name(name) => (name.as_str(), entry.port)
+            .to_socket_addrs()
+            .map_err(err)?
+            .next()
+            .ok_or_else(|| err(io::Error::new(io::ErrorKind::NotFound, "host name has no address")))?,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if entry.reuseport {
+        socket.set_reuse_port(true).map_err(err)?;
+    }
+    if let Some(only) = entry.ipv6only {
+        socket.set_only_v6(only).map_err(err)?;
+    }
+    // `bind` asks nginx for a separate bind() per address; Strait always binds each entry on its own.
+    socket.bind(&addr.into()).map_err(err)?;
+    let backlog = entry.backlog.map_or(DEFAULT_BACKLOG, |b| b.min(i32::MAX as u32) as i32);
+    socket.listen(backlog).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    let socket: std::net::TcpListener = socket.into();
+    let bound = socket.local_addr().map_err(err)?;
+    Ok(BoundListener {
+        socket,
+        info: ListenerInfo {
+            label: entry.addr_label().into(),
+            addr: bound,
+            ssl: entry.ssl,
+            keepalive: entry.so_keepalive,
+        },
+    })
+}
+
+fn apply_keepalive(stream: &TcpStream, k: Keepalive) -> io::Result<()> {
+    let sock = SockRef::from(stream);
+    match k {
+        Keepalive::Off => sock.set_keepalive(false),
+        Keepalive::On => sock.set_keepalive(true),
+        Keepalive::Tuned { idle, interval, count } => {
+            let mut ka = TcpKeepalive::new();
+            if let Some(t) = idle {
+                ka = ka.with_time(t);
+            }
+            if let Some(i) = interval {
+                ka = ka.with_interval(i);
+            }
+            if let Some(c) = count {
+                ka = ka.with_retries(c);
+            }
+            sock.set_tcp_keepalive(&ka)
+        }
+    }
+}
+
+/// Accepts until `stop` turns true, spawning one task per session.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    info: Arc<ListenerInfo>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let wildcard = info.addr.ip().is_unspecified();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|v| *v) => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = stream.set_nodelay(true);
+                if let Some(k) = info.keepalive {
+                    if let Err(e) = apply_keepalive(&stream, k) {
+                        tracing::debug!(error = %e, "cannot set so_keepalive");
+                    }
+                }
+                // The destination address is the listener's, except on a
+                // wildcard listener where only the socket knows it.
+                let local = if wildcard {
+                    stream.local_addr().unwrap_or(info.addr)
+                } else {
+                    info.addr
+                };
+                tokio::spawn(session::serve(
+                    stream,
+                    peer,
+                    local,
+                    info.clone(),
+                    shared.clone(),
+                    alive.clone(),
+                ));
+            }
+            Err(e) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(listener = %info.label, error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    tracing::debug!(listener = %info.label, "listener closed");
+}

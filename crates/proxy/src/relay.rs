@@ -1,0 +1,297 @@
+//! The relay loop: copy bytes both ways until both sides have closed.
+//!
+//! This is the hot path. Each direction owns one fixed buffer, allocated once
+//! per session; no locks, no allocation per chunk. An end of stream on one
+//! side is forwarded as a half-close (FIN, or close_notify for TLS) and the
+//! other direction keeps flowing. The idle timer is not re-armed on every
+//! chunk: progress only records the time, and the timer, when it fires,
+//! re-arms itself from the last activity or ends the session.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Per-direction buffer size: one full TLS record.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// Which peer a relay outcome is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+/// Why the relay stopped.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions finished; `first` closed its sending side first.
+    Closed { first: Side },
+    IdleTimeout,
+    Shutdown,
+    /// A read or write on `side` failed.
+    Error { side: Side, error: io::Error },
+}
+
+#[derive(Debug)]
+pub struct RelayOutcome {
+    pub end: RelayEnd,
+    /// Bytes read from the client and written to the upstream.
+    pub client_to_upstream: u64,
+    /// Bytes read from the upstream and written to the client.
+    pub upstream_to_client: u64,
+}
+
+/// One direction: read from one side, write to the other.
+struct Half {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    shut: bool,
+    /// Written since the last flush; only TLS writers need the flush.
+    unflushed: bool,
+    bytes: u64,
+}
+
+/// Which step of a direction failed.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Half {
+    fn new() -> Self {
+        Half {
+            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            eof: false,
+            shut: false,
+            unflushed: false,
+            bytes: 0,
+        }
+    }
+
+    /// Moves as much as possible; `Ready(Ok)` once the reader ended and the
+    /// writer has been shut down.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+        progress: &mut bool,
+    ) -> Poll<Result<(), Failed>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            while self.start < self.end {
+                match writer.as_mut().poll_write(cx, &self.buf[self.start..self.end]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.start += n;
+                        self.bytes += n as u64;
+                        self.unflushed = true;
+                        *progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Write(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if self.eof {
+                if !self.shut {
+                    ready!(writer.as_mut().poll_shutdown(cx)).map_err(Failed::Write)?;
+                    self.shut = true;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            self.start = 0;
+            self.end = 0;
+            let mut rb = ReadBuf::new(&mut self.buf);
+            match reader.as_mut().poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.eof = true;
+                    } else {
+                        self.end = n;
+                        *progress = true;
+                    }
+                }
+                // A TLS peer that closes without close_notify: treat as an end of stream.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => self.eof = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
+                Poll::Pending => {
+                    if self.unflushed {
+                        ready!(writer.as_mut().poll_flush(cx)).map_err(Failed::Write)?;
+                        self.unflushed = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Relays between `client` and `upstream` until both close, the session is
+/// idle for `idle`, or `shutdown` turns true.
+pub async fn relay<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut c2u = Half::new();
+    let mut u2c = Half::new();
+    let mut c2u_done = false;
+    let mut u2c_done = false;
+    let mut first_closed: Option<Side> = None;
+    let mut last_activity = Instant::now();
+    let mut timer = pin!(tokio::time::sleep_until(last_activity + idle));
+    let mut stop = pin!(shutdown.wait_for(|s| *s));
+
+    let end = poll_fn(|cx| {
+        if stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(RelayEnd::Shutdown);
+        }
+        let mut progress = false;
+        if !c2u_done {
+            match c2u.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), &mut progress) {
+                Poll::Ready(Ok(())) => {
+                    c2u_done = true;
+                    first_closed.get_or_insert(Side::Client);
+                }
+                Poll::Ready(Err(Failed::Read(error))) => {
+                    return Poll::Ready(RelayEnd::Error { side: Side::Client, error });
+                }
+                Poll::Ready(Err(Failed::Write(error))) => {
+                    return Poll::Ready(RelayEnd::Error { side: Side::Upstream, error });
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !u2c_done {
+            match u2c.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client), &mut progress) {
+                Poll::Ready(Ok(())) => {
+                    u2c_done = true;
+                    first_closed.get_or_insert(Side::Upstream);
+                }
+                Poll::Ready(Err(Failed::Read(error))) => {
+                    return Poll::Ready(RelayEnd::Error { side: Side::Upstream, error });
+                }
+                Poll::Ready(Err(Failed::Write(error))) => {
+                    return Poll::Ready(RelayEnd::Error { side: Side::Client, error });
+                }
+                Poll::Pending => {}
+            }
+        }
+        if c2u_done && u2c_done {
+            return Poll::Ready(RelayEnd::Closed {
+                first: first_closed.unwrap_or(Side::Client),
+            });
+        }
+        if progress {
+            last_activity = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + idle;
+            if deadline <= Instant::now() {
+                return Poll::Ready(RelayEnd::IdleTimeout);
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await;
+
+    RelayOutcome {
+        end,
+        client_to_upstream: c2u.bytes,
+        upstream_to_client: u2c.bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[tokio::test]
+    async fn copies_both_ways_and_forwards_half_close() {
+        let (mut client_far, mut client_near) = duplex(64);
+        let (mut up_near, mut up_far) = duplex(64);
+        let (_tx, mut rx) = watch::channel(false);
+        let relay = tokio::spawn(async move {
+            relay(&mut client_near, &mut up_near, Duration::from_secs(5), &mut rx).await
+        });
+        client_far.write_all(b"ping").await.unwrap();
+        client_far.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        up_far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping", "client's FIN reaches the upstream after its data");
+        up_far.write_all(b"pong-after-half-close").await.unwrap();
+        up_far.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client_far.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong-after-half-close");
+        let out = relay.await.unwrap();
+        assert!(matches!(out.end, RelayEnd::Closed { first: Side::Client }));
+        assert_eq!((out.client_to_upstream, out.upstream_to_client), (4, 21));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_ends_a_silent_session() {
+        let (_client_far, mut client_near) = duplex(64);
+        let (mut up_near, _up_far) = duplex(64);
+        let (_tx, mut rx) = watch::channel(false);
+        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &mut rx).await;
+        assert!(matches!(out.end, RelayEnd::IdleTimeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_postpones_the_idle_timeout() {
+        let (mut client_far, mut client_near) = duplex(64);
+        let (mut up_near, mut up_far) = duplex(64);
+        let (_tx, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            relay(&mut client_near, &mut up_near, Duration::from_secs(10), &mut rx).await
+        });
+        let start = Instant::now();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            client_far.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            up_far.read_exact(&mut b).await.unwrap();
+        }
+        let out = task.await.unwrap();
+        assert!(matches!(out.end, RelayEnd::IdleTimeout));
+        assert!(start.elapsed() >= Duration::from_secs(40), "{:?}", start.elapsed());
+        assert_eq!(out.client_to_upstream, 5);
+    }
+
+    #[tokio::test]
+    async fn shutdown_signal_ends_the_relay() {
+        let (_client_far, mut client_near) = duplex(64);
+        let (mut up_near, _up_far) = duplex(64);
+        let (tx, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            relay(&mut client_near, &mut up_near, Duration::from_secs(600), &mut rx).await
+        });
+        tx.send(true).unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        assert!(matches!(out.end, RelayEnd::Shutdown));
+    }
+}

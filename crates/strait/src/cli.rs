@@ -1,0 +1,86 @@
+//! Command-line interface: `start`, `check`, `config parse`, `config init`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app;
+
+const EXAMPLES: &str = "\
+Examples:
+  strait start -c examples/strait.toml
+      Run with the example settings (listeners on 127.0.0.1:9000 and :9443).
+  STRAIT_STREAM_LISTEN='127.0.0.1:7000, 127.0.0.1:7443 ssl' strait start -c strait.toml
+      Override any setting from the environment as STRAIT_<KEY>.
+  strait check -c strait.toml
+      Validate the settings and the declarative file, then exit.
+  strait config parse kong.yml
+      Validate a Kong declarative file (_format_version 3.0, YAML or JSON).
+  strait config init strait.yml
+      Write a commented example declarative file.";
+
+/// Strait: a layer-4 (TCP and TLS) API gateway that speaks Kong's stream configuration.
+#[derive(Debug, Parser)]
+#[command(name = "strait", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the gateway and run until SIGTERM or SIGINT.
+    Start {
+        /// Settings file (TOML). Default: ./strait.toml if present, else built-in defaults.
+        #[arg(short = 'c', long = "conf", value_name = "FILE")]
+        conf: Option<PathBuf>,
+    },
+    /// Validate the settings and the declarative configuration, then exit.
+    Check {
+        #[arg(short = 'c', long = "conf", value_name = "FILE")]
+        conf: Option<PathBuf>,
+    },
+    /// Work with declarative configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a declarative file (YAML or JSON) without starting anything.
+    Parse {
+        file: PathBuf,
+    },
+    /// Write a commented example declarative file.
+    Init {
+        /// Where to write it (refuses to overwrite).
+        #[arg(default_value = "strait.yml")]
+        file: PathBuf,
+    },
+}
+
+/// The settings file to use when `-c` is not given.
+fn default_conf(conf: Option<PathBuf>) -> Option<PathBuf> {
+    conf.or_else(|| {
+        let local = Path::new("strait.toml");
+        local.exists().then(|| local.to_owned())
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Start { conf } => app::start(default_conf(conf).as_deref()),
+        Command::Check { conf } => app::check(default_conf(conf).as_deref()),
+        Command::Config(ConfigCommand::Parse { file }) => app::parse(&file),
+        Command::Config(ConfigCommand::Init { file }) => app::init(&file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
