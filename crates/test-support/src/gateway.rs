@@ -1,0 +1,219 @@
+//! Runs the real `strait` binary for a test: writes a settings file and a
+//! declarative file into a fresh folder, starts the process, waits (bounded)
+//! until it says it is serving, and kills it when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::WAIT;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh folder under the system temp folder, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("strait-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write test file");
+        p
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How to start a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub stream_listen: String,
+    pub declarative: String,
+    /// Extra `key = value` lines for the settings file (values already TOML).
+    pub settings: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
+}
+
+impl GatewayConfig {
+    pub fn new(stream_listen: impl Into<String>, declarative: impl Into<String>) -> Self {
+        GatewayConfig {
+            stream_listen: stream_listen.into(),
+            declarative: declarative.into(),
+            settings: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn setting(mut self, key: &str, toml_value: &str) -> Self {
+        self.settings.push((key.into(), toml_value.into()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// A running gateway process.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    pub dir: TempDir,
+    pub access_log: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts `bin` (the test's `CARGO_BIN_EXE_strait`) and waits until it serves.
+    pub fn start(bin: &Path, cfg: GatewayConfig) -> Gateway {
+        let dir = TempDir::new();
+        let yml = dir.write("kong.yml", &cfg.declarative);
+        let access_log = dir.path().join("access.log");
+        let mut toml = format!(
+            "prefix = {:?}\ndeclarative_config = {:?}\nstream_listen = {:?}\nproxy_stream_access_log = {:?}\n",
+            dir.path().join("prefix"),
+            yml,
+            cfg.stream_listen,
+            access_log
+        );
+        for (k, v) in &cfg.settings {
+            toml.push_str(&format!("{k} = {v}\n"));
+        }
+        let conf = dir.write("strait.toml", &toml);
+        let mut cmd = Command::new(bin);
+        cmd.arg("start")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &cfg.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn strait");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr pipe");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            dir,
+            access_log,
+            stderr,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if gw.stderr().contains("strait started") {
+                return gw;
+            }
+            if let Ok(Some(status)) = gw.child.try_wait() {
+                panic!("strait exited with {status} before serving:\n{}", gw.stderr());
+            }
+            assert!(Instant::now() < deadline, "strait did not start in time:\n{}", gw.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The access log's lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits (bounded) for an access-log line containing every needle.
+    pub async fn wait_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self.log_lines().into_iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no access-log line with {needles:?}; log:\n{}\nstderr:\n{}",
+                self.log_lines().join("\n"),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (bounded by `limit`) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "strait did not exit in time:\n{}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Has the process exited?
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Indents PEM text for a YAML block scalar at `spaces` columns.
+pub fn yaml_block(pem: &str, spaces: usize) -> String {
+    let pad = " ".repeat(spaces);
+    pem.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
