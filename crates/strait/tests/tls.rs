@@ -1,0 +1,325 @@
+//! TLS through the real binary: termination by SNI, passthrough, TLS on a
+//! plain port, upstream TLS, and bad clients.
+
+use std::path::Path;
+use std::time::Duration;
+
+use test_support::backend::{Backend, closed_without_data, read_banner, tls_connect};
+use test_support::certs::{Pem, TestCa, client_config, insecure_client_config, server_config};
+use test_support::gateway::{Gateway, GatewayConfig, yaml_block};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strait"))
+}
+
+fn certificate_yaml(pem: &Pem, snis: &[&str]) -> String {
+    format!(
+        "- cert: |\n{}  key: |\n{}  snis: [{}]\n",
+        yaml_block(&pem.cert, 4),
+        yaml_block(&pem.key, 4),
+        snis.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// The DER of the leaf certificate the server presented.
+fn presented(s: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
+    s.get_ref().1.peer_certificates().expect("peer certificates")[0].as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminates_with_the_certificate_chosen_by_sni() {
+    let ca = TestCa::new("test CA");
+    let a = ca.leaf(&["a.test"]);
+    let b = ca.leaf(&["b.test"]);
+    let wild = ca.leaf(&["*.wild.test"]);
+    let backend = Backend::plain("plain-backend").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+certificates:
+{}{}{}services:
+- name: app
+  url: tcp://{}
+  routes:
+  - name: tls-route
+    protocols: [tls]
+    snis: [a.test, b.test, "*.wild.test"]
+"#,
+        certificate_yaml(&a, &["a.test"]),
+        certificate_yaml(&b, &["b.test"]),
+        certificate_yaml(&wild, &["*.wild.test"]),
+        backend.addr
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+
+    for (sni, want) in [("a.test", &a), ("b.test", &b), ("x.wild.test", &wild)] {
+        let mut s = tls_connect(to, sni, client_config(&ca)).await.unwrap();
+        assert_eq!(presented(&s), want.leaf_der(), "certificate for {sni}");
+        assert_eq!(read_banner(&mut s).await.unwrap(), "plain-backend");
+        s.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"ping");
+    }
+    // The route's `*.x` matches any depth; a certificate's `*.x` only one
+    // label, so the default certificate is served.
+    let mut deep = tls_connect(to, "y.x.wild.test", insecure_client_config()).await.unwrap();
+    assert_ne!(presented(&deep), wild.leaf_der());
+    assert_eq!(read_banner(&mut deep).await.unwrap(), "plain-backend");
+    gw.wait_log(&["protocol=tls", "sni=b.test", "route=tls-route"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sni_is_refused() {
+    let backend = Backend::plain("x").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+services:
+- url: tcp://{}
+  routes:
+  - protocols: [tls]
+    snis: [known.test]
+"#,
+        backend.addr
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(tls_connect(to, "unknown.test", insecure_client_config()).await.is_err());
+    gw.wait_log(&[" 500 ", "sni=unknown.test", "reason=\"no route\""]).await;
+    assert_eq!(backend.accepted(), 0);
+    // The known name still works.
+    let mut ok = tls_connect(to, "known.test", insecure_client_config()).await.unwrap();
+    assert_eq!(read_banner(&mut ok).await.unwrap(), "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_recognised_on_a_plain_port() {
+    let ca = TestCa::new("test CA");
+    let leaf = ca.leaf(&["mixed.test"]);
+    let backend = Backend::plain("mixed").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+certificates:
+{}services:
+- url: tcp://{}
+  routes:
+  - name: both
+    protocols: [tcp, tls]
+    destinations: [{{port: {port}}}]
+"#,
+        certificate_yaml(&leaf, &["mixed.test"]),
+        backend.addr
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    // A TLS client is terminated with the certificate for its SNI...
+    let mut tls = tls_connect(to, "mixed.test", client_config(&ca)).await.unwrap();
+    assert_eq!(presented(&tls), leaf.leaf_der());
+    assert_eq!(read_banner(&mut tls).await.unwrap(), "mixed");
+    // ...and a plain client on the same port is proxied as plain TCP.
+    let mut plain = TcpStream::connect(to).await.unwrap();
+    plain.write_all(b"hello").await.unwrap();
+    assert_eq!(read_banner(&mut plain).await.unwrap(), "mixed");
+    let mut back = [0u8; 5];
+    plain.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hello");
+    // Sessions are logged when they close.
+    drop((tls, plain));
+    gw.wait_log(&["protocol=tls", "sni=mixed.test"]).await;
+    gw.wait_log(&["protocol=tcp", "route=both"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_client_sees_the_backend_certificate() {
+    let ca = TestCa::new("backend CA");
+    let backend_leaf = ca.leaf(&["pass.test"]);
+    let backend = Backend::tls("tls-backend", server_config(&backend_leaf, None)).await;
+    let other = Backend::plain("terminated").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+services:
+- name: pass
+  url: tcp://{}
+  routes:
+  - name: passthrough
+    protocols: [tls_passthrough]
+    snis: ["*.pass.test", pass.test]
+- name: term
+  url: tcp://{}
+  routes:
+  - protocols: [tls]
+    snis: [term.test]
+"#,
+        backend.addr, other.addr
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    // Verified against the backend's CA: only the backend could have answered.
+    let mut s = tls_connect(to, "pass.test", client_config(&ca)).await.unwrap();
+    assert_eq!(presented(&s), backend_leaf.leaf_der());
+    assert_eq!(read_banner(&mut s).await.unwrap(), "tls-backend");
+    s.write_all(b"through").await.unwrap();
+    let mut back = [0u8; 7];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"through");
+    // Termination and passthrough share the ssl port.
+    let mut t = tls_connect(to, "term.test", insecure_client_config()).await.unwrap();
+    assert_eq!(read_banner(&mut t).await.unwrap(), "terminated");
+    drop((s, t));
+    gw.wait_log(&["protocol=tls_passthrough", "sni=pass.test", "route=passthrough"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_with_verification_and_client_certificate() {
+    let server_ca = TestCa::new("upstream CA");
+    let client_ca = TestCa::new("client CA");
+    let upstream_leaf = server_ca.leaf(&["127.0.0.1", "upstream.test"]);
+    let client_leaf = client_ca.leaf(&["strait.test"]);
+    let backend = Backend::tls("mtls-backend", server_config(&upstream_leaf, Some(&client_ca))).await;
+    let wrong_ca = TestCa::new("someone else");
+    let (p_ok, p_bad, p_name) = (
+        test_support::free_port(),
+        test_support::free_port(),
+        test_support::free_port(),
+    );
+    let client_cert_id = "4b6c5a9e-8f1d-4c3e-9a2b-1d2e3f4a5b6c";
+    let yaml = format!(
+        r#"_format_version: "3.0"
+ca_certificates:
+- id: 2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f
+  cert: |
+{ca}- id: 9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d
+  cert: |
+{wrong}certificates:
+- id: {client_cert_id}
+  cert: |
+{ccert}  key: |
+{ckey}services:
+- name: verified
+  url: tls://{addr}
+  tls_verify: true
+  ca_certificates: [2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f]
+  client_certificate: {{id: {client_cert_id}}}
+  routes:
+  - protocols: [tcp]
+    destinations: [{{port: {p_ok}}}]
+- name: wrong-ca
+  url: tls://{addr}
+  tls_verify: true
+  ca_certificates: [9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d]
+  client_certificate: {{id: {client_cert_id}}}
+  routes:
+  - protocols: [tcp]
+    destinations: [{{port: {p_bad}}}]
+- name: by-name
+  url: tls://upstream.test:{port}
+  tls_verify: true
+  tls_verify_depth: 1
+  ca_certificates: [2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f]
+  client_certificate: {{id: {client_cert_id}}}
+  routes:
+  - protocols: [tcp]
+    destinations: [{{port: {p_name}}}]
+upstreams:
+- name: upstream.test
+  targets:
+  - target: 127.0.0.1:{port}
+"#,
+        ca = yaml_block(&server_ca.pem.cert, 4),
+        wrong = yaml_block(&wrong_ca.pem.cert, 4),
+        ccert = yaml_block(&client_leaf.cert, 4),
+        ckey = yaml_block(&client_leaf.key, 4),
+        addr = backend.addr,
+        port = backend.addr.port(),
+    );
+    let gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{p_ok}, 127.0.0.1:{p_bad}, 127.0.0.1:{p_name}"), yaml),
+    );
+    // Plain in, TLS (verified by IP SAN, with our client certificate) out.
+    let mut s = TcpStream::connect(("127.0.0.1", p_ok)).await.unwrap();
+    assert_eq!(read_banner(&mut s).await.unwrap(), "mtls-backend");
+    s.write_all(b"secret").await.unwrap();
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"secret");
+
+    // An upstream name verified through its SNI (the upstream entity's name).
+    let mut n = TcpStream::connect(("127.0.0.1", p_name)).await.unwrap();
+    assert_eq!(read_banner(&mut n).await.unwrap(), "mtls-backend");
+
+    // The wrong CA: verification fails, the client is closed, status 502.
+    let mut bad = TcpStream::connect(("127.0.0.1", p_bad)).await.unwrap();
+    assert!(closed_without_data(&mut bad).await);
+    let line = gw.wait_log(&[" 502 ", "service=wrong-ca", "reason=\"upstream tls failed\""]).await;
+    assert!(line.contains("UnknownIssuer") || line.contains("issuer"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_are_closed_and_do_not_stall_others() {
+    let backend = Backend::plain("ok").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+services:
+- url: tcp://{}
+  routes:
+  - protocols: [tls]
+    snis: [ok.test]
+"#,
+        backend.addr
+    );
+    let gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml).setting("preread_timeout", "\"500ms\""),
+    );
+    let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // Silent clients and a client stuck mid-ClientHello, held open meanwhile.
+    let mut silent = TcpStream::connect(to).await.unwrap();
+    let mut half = TcpStream::connect(to).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]).await.unwrap();
+
+    // Garbage that is not TLS.
+    let mut garbage = TcpStream::connect(to).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert!(closed_without_data(&mut garbage).await);
+
+    // A record that claims to be a handshake but is not a ClientHello.
+    let mut bogus = TcpStream::connect(to).await.unwrap();
+    bogus.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00]).await.unwrap();
+    assert!(closed_without_data(&mut bogus).await);
+
+    // An oversized "ClientHello".
+    let mut big = TcpStream::connect(to).await.unwrap();
+    let mut rec = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0xff, 0xff, 0xff];
+    rec.resize(5 + 0x4000, 0x41);
+    let _ = big.write_all(&rec).await;
+    assert!(closed_without_data(&mut big).await);
+
+    // Meanwhile a good client is served.
+    let mut good = tls_connect(to, "ok.test", insecure_client_config()).await.unwrap();
+    assert_eq!(read_banner(&mut good).await.unwrap(), "ok");
+
+    // The stuck ones are closed at preread_timeout.
+    assert!(closed_without_data(&mut silent).await);
+    assert!(closed_without_data(&mut half).await);
+    gw.wait_log(&[" 400 ", "reason=\"not tls\""]).await;
+    gw.wait_log(&[" 400 ", "reason=\"bad client hello\""]).await;
+    gw.wait_log(&[" 400 ", "reason=\"preread timeout\""]).await;
+
+    // A client that vanishes mid-handshake.
+    let mut vanishing = TcpStream::connect(to).await.unwrap();
+    vanishing.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    drop(vanishing);
+    let mut again = tls_connect(to, "ok.test", insecure_client_config()).await.unwrap();
+    assert_eq!(read_banner(&mut again).await.unwrap(), "ok");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
+}
