@@ -90,10 +90,7 @@ pub fn parse_stream_listen(value: &str) -> Result<Vec<ListenEntry>, ListenError>
 }
 
 fn malformed(entry: &str, reason: impl Into<String>) -> ListenError {
-    ListenError::Malformed {
-        entry: entry.to_owned(),
-        reason: reason.into(),
-    }
+    ListenError::Malformed { entry: entry.to_owned(), reason: reason.into() }
 }
 
 fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
@@ -122,16 +119,10 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
             ("reuseport", None) => entry.reuseport = true,
             ("bind", None) => entry.bind = true,
             ("udp", None) => {
-                return Err(ListenError::NotSupported {
-                    entry: raw.to_owned(),
-                    flag: "udp",
-                });
+                return Err(ListenError::NotSupported { entry: raw.to_owned(), flag: "udp" });
             }
             ("proxy_protocol", None) => {
-                return Err(ListenError::NotSupported {
-                    entry: raw.to_owned(),
-                    flag: "proxy_protocol",
-                });
+                return Err(ListenError::NotSupported { entry: raw.to_owned(), flag: "proxy_protocol" });
             }
             ("backlog", Some(v)) => {
                 let n: u32 = v
@@ -142,9 +133,8 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
                 entry.backlog = Some(n);
             }
             ("ipv6only", Some(v)) => {
-                entry.ipv6only = Some(
-                    on_off(v).ok_or_else(|| malformed(raw, format!("ipv6only must be on or off, not '{v}'")))?,
-                );
+                entry.ipv6only =
+                    Some(on_off(v).ok_or_else(|| malformed(raw, format!("ipv6only must be on or off, not '{v}'")))?);
             }
             ("so_keepalive", Some(v)) => {
                 entry.so_keepalive = Some(parse_keepalive(v).map_err(|r| malformed(raw, r))?);
@@ -163,17 +153,12 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
 
 fn parse_addr(raw: &str, addr: &str) -> Result<(ListenHost, u16), ListenError> {
     let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
-        let (ip, port) = rest
-            .split_once("]:")
-            .ok_or_else(|| malformed(raw, "an IPv6 address must be written [addr]:port"))?;
-        let ip: Ipv6Addr = ip
-            .parse()
-            .map_err(|_| malformed(raw, format!("'{ip}' is not an IPv6 address")))?;
+        let (ip, port) =
+            rest.split_once("]:").ok_or_else(|| malformed(raw, "an IPv6 address must be written [addr]:port"))?;
+        let ip: Ipv6Addr = ip.parse().map_err(|_| malformed(raw, format!("'{ip}' is not an IPv6 address")))?;
         (ListenHost::Ip(IpAddr::V6(ip)), port)
     } else {
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| malformed(raw, "missing ':<port>'"))?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| malformed(raw, "missing ':<port>'"))?;
         if host.contains(':') {
             return Err(malformed(raw, "an IPv6 address must be written [addr]:port"));
         }
@@ -184,9 +169,8 @@ fn parse_addr(raw: &str, addr: &str) -> Result<(ListenHost, u16), ListenError> {
         };
         (host, port)
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| malformed(raw, format!("port '{port}' is not a number from 0 to 65535")))?;
+    let port: u16 =
+        port.parse().map_err(|_| malformed(raw, format!("port '{port}' is not a number from 0 to 65535")))?;
     Ok((host, port))
 }
 
@@ -222,24 +206,14 @@ fn parse_keepalive(v: &str) -> Result<Keepalive, String> {
         if s.is_empty() {
             return Ok(None);
         }
-        crate::settings::parse_duration_str(s, Unit::Seconds)
-            .map(Some)
-            .map_err(|e| format!("so_keepalive {what}: {e}"))
+        crate::settings::parse_duration_str(s, Unit::Seconds).map(Some).map_err(|e| format!("so_keepalive {what}: {e}"))
     };
     let count = if count.is_empty() {
         None
     } else {
-        Some(
-            count
-                .parse::<u32>()
-                .map_err(|_| format!("so_keepalive count '{count}' is not a number"))?,
-        )
+        Some(count.parse::<u32>().map_err(|_| format!("so_keepalive count '{count}' is not a number"))?)
     };
-    Ok(Keepalive::Tuned {
-        idle: secs(idle, "idle")?,
-        interval: secs(interval, "interval")?,
-        count,
-    })
+    Ok(Keepalive::Tuned { idle: secs(idle, "idle")?, interval: secs(interval, "interval")?, count })
 }
 
 /// The unit a bare number stands for when a duration is written without one.
@@ -283,10 +257,7 @@ mod tests {
         );
         let e = parse_stream_listen("localhost:9000 so_keepalive=::5").unwrap();
         assert_eq!(e[0].host, ListenHost::Name("localhost".into()));
-        assert_eq!(
-            e[0].so_keepalive,
-            Some(Keepalive::Tuned { idle: None, interval: None, count: Some(5) })
-        );
+        assert_eq!(e[0].so_keepalive, Some(Keepalive::Tuned { idle: None, interval: None, count: Some(5) }));
     }
 
     #[test]
@@ -322,10 +293,7 @@ mod tests {
             "bad_host!:9000",
         ] {
             let err = parse_stream_listen(bad).unwrap_err();
-            assert!(
-                err.to_string().contains("stream_listen must be of form"),
-                "{bad:?}: {err}"
-            );
+            assert!(err.to_string().contains("stream_listen must be of form"), "{bad:?}: {err}");
         }
     }
 }

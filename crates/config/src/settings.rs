@@ -78,10 +78,7 @@ impl fmt::Display for SettingError {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read settings file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("settings file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("invalid settings:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
@@ -152,21 +149,12 @@ impl Settings {
     pub fn load_with_env(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Settings, SettingsError> {
         let (table, base) = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::Syntax {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?;
-                let base = path.parent().map(|p| {
-                    if p.as_os_str().is_empty() {
-                        PathBuf::from(".")
-                    } else {
-                        p.to_owned()
-                    }
-                });
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+                let table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| SettingsError::Syntax { path: path.to_owned(), message: e.to_string() })?;
+                let base =
+                    path.parent().map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p.to_owned() });
                 (table, base)
             }
             None => (toml::Table::new(), None),
@@ -182,11 +170,7 @@ impl Settings {
         let mut errors = Vec::new();
         for key in table.keys() {
             if !KEYS.contains(&key.as_str()) {
-                errors.push(SettingError {
-                    key: key.clone(),
-                    source: "file".into(),
-                    reason: "unknown setting".into(),
-                });
+                errors.push(SettingError { key: key.clone(), source: "file".into(), reason: "unknown setting".into() });
             }
         }
 
@@ -215,7 +199,9 @@ impl Settings {
                         }
                     }
                     "declarative_config" => s.declarative_config = Some(raw.path(base)?),
-                    "stream_listen" => s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?,
+                    "stream_listen" => {
+                        s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?
+                    }
                     "admin_listen" | "status_listen" => {
                         let v = raw.text()?;
                         if !v.eq_ignore_ascii_case("off") {
@@ -232,16 +218,14 @@ impl Settings {
                     "drain_timeout" => s.drain_timeout = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     "worker_threads" => {
                         let v = raw.text()?;
-                        s.worker_threads = if v == "auto" {
-                            None
-                        } else {
-                            Some(
-                                v.parse::<NonZeroUsize>()
-                                    .ok()
-                                    .filter(|n| n.get() <= 1024)
-                                    .ok_or_else(|| format!("expected \"auto\" or a number from 1 to 1024, found '{v}'"))?,
-                            )
-                        }
+                        s.worker_threads =
+                            if v == "auto" {
+                                None
+                            } else {
+                                Some(v.parse::<NonZeroUsize>().ok().filter(|n| n.get() <= 1024).ok_or_else(|| {
+                                    format!("expected \"auto\" or a number from 1 to 1024, found '{v}'")
+                                })?)
+                            }
                     }
                     "preread_timeout" => s.preread_timeout = nonzero(parse_duration_str(&raw.text()?, Unit::Millis)?)?,
                     "tls_detect_timeout" => {
@@ -252,11 +236,7 @@ impl Settings {
                 Ok(())
             })();
             if let Err(reason) = result {
-                errors.push(SettingError {
-                    key: key.to_owned(),
-                    source,
-                    reason,
-                });
+                errors.push(SettingError { key: key.to_owned(), source, reason });
             }
         }
 
@@ -289,11 +269,7 @@ impl Settings {
             }),
         }
 
-        if errors.is_empty() {
-            Ok(s)
-        } else {
-            Err(SettingsError::Invalid(errors))
-        }
+        if errors.is_empty() { Ok(s) } else { Err(SettingsError::Invalid(errors)) }
     }
 
     fn defaults() -> Settings {
@@ -314,11 +290,7 @@ impl Settings {
 }
 
 fn nonzero(d: Duration) -> Result<Duration, String> {
-    if d.is_zero() {
-        Err("must be greater than zero".into())
-    } else {
-        Ok(d)
-    }
+    if d.is_zero() { Err("must be greater than zero".into()) } else { Ok(d) }
 }
 
 fn parse_log_level(v: &str) -> Result<LogLevel, String> {
@@ -328,9 +300,7 @@ fn parse_log_level(v: &str) -> Result<LogLevel, String> {
         "warn" => LogLevel::Warn,
         "error" | "crit" | "alert" | "emerg" => LogLevel::Error,
         _ => {
-            return Err(format!(
-                "expected one of: debug, info, notice, warn, error, crit, alert, emerg; found '{v}'"
-            ));
+            return Err(format!("expected one of: debug, info, notice, warn, error, crit, alert, emerg; found '{v}'"));
         }
     })
 }
@@ -360,9 +330,7 @@ pub fn parse_duration_str(v: &str, bare: Unit) -> Result<Duration, String> {
     let v = v.trim();
     let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("'{v}' is not a duration (examples: 500ms, 30s, 2m)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("'{v}' is not a duration (examples: 500ms, 30s, 2m)"))?;
     let secs = match (unit, bare) {
         ("", Unit::Seconds) | ("s", _) => n,
         ("", Unit::Millis) | ("ms", _) => n / 1000.0,
@@ -391,10 +359,7 @@ mod tests {
         let s = load("", &[]).unwrap();
         assert_eq!(s.database, Database::Off);
         assert!(s.stream_listen.is_empty());
-        assert_eq!(
-            s.proxy_stream_access_log,
-            AccessLog::File(PathBuf::from("/usr/local/strait/logs/access.log"))
-        );
+        assert_eq!(s.proxy_stream_access_log, AccessLog::File(PathBuf::from("/usr/local/strait/logs/access.log")));
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
     }
 

@@ -77,16 +77,8 @@ pub fn load_str(text: &str) -> Result<Loaded, LoadError> {
 }
 
 const FORMAT_VERSIONS: [&str; 3] = ["1.1", "2.1", "3.0"];
-const ENTITY_KEYS: [&str; 8] = [
-    "services",
-    "routes",
-    "certificates",
-    "snis",
-    "ca_certificates",
-    "upstreams",
-    "targets",
-    "plugins",
-];
+const ENTITY_KEYS: [&str; 8] =
+    ["services", "routes", "certificates", "snis", "ca_certificates", "upstreams", "targets", "plugins"];
 /// Kong entities that have no meaning for a stream gateway; accepted and ignored.
 const IGNORED_KEYS: [&str; 9] = [
     "consumers",
@@ -99,14 +91,7 @@ const IGNORED_KEYS: [&str; 9] = [
     "workspaces",
     "licenses",
 ];
-const META_KEYS: [&str; 6] = [
-    "_format_version",
-    "_transform",
-    "_comment",
-    "_ignore",
-    "_info",
-    "_workspace",
-];
+const META_KEYS: [&str; 6] = ["_format_version", "_transform", "_comment", "_ignore", "_info", "_workspace"];
 
 /// Validates a parsed declarative value.
 pub fn load_value(root: &Value) -> Result<Loaded, LoadError> {
@@ -184,17 +169,10 @@ impl Builder {
     }
 
     fn top_level(&mut self, top: &Map<String, Value>) {
-        let root = Origin {
-            path: "/".into(),
-            name: None,
-        };
+        let root = Origin { path: "/".into(), name: None };
         let mut f = Fields::new(top);
-        let allowed: Vec<&str> = META_KEYS
-            .iter()
-            .chain(ENTITY_KEYS.iter())
-            .chain(IGNORED_KEYS.iter())
-            .copied()
-            .collect();
+        let allowed: Vec<&str> =
+            META_KEYS.iter().chain(ENTITY_KEYS.iter()).chain(IGNORED_KEYS.iter()).copied().collect();
         f.check_unknown(&allowed);
         match f.get("_format_version") {
             None => f.err("_format_version", "required field missing"),
@@ -208,8 +186,7 @@ impl Builder {
         f.bool("_transform");
         for key in IGNORED_KEYS {
             if f.has(key) {
-                self.warnings
-                    .push(format!("'{key}' is ignored: Strait's stream proxy has no use for it"));
+                self.warnings.push(format!("'{key}' is ignored: Strait's stream proxy has no use for it"));
             }
         }
         let lists: Vec<(&str, Option<&Vec<Value>>)> = ENTITY_KEYS.iter().map(|k| (*k, f.array(k))).collect();
@@ -327,12 +304,17 @@ impl Builder {
             path_field = f.str("path").map(str::to_owned);
         }
         let port = port.unwrap_or(80);
-        if path_field.is_some() && matches!(protocol, Protocol::Tcp | Protocol::Tls | Protocol::Udp | Protocol::Grpc | Protocol::Grpcs) {
+        if path_field.is_some()
+            && matches!(protocol, Protocol::Tcp | Protocol::Tls | Protocol::Udp | Protocol::Grpc | Protocol::Grpcs)
+        {
             f.err("path", "value must be null");
             f.err(ENTITY, "failed conditional validation given value of field 'protocol'");
         }
         if protocol == Protocol::TlsPassthrough {
-            f.err("protocol", "a service cannot use 'tls_passthrough'; use 'tcp' for a tls_passthrough route's service");
+            f.err(
+                "protocol",
+                "a service cannot use 'tls_passthrough'; use 'tcp' for a tls_passthrough route's service",
+            );
         }
         let retries = f.int("retries", 0, 32767).unwrap_or(5) as u16;
         let timeout = |f: &mut Fields<'_>, key: &str| {
@@ -555,10 +537,7 @@ impl Builder {
                 .iter()
                 .any(|p| !matches!(p, Protocol::Grpcs | Protocol::Https | Protocol::Tls | Protocol::TlsPassthrough))
         {
-            f.err(
-                ENTITY,
-                "'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls' or 'tls_passthrough'",
-            );
+            f.err(ENTITY, "'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls' or 'tls_passthrough'");
             f.err("snis", "length must be 0");
         }
 
@@ -595,17 +574,7 @@ impl Builder {
             return;
         };
         let mut f = Fields::new(obj);
-        f.check_unknown(&[
-            "id",
-            "cert",
-            "key",
-            "cert_alt",
-            "key_alt",
-            "tags",
-            "snis",
-            "created_at",
-            "updated_at",
-        ]);
+        f.check_unknown(&["id", "cert", "key", "cert_alt", "key_alt", "tags", "snis", "created_at", "updated_at"]);
         let origin = Origin { path, name: None };
         let meta = meta(&mut f, "certificate", &origin);
         let cert = f.required_str("cert");
@@ -613,8 +582,10 @@ impl Builder {
         let pair = match (cert, key) {
             (Some(c), Some(k)) => match pem::key_pair(c, k, "certificate does not match key") {
                 Ok(p) => Some(p),
-                Err((field, msg)) => {
-                    f.err(field, msg);
+                Err(errs) => {
+                    for (field, msg) in errs {
+                        f.err(field, msg);
+                    }
                     None
                 }
             },
@@ -632,13 +603,15 @@ impl Builder {
                     }
                     Some(alt)
                 }
-                Err((field, msg)) => {
-                    let field = match field {
-                        "cert" => "cert_alt",
-                        "key" => "key_alt",
-                        other => other,
-                    };
-                    f.err(field, msg);
+                Err(errs) => {
+                    for (field, msg) in errs {
+                        let field = match field {
+                            "cert" => "cert_alt",
+                            "key" => "key_alt",
+                            other => other,
+                        };
+                        f.err(field, msg);
+                    }
                     None
                 }
             },
@@ -677,10 +650,7 @@ impl Builder {
         let mut f = Fields::new(obj);
         f.check_unknown(&["id", "name", "certificate", "tags", "created_at", "updated_at"]);
         let raw_name = f.required_str("name");
-        let origin = Origin {
-            path,
-            name: raw_name.map(str::to_owned),
-        };
+        let origin = Origin { path, name: raw_name.map(str::to_owned) };
         let meta = meta(&mut f, "sni", &origin);
         let name = raw_name.and_then(|n| match parse_sni(n, true) {
             Ok(p) => Some(p),
@@ -699,11 +669,7 @@ impl Builder {
             return;
         };
         let i = self.config.snis.len();
-        self.config.snis.push(Sni {
-            meta,
-            name,
-            certificate: parent.unwrap_or(CertificateIdx(usize::MAX)),
-        });
+        self.config.snis.push(Sni { meta, name, certificate: parent.unwrap_or(CertificateIdx(usize::MAX)) });
         if parent.is_none() {
             if let Some(r) = cert_ref {
                 self.sni_cert.push((i, r));
@@ -731,11 +697,7 @@ impl Builder {
         let errors = std::mem::take(&mut f.errors);
         self.push_errors("ca_certificate", &origin, errors);
         if let Some(cert) = cert {
-            self.config.ca_certificates.push(CaCertificate {
-                meta,
-                cert,
-                cert_digest,
-            });
+            self.config.ca_certificates.push(CaCertificate { meta, cert, cert_digest });
             self.ca_origin.push(origin);
         }
     }
@@ -771,10 +733,7 @@ impl Builder {
         allowed.extend(["created_at", "updated_at"]);
         f.check_unknown(&allowed);
         let name = f.required_str("name").map(str::to_owned);
-        let origin = Origin {
-            path,
-            name: name.clone(),
-        };
+        let origin = Origin { path, name: name.clone() };
         let meta = meta(&mut f, "upstream", &origin);
         if let Some(n) = &name {
             if n.parse::<IpAddr>().is_ok() {
@@ -786,10 +745,7 @@ impl Builder {
         let algorithm = match f.str("algorithm") {
             None => Algorithm::RoundRobin,
             Some(a) => Algorithm::parse(a).unwrap_or_else(|| {
-                f.err(
-                    "algorithm",
-                    "expected one of: consistent-hashing, least-connections, round-robin, latency",
-                );
+                f.err("algorithm", "expected one of: consistent-hashing, least-connections, round-robin, latency");
                 Algorithm::RoundRobin
             }),
         };
@@ -797,10 +753,7 @@ impl Builder {
         for key in ["hash_on", "hash_fallback"] {
             if let Some(h) = f.str(key) {
                 if !["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"].contains(&h) {
-                    f.err(
-                        key,
-                        "expected one of: none, consumer, ip, header, cookie, path, query_arg, uri_capture",
-                    );
+                    f.err(key, "expected one of: none, consumer, ip, header, cookie, path, query_arg, uri_capture");
                 }
             }
         }
@@ -848,10 +801,7 @@ impl Builder {
         let mut f = Fields::new(obj);
         f.check_unknown(&["id", "target", "weight", "upstream", "tags", "created_at", "updated_at"]);
         let raw = f.required_str("target");
-        let origin = Origin {
-            path,
-            name: raw.map(str::to_owned),
-        };
+        let origin = Origin { path, name: raw.map(str::to_owned) };
         let meta = meta(&mut f, "target", &origin);
         let hp = raw.and_then(|t| match split_host_port(t) {
             Some((h, p)) if is_host(&h) => Some((h, p.unwrap_or(8000))),
@@ -908,10 +858,7 @@ impl Builder {
             "updated_at",
         ]);
         let name = f.required_str("name").map(str::to_owned);
-        let origin = Origin {
-            path,
-            name: name.clone(),
-        };
+        let origin = Origin { path, name: name.clone() };
         let meta = meta(&mut f, "plugin", &origin);
         let instance_name = f.str("instance_name").map(str::to_owned);
         let config = match f.get("config") {
@@ -964,14 +911,44 @@ impl Builder {
 
     /// Resolves references, checks uniqueness, and returns the result.
     fn finish(mut self) -> Result<Loaded, LoadError> {
-        let services = index("service", &self.config.services, &self.service_origin, |s| s.name.clone(), |s| &s.meta, &mut self.errors);
-        let routes = index("route", &self.config.routes, &self.route_origin, |r| r.name.clone(), |r| &r.meta, &mut self.errors);
-        let certs = index("certificate", &self.config.certificates, &self.cert_origin, |_| None, |c| &c.meta, &mut self.errors);
-        let cas = index("ca_certificate", &self.config.ca_certificates, &self.ca_origin, |_| None, |c| &c.meta, &mut self.errors);
-        let upstreams = index("upstream", &self.config.upstreams, &self.upstream_origin, |u| Some(u.name.clone()), |u| &u.meta, &mut self.errors);
+        let services = index(
+            "service",
+            &self.config.services,
+            &self.service_origin,
+            |s| s.name.clone(),
+            |s| &s.meta,
+            &mut self.errors,
+        );
+        let routes =
+            index("route", &self.config.routes, &self.route_origin, |r| r.name.clone(), |r| &r.meta, &mut self.errors);
+        let certs =
+            index("certificate", &self.config.certificates, &self.cert_origin, |_| None, |c| &c.meta, &mut self.errors);
+        let cas = index(
+            "ca_certificate",
+            &self.config.ca_certificates,
+            &self.ca_origin,
+            |_| None,
+            |c| &c.meta,
+            &mut self.errors,
+        );
+        let upstreams = index(
+            "upstream",
+            &self.config.upstreams,
+            &self.upstream_origin,
+            |u| Some(u.name.clone()),
+            |u| &u.meta,
+            &mut self.errors,
+        );
         index("sni", &self.config.snis, &self.sni_origin, |s| Some(s.name.to_string()), |s| &s.meta, &mut self.errors);
         index("target", &self.config.targets, &self.target_origin, |_| None, |t| &t.meta, &mut self.errors);
-        index("plugin", &self.config.plugins, &self.plugin_origin, |p| p.instance_name.clone(), |p| &p.meta, &mut self.errors);
+        index(
+            "plugin",
+            &self.config.plugins,
+            &self.plugin_origin,
+            |p| p.instance_name.clone(),
+            |p| &p.meta,
+            &mut self.errors,
+        );
 
         let mut errors = std::mem::take(&mut self.errors);
         let mut missing = |entity: &'static str, origin: &Origin, field: &str, what: &str, r: &Ref| {
@@ -994,7 +971,13 @@ impl Builder {
             for (i, r) in refs.iter().enumerate() {
                 match cas.find(r) {
                     Some(c) => self.config.services[idx.0].ca_certificates.push(CaCertificateIdx(c)),
-                    None => missing("service", &self.service_origin[idx.0], &format!("ca_certificates[{}]", i + 1), "CA certificate", r),
+                    None => missing(
+                        "service",
+                        &self.service_origin[idx.0],
+                        &format!("ca_certificates[{}]", i + 1),
+                        "CA certificate",
+                        r,
+                    ),
                 }
             }
         }
@@ -1060,10 +1043,7 @@ impl Builder {
         }
 
         if errors.is_empty() {
-            Ok(Loaded {
-                config: self.config,
-                warnings: self.warnings,
-            })
+            Ok(Loaded { config: self.config, warnings: self.warnings })
         } else {
             Err(LoadError::Invalid(errors))
         }
@@ -1094,10 +1074,7 @@ fn index<T>(
     meta: impl Fn(&T) -> &Meta,
     errors: &mut Vec<EntityError>,
 ) -> Index {
-    let mut ix = Index {
-        by_id: HashMap::new(),
-        by_name: HashMap::new(),
-    };
+    let mut ix = Index { by_id: HashMap::new(), by_name: HashMap::new() };
     for (i, item) in items.iter().enumerate() {
         let origin = &origins[i];
         let id = meta(item).id;
@@ -1151,36 +1128,21 @@ fn meta(f: &mut Fields<'_>, entity: &str, origin: &Origin) -> Meta {
         };
         Uuid::new_v5(&ID_NAMESPACE, key.as_bytes())
     });
-    let tags = f
-        .str_list("tags")
-        .unwrap_or_default()
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
+    let tags = f.str_list("tags").unwrap_or_default().into_iter().map(str::to_owned).collect::<Vec<_>>();
     for (i, t) in tags.iter().enumerate() {
         if t.is_empty() || t.contains(',') || t.contains('/') {
-            f.err(
-                format!("tags[{}]", i + 1),
-                "invalid tag: a tag is non-empty and contains no ',' or '/'",
-            );
+            f.err(format!("tags[{}]", i + 1), "invalid tag: a tag is non-empty and contains no ',' or '/'");
         }
     }
     let created_at = f.int("created_at", 0, i64::MAX);
     let updated_at = f.int("updated_at", 0, i64::MAX);
-    Meta {
-        id,
-        tags,
-        created_at,
-        updated_at,
-    }
+    Meta { id, tags, created_at, updated_at }
 }
 
 /// Kong's `utf8_name`: letters, digits and `.-_~`, or any non-ASCII character.
 fn check_name(f: &mut Fields<'_>, key: &str, name: &str) {
     let ok = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~'));
+        && name.chars().all(|c| !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~'));
     if !ok {
         f.err(
             key,
@@ -1402,10 +1364,5 @@ fn parse_url(url: &str) -> Result<ParsedUrl, String> {
         Protocol::Https | Protocol::Grpcs | Protocol::Tls => 443,
         _ => 80,
     };
-    Ok(ParsedUrl {
-        protocol,
-        host,
-        port: port.unwrap_or(default_port),
-        path,
-    })
+    Ok(ParsedUrl { protocol, host, port: port.unwrap_or(default_port), path })
 }

@@ -85,10 +85,7 @@ impl Protocol {
 
     /// Protocols served by the stream (L4) subsystem.
     pub fn is_stream(self) -> bool {
-        matches!(
-            self,
-            Protocol::Tcp | Protocol::Tls | Protocol::TlsPassthrough | Protocol::Udp
-        )
+        matches!(self, Protocol::Tcp | Protocol::Tls | Protocol::TlsPassthrough | Protocol::Udp)
     }
 
     fn bit(self) -> u8 {
@@ -283,11 +280,7 @@ pub struct KeyPair {
 
 impl Clone for KeyPair {
     fn clone(&self) -> Self {
-        KeyPair {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-            key_type: self.key_type,
-        }
+        KeyPair { chain: self.chain.clone(), key: self.key.clone_key(), key_type: self.key_type }
     }
 }
 

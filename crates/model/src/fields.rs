@@ -14,10 +14,7 @@ pub(crate) struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub(crate) fn new(obj: &'a Map<String, Value>) -> Self {
-        Fields {
-            obj,
-            errors: Vec::new(),
-        }
+        Fields { obj, errors: Vec::new() }
     }
 
     pub(crate) fn err(&mut self, field: impl Into<String>, msg: impl Into<String>) {
@@ -25,12 +22,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn check_unknown(&mut self, allowed: &[&str]) {
-        let unknown: Vec<String> = self
-            .obj
-            .keys()
-            .filter(|k| !allowed.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let unknown: Vec<String> = self.obj.keys().filter(|k| !allowed.contains(&k.as_str())).cloned().collect();
         for key in unknown {
             self.err(key, "unknown field");
         }
@@ -125,9 +117,9 @@ impl<'a> Fields<'a> {
 /// An integer within `lo..=hi`, with Kong's messages. Accepts `5.0`.
 pub(crate) fn int_in(v: &Value, lo: i64, hi: i64) -> Result<i64, String> {
     let n = match v {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64)),
+        Value::Number(n) => {
+            n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+        }
         _ => None,
     };
     let n = n.ok_or_else(|| "expected an integer".to_owned())?;

@@ -47,14 +47,17 @@ pub fn key_type(cert: &CertificateDer<'_>) -> KeyType {
 
 /// Decodes a certificate and key and proves that they belong together.
 /// `mismatch` is the message used when they do not (Kong has one for the
-/// main pair and one for the alternative pair).
-pub fn key_pair(cert_pem: &str, key_pem: &str, mismatch: &str) -> Result<KeyPair, (&'static str, String)> {
-    let chain = parse_certs(cert_pem).map_err(|e| ("cert", e))?;
-    let key = parse_key(key_pem).map_err(|e| ("key", e))?;
-    let signer = any_supported_type(&key).map_err(|_| ("key", "invalid key: unsupported key type".to_owned()))?;
-    CertifiedKey::new(chain.clone(), signer)
-        .keys_match()
-        .map_err(|_| ("@entity", mismatch.to_owned()))?;
+/// main pair and one for the alternative pair). Every problem is returned,
+/// as `(field, message)`.
+pub fn key_pair(cert_pem: &str, key_pem: &str, mismatch: &str) -> Result<KeyPair, Vec<(&'static str, String)>> {
+    let chain = parse_certs(cert_pem).map_err(|e| ("cert", e));
+    let key = parse_key(key_pem).map_err(|e| ("key", e));
+    let (chain, key) = match (chain, key) {
+        (Ok(c), Ok(k)) => (c, k),
+        (c, k) => return Err(c.err().into_iter().chain(k.err()).collect()),
+    };
+    let signer = any_supported_type(&key).map_err(|_| vec![("key", "invalid key: unsupported key type".to_owned())])?;
+    CertifiedKey::new(chain.clone(), signer).keys_match().map_err(|_| vec![("@entity", mismatch.to_owned())])?;
     let key_type = key_type(&chain[0]);
     Ok(KeyPair { chain, key, key_type })
 }
@@ -67,10 +70,7 @@ pub fn ca_certificate(pem: &str) -> Result<CertificateDer<'static>, String> {
     }
     let der = certs.remove(0);
     let (_, x509) = X509Certificate::from_der(der.as_ref()).map_err(|e| format!("invalid certificate: {e}"))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     if x509.validity().not_after.timestamp() < now {
         return Err("certificate expired, \"Not After\" time is in the past".into());
     }

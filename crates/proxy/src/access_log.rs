@@ -170,9 +170,7 @@ impl AccessLogger {
             AccessLog::File(path) => Box::new(open_append(path)?),
         };
         let (tx, rx) = mpsc::channel::<String>();
-        let thread = std::thread::Builder::new()
-            .name("strait-access-log".into())
-            .spawn(move || write_loop(rx, out))?;
+        let thread = std::thread::Builder::new().name("strait-access-log".into()).spawn(move || write_loop(rx, out))?;
         Ok((AccessLogger { tx: Some(tx) }, AccessLogWriter { thread: Some(thread) }))
     }
 

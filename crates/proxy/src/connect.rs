@@ -39,11 +39,7 @@ async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketA
     match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
         Ok(Ok(addrs)) => {
             let v: Vec<_> = addrs.collect();
-            if v.is_empty() {
-                Err(format!("name resolution failed for '{host}': no addresses"))
-            } else {
-                Ok(v)
-            }
+            if v.is_empty() { Err(format!("name resolution failed for '{host}': no addresses")) } else { Ok(v) }
         }
         Ok(Err(e)) => Err(format!("name resolution failed for '{host}': {e}")),
         Err(_) => Err(format!("name resolution timed out for '{host}'")),
@@ -59,18 +55,11 @@ async fn candidates(
     let rt = &snap.services[service];
     match &rt.destination {
         Destination::Addr(a) => Ok(vec![(*a, None)]),
-        Destination::Name(host, port) => Ok(resolve(host, *port, timeout)
-            .await?
-            .into_iter()
-            .map(|a| (a, Some(host.clone())))
-            .collect()),
+        Destination::Name(host, port) => {
+            Ok(resolve(host, *port, timeout).await?.into_iter().map(|a| (a, Some(host.clone()))).collect())
+        }
         Destination::Upstream(u) => {
-            let targets: Vec<_> = snap
-                .config
-                .targets
-                .iter()
-                .filter(|t| t.upstream == *u && t.weight > 0)
-                .collect();
+            let targets: Vec<_> = snap.config.targets.iter().filter(|t| t.upstream == *u && t.weight > 0).collect();
             if targets.is_empty() {
                 return Err(format!("upstream '{}' has no targets", snap.config.upstreams[u.0].name));
             }
@@ -98,38 +87,22 @@ async fn candidates(
 pub async fn connect(snap: &Snapshot, service: usize) -> Result<Connected, ConnectFailed> {
     let svc = &snap.config.services[service];
     let timeout = svc.connect_timeout;
-    let addrs = candidates(snap, service, timeout).await.map_err(|error| ConnectFailed {
-        tries: 0,
-        last_addr: None,
-        error,
-    })?;
+    let addrs =
+        candidates(snap, service, timeout).await.map_err(|error| ConnectFailed { tries: 0, last_addr: None, error })?;
     let attempts = u32::from(svc.retries) + 1;
-    let mut last = ConnectFailed {
-        tries: 0,
-        last_addr: None,
-        error: String::new(),
-    };
+    let mut last = ConnectFailed { tries: 0, last_addr: None, error: String::new() };
     for (i, (addr, hostname)) in addrs.iter().cycle().take(attempts as usize).enumerate() {
         let tries = i as u32 + 1;
         let error = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
-                return Ok(Connected {
-                    stream,
-                    addr: *addr,
-                    hostname: hostname.clone(),
-                    tries,
-                });
+                return Ok(Connected { stream, addr: *addr, hostname: hostname.clone(), tries });
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("connect timed out after {} ms", timeout.as_millis()),
         };
         tracing::debug!(%addr, try_ = tries, %error, "upstream connect failed");
-        last = ConnectFailed {
-            tries,
-            last_addr: Some(*addr),
-            error,
-        };
+        last = ConnectFailed { tries, last_addr: Some(*addr), error };
     }
     Err(last)
 }

@@ -93,14 +93,7 @@ impl Proxy {
                 alive_tx.clone(),
             )));
         }
-        Ok(Proxy {
-            shared,
-            stop_accept,
-            force_close,
-            accept_tasks,
-            alive_rx,
-            addrs,
-        })
+        Ok(Proxy { shared, stop_accept, force_close, accept_tasks, alive_rx, addrs })
     }
 
     /// The addresses actually bound, in `stream_listen` order.

@@ -47,10 +47,7 @@ pub fn bind_all(entries: &[ListenEntry]) -> Result<Vec<BoundListener>, BindError
 }
 
 fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
-    let err = |source: io::Error| BindError {
-        entry: entry.addr_label(),
-        source,
-    };
+    let err = |source: io::Error| BindError { entry: entry.addr_label(), source };
     let addr = match &entry.host {
         ListenHost::Ip(ip) => SocketAddr::new(*ip, entry.port),
         ListenHost::Name(name) => (name.as_str(), entry.port)
@@ -133,19 +130,8 @@ pub(crate) async fn accept_loop(
                 }
                 // The destination address is the listener's, except on a
                 // wildcard listener where only the socket knows it.
-                let local = if wildcard {
-                    stream.local_addr().unwrap_or(info.addr)
-                } else {
-                    info.addr
-                };
-                tokio::spawn(session::serve(
-                    stream,
-                    peer,
-                    local,
-                    info.clone(),
-                    shared.clone(),
-                    alive.clone(),
-                ));
+                let local = if wildcard { stream.local_addr().unwrap_or(info.addr) } else { info.addr };
+                tokio::spawn(session::serve(stream, peer, local, info.clone(), shared.clone(), alive.clone()));
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE: back off instead of spinning.

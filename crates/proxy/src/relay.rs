@@ -31,11 +31,16 @@ pub enum Side {
 #[derive(Debug)]
 pub enum RelayEnd {
     /// Both directions finished; `first` closed its sending side first.
-    Closed { first: Side },
+    Closed {
+        first: Side,
+    },
     IdleTimeout,
     Shutdown,
     /// A read or write on `side` failed.
-    Error { side: Side, error: io::Error },
+    Error {
+        side: Side,
+        error: io::Error,
+    },
 }
 
 #[derive(Debug)]
@@ -199,9 +204,7 @@ where
             }
         }
         if c2u_done && u2c_done {
-            return Poll::Ready(RelayEnd::Closed {
-                first: first_closed.unwrap_or(Side::Client),
-            });
+            return Poll::Ready(RelayEnd::Closed { first: first_closed.unwrap_or(Side::Client) });
         }
         if progress {
             last_activity = Instant::now();
@@ -217,11 +220,7 @@ where
     })
     .await;
 
-    RelayOutcome {
-        end,
-        client_to_upstream: c2u.bytes,
-        upstream_to_client: u2c.bytes,
-    }
+    RelayOutcome { end, client_to_upstream: c2u.bytes, upstream_to_client: u2c.bytes }
 }
 
 #[cfg(test)]
@@ -234,9 +233,8 @@ mod tests {
         let (mut client_far, mut client_near) = duplex(64);
         let (mut up_near, mut up_far) = duplex(64);
         let (_tx, mut rx) = watch::channel(false);
-        let relay = tokio::spawn(async move {
-            relay(&mut client_near, &mut up_near, Duration::from_secs(5), &mut rx).await
-        });
+        let relay =
+            tokio::spawn(async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &mut rx).await });
         client_far.write_all(b"ping").await.unwrap();
         client_far.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -266,9 +264,8 @@ mod tests {
         let (mut client_far, mut client_near) = duplex(64);
         let (mut up_near, mut up_far) = duplex(64);
         let (_tx, mut rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            relay(&mut client_near, &mut up_near, Duration::from_secs(10), &mut rx).await
-        });
+        let task =
+            tokio::spawn(async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &mut rx).await });
         let start = Instant::now();
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -287,9 +284,8 @@ mod tests {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
         let (tx, mut rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            relay(&mut client_near, &mut up_near, Duration::from_secs(600), &mut rx).await
-        });
+        let task =
+            tokio::spawn(async move { relay(&mut client_near, &mut up_near, Duration::from_secs(600), &mut rx).await });
         tx.send(true).unwrap();
         let out = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert!(matches!(out.end, RelayEnd::Shutdown));

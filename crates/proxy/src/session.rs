@@ -41,11 +41,7 @@ struct Fail {
 
 impl Fail {
     fn new(status: u16, reason: CloseReason, detail: impl Into<Option<String>>) -> Fail {
-        Fail {
-            status,
-            reason,
-            detail: detail.into(),
-        }
+        Fail { status, reason, detail: detail.into() }
     }
 }
 
@@ -169,10 +165,7 @@ async fn prepare(
     let classified = if listener.ssl {
         read_first(&mut stream, &mut buf, shared.preread_timeout, shared.preread_timeout).await?
     } else if snap.router.tls_candidate(client, local) {
-        let plain_fallback = snap
-            .router
-            .find(ConnKind::Plain, &Facts { src: client, dst: local, sni: None })
-            .is_some();
+        let plain_fallback = snap.router.find(ConnKind::Plain, &Facts { src: client, dst: local, sni: None }).is_some();
         let first_byte = if plain_fallback { shared.tls_detect_timeout } else { shared.preread_timeout };
         read_first(&mut stream, &mut buf, first_byte, shared.preread_timeout).await?
     } else {
@@ -192,19 +185,23 @@ async fn prepare(
     rec.sni = hello.as_ref().and_then(|h| h.sni.clone());
 
     // Route.
-    let facts = Facts {
-        src: client,
-        dst: local,
-        sni: rec.sni.as_deref(),
-    };
+    let facts = Facts { src: client, dst: local, sni: rec.sni.as_deref() };
     let Some(RouteIdx(ri)) = snap.router.find(kind, &facts) else {
         if kind == ConnKind::Plain && snap.router.tls_candidate(client, local) {
             // Only TLS routes could match and the client did not speak TLS.
             if silent {
-                return Err(Fail::new(400, CloseReason::PrereadTimeout, "no ClientHello before preread_timeout".to_owned()));
+                return Err(Fail::new(
+                    400,
+                    CloseReason::PrereadTimeout,
+                    "no ClientHello before preread_timeout".to_owned(),
+                ));
             }
             if !buf.is_empty() {
-                return Err(Fail::new(400, CloseReason::NotTls, "only TLS routes match and the client did not send a ClientHello".to_owned()));
+                return Err(Fail::new(
+                    400,
+                    CloseReason::NotTls,
+                    "only TLS routes match and the client did not send a ClientHello".to_owned(),
+                ));
             }
         }
         return Err(Fail::new(500, CloseReason::NoRoute, "no Route found with those values".to_owned()));
@@ -287,11 +284,7 @@ async fn prepare(
         _ => UpstreamStream::Plain(connected.stream),
     };
 
-    Ok(Ready {
-        client: client_stream,
-        upstream,
-        idle: svc.idle_timeout(),
-    })
+    Ok(Ready { client: client_stream, upstream, idle: svc.idle_timeout() })
 }
 
 /// The name sent as SNI and verified, in Kong's order: the client's SNI when
@@ -313,7 +306,12 @@ fn upstream_server_name(
 /// Reads client bytes until they show a ClientHello, show something else,
 /// or a deadline passes. `first` bounds the wait for the first byte, `total`
 /// the whole read.
-async fn read_first(stream: &mut TcpStream, buf: &mut Vec<u8>, first: Duration, total: Duration) -> Result<Classified, Fail> {
+async fn read_first(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    first: Duration,
+    total: Duration,
+) -> Result<Classified, Fail> {
     let start = Instant::now();
     loop {
         match strait_tls::peek(buf) {

@@ -57,7 +57,8 @@ impl Snapshot {
     /// Compiles `config`. `default_cert` serves clients whose SNI matches no certificate.
     pub fn compile(config: Config, default_cert: &KeyPair) -> Result<Snapshot, CompileError> {
         let store = CertStore::new(&config, default_cert).map_err(|e| CompileError::Certificates(e.to_string()))?;
-        let tls_server = strait_tls::server_config(Arc::new(store)).map_err(|e| CompileError::Certificates(e.to_string()))?;
+        let tls_server =
+            strait_tls::server_config(Arc::new(store)).map_err(|e| CompileError::Certificates(e.to_string()))?;
         let mut services = Vec::with_capacity(config.services.len());
         for svc in &config.services {
             let upstream = config.upstreams.iter().position(|u| u.name == svc.host).map(UpstreamIdx);
@@ -79,26 +80,16 @@ impl Snapshot {
                     ca_certificates: svc.ca_certificates.iter().map(|c| &config.ca_certificates[c.0].cert).collect(),
                     client_certificate,
                 };
-                Some(strait_tls::client_config(&opts).map_err(|e| CompileError::Service {
-                    service: svc.label(),
-                    reason: e.to_string(),
-                })?)
+                Some(
+                    strait_tls::client_config(&opts)
+                        .map_err(|e| CompileError::Service { service: svc.label(), reason: e.to_string() })?,
+                )
             } else {
                 None
             };
-            services.push(ServiceRuntime {
-                destination,
-                tls,
-                host_header,
-                next: AtomicUsize::new(0),
-            });
+            services.push(ServiceRuntime { destination, tls, host_header, next: AtomicUsize::new(0) });
         }
         let router = Router::new(&config);
-        Ok(Snapshot {
-            config,
-            router,
-            tls_server,
-            services,
-        })
+        Ok(Snapshot { config, router, tls_server, services })
     }
 }

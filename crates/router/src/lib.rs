@@ -172,10 +172,7 @@ fn shape_of(e: Option<&Endpoint>) -> EndShape {
             IpAddr::V6(_) => IpShape::V6(net.prefix_len()),
         },
     };
-    EndShape {
-        ip,
-        port: e.is_some_and(|e| e.port.is_some()),
-    }
+    EndShape { ip, port: e.is_some_and(|e| e.port.is_some()) }
 }
 
 fn mask(ip: IpAddr, shape: IpShape) -> Option<Option<IpAddr>> {
@@ -223,12 +220,7 @@ impl Table {
         });
         let (src_ip, src_port) = entry_key(src);
         let (dst_ip, dst_port) = entry_key(dst);
-        let key = AddrKey {
-            src_ip,
-            src_port,
-            dst_ip,
-            dst_port,
-        };
+        let key = AddrKey { src_ip, src_port, dst_ip, dst_port };
         let group = &mut self.groups[gi];
         let map = match body {
             None => &mut group.addrs,
@@ -332,10 +324,7 @@ impl Router {
             }
             let prio = priority(route);
             for (s, d, n) in clauses(route) {
-                let cand = Cand {
-                    rank: clause_rank(prio, order, s, d, n),
-                    route: RouteIdx(order),
-                };
+                let cand = Cand { rank: clause_rank(prio, order, s, d, n), route: RouteIdx(order) };
                 for (kind, table) in [
                     (ConnKind::Plain, &mut r.plain),
                     (ConnKind::TlsOnPlain, &mut r.tls_on_plain),

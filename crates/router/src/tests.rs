@@ -6,12 +6,7 @@ use strait_model::{Meta, ProtocolSet, Service, ServiceIdx};
 use super::*;
 
 fn nil_meta() -> Meta {
-    Meta {
-        id: Default::default(),
-        tags: Vec::new(),
-        created_at: None,
-        updated_at: None,
-    }
+    Meta { id: Default::default(), tags: Vec::new(), created_at: None, updated_at: None }
 }
 
 fn service(enabled: bool) -> Service {
@@ -43,10 +38,7 @@ fn protocols(list: &[Protocol]) -> ProtocolSet {
 }
 
 fn ep(ip: Option<&str>, port: Option<u16>) -> Endpoint {
-    Endpoint {
-        ip: ip.map(|s| strait_model::declarative::parse_ip_match(s).unwrap()),
-        port,
-    }
+    Endpoint { ip: ip.map(|s| strait_model::declarative::parse_ip_match(s).unwrap()), port }
 }
 
 fn route(protos: &[Protocol], sources: Vec<Endpoint>, destinations: Vec<Endpoint>, snis: &[&str]) -> Route {
@@ -63,19 +55,11 @@ fn route(protos: &[Protocol], sources: Vec<Endpoint>, destinations: Vec<Endpoint
 }
 
 fn config(routes: Vec<Route>) -> Config {
-    Config {
-        services: vec![service(true), service(false)],
-        routes,
-        ..Default::default()
-    }
+    Config { services: vec![service(true), service(false)], routes, ..Default::default() }
 }
 
 fn facts<'a>(src: &str, dst: &str, sni: Option<&'a str>) -> Facts<'a> {
-    Facts {
-        src: src.parse().unwrap(),
-        dst: dst.parse().unwrap(),
-        sni,
-    }
+    Facts { src: src.parse().unwrap(), dst: dst.parse().unwrap(), sni }
 }
 
 const TCP: &[Protocol] = &[Protocol::Tcp];
@@ -104,14 +88,8 @@ fn longer_source_prefix_wins_a_tie() {
         route(TCP, vec![ep(Some("10.0.0.0/8"), None)], vec![], &[]),
         route(TCP, vec![ep(Some("10.1.0.0/16"), None)], vec![], &[]),
     ]));
-    assert_eq!(
-        r.find(ConnKind::Plain, &facts("10.1.2.3:1", "127.0.0.1:9000", None)),
-        Some(RouteIdx(1))
-    );
-    assert_eq!(
-        r.find(ConnKind::Plain, &facts("10.2.2.3:1", "127.0.0.1:9000", None)),
-        Some(RouteIdx(0))
-    );
+    assert_eq!(r.find(ConnKind::Plain, &facts("10.1.2.3:1", "127.0.0.1:9000", None)), Some(RouteIdx(1)));
+    assert_eq!(r.find(ConnKind::Plain, &facts("10.2.2.3:1", "127.0.0.1:9000", None)), Some(RouteIdx(0)));
 }
 
 #[test]
@@ -189,10 +167,7 @@ fn disabled_services_and_http_routes_are_left_out() {
 fn ipv6_entries_never_match_ipv4_sessions() {
     let r = Router::new(&config(vec![route(TCP, vec![ep(Some("::/0"), None)], vec![], &[])]));
     assert_eq!(r.find(ConnKind::Plain, &facts("1.1.1.1:1", "127.0.0.1:9000", None)), None);
-    assert_eq!(
-        r.find(ConnKind::Plain, &facts("[::1]:1", "[::1]:9000", None)),
-        Some(RouteIdx(0))
-    );
+    assert_eq!(r.find(ConnKind::Plain, &facts("[::1]:1", "[::1]:9000", None)), Some(RouteIdx(0)));
 }
 
 // --- property test against a naive, linear reference matcher ---
@@ -231,26 +206,14 @@ fn naive(config: &Config, kind: ConnKind, f: &Facts<'_>) -> Option<(RouteIdx, Ra
     best
 }
 
-const IPS: [&str; 8] = [
-    "10.0.0.1",
-    "10.0.0.2",
-    "10.1.2.3",
-    "127.0.0.1",
-    "::1",
-    "fd00::1",
-    "10.0.0.0/8",
-    "10.0.0.0/24",
-];
+const IPS: [&str; 8] = ["10.0.0.1", "10.0.0.2", "10.1.2.3", "127.0.0.1", "::1", "fd00::1", "10.0.0.0/8", "10.0.0.0/24"];
 const MORE_NETS: [&str; 3] = ["10.1.0.0/16", "0.0.0.0/0", "fd00::/8"];
 const PORTS: [u16; 3] = [9000, 9001, 443];
 const NAMES: [&str; 6] = ["a.test", "b.a.test", "*.a.test", "x.*", "*.test", "x.a.test"];
 const QUERY_NAMES: [&str; 6] = ["a.test", "b.a.test", "c.b.a.test", "x.y", "x.a.test", "z.test"];
 
 fn arb_endpoint() -> impl Strategy<Value = Endpoint> {
-    (
-        prop::option::of(0..IPS.len() + MORE_NETS.len()),
-        prop::option::of(0..PORTS.len()),
-    )
+    (prop::option::of(0..IPS.len() + MORE_NETS.len()), prop::option::of(0..PORTS.len()))
         .prop_filter("ip or port", |(i, p)| i.is_some() || p.is_some())
         .prop_map(|(i, p)| {
             let ip = i.map(|i| if i < IPS.len() { IPS[i] } else { MORE_NETS[i - IPS.len()] });
@@ -274,11 +237,8 @@ fn arb_route() -> impl Strategy<Value = Route> {
                 3 => &[Protocol::TlsPassthrough],
                 _ => &[Protocol::Http],
             };
-            let names: Vec<&str> = if protos.contains(&Protocol::Tcp) {
-                vec![]
-            } else {
-                snis.iter().map(|i| NAMES[*i]).collect()
-            };
+            let names: Vec<&str> =
+                if protos.contains(&Protocol::Tcp) { vec![] } else { snis.iter().map(|i| NAMES[*i]).collect() };
             let mut r = route(protos, sources, destinations, &names);
             if disabled {
                 r.service = Some(ServiceIdx(1));
@@ -289,9 +249,7 @@ fn arb_route() -> impl Strategy<Value = Route> {
 
 fn arb_addr() -> impl Strategy<Value = SocketAddr> {
     (0..6usize, 0..PORTS.len()).prop_map(|(i, p)| {
-        let ip: IpAddr = ["10.0.0.1", "10.0.0.77", "10.1.2.3", "127.0.0.1", "::1", "fd00::1"][i]
-            .parse()
-            .unwrap();
+        let ip: IpAddr = ["10.0.0.1", "10.0.0.77", "10.1.2.3", "127.0.0.1", "::1", "fd00::1"][i].parse().unwrap();
         SocketAddr::new(ip, PORTS[p])
     })
 }

@@ -19,10 +19,7 @@ fn prepare(conf: Option<&Path>, generate_cert: bool) -> Result<Prepared> {
     let settings = Settings::load(conf)?;
     let loaded = match &settings.declarative_config {
         Some(path) => load_declarative(path)?,
-        None => Loaded {
-            config: Config::default(),
-            warnings: Vec::new(),
-        },
+        None => Loaded { config: Config::default(), warnings: Vec::new() },
     };
     let default_cert = match &settings.ssl_cert {
         Some((cert, key)) => crate::certs::load(cert, key)?,
@@ -30,22 +27,18 @@ fn prepare(conf: Option<&Path>, generate_cert: bool) -> Result<Prepared> {
         // `check` must not write files: validate with a throwaway certificate.
         None => throwaway_cert()?,
     };
-    Ok(Prepared {
-        settings,
-        loaded,
-        default_cert,
-    })
+    Ok(Prepared { settings, loaded, default_cert })
 }
 
 fn throwaway_cert() -> Result<KeyPair> {
     let g = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
     strait_model::pem::key_pair(&g.cert.pem(), &g.signing_key.serialize_pem(), "mismatch")
-        .map_err(|(_, m)| anyhow::anyhow!(m))
+        .map_err(|errs| anyhow::anyhow!("generated certificate: {errs:?}"))
 }
 
 fn load_declarative(path: &Path) -> Result<Loaded> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("declarative_config: cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("declarative_config: cannot read {}", path.display()))?;
     strait_model::load_str(&text).with_context(|| format!("declarative_config {}", path.display()))
 }
 
@@ -73,11 +66,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     }
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("prefix: cannot create {}", settings.prefix.display()))?;
-    let Prepared {
-        settings,
-        loaded,
-        default_cert,
-    } = prepare(conf, true)?;
+    let Prepared { settings, loaded, default_cert } = prepare(conf, true)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -99,10 +88,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
             listeners,
             snapshot,
             logger,
-            Timeouts {
-                preread: settings.preread_timeout,
-                tls_detect: settings.tls_detect_timeout,
-            },
+            Timeouts { preread: settings.preread_timeout, tls_detect: settings.tls_detect_timeout },
         )?;
         let addrs: Vec<String> = proxy.local_addrs().iter().map(ToString::to_string).collect();
         tracing::info!(listeners = %addrs.join(", "), config = %counts, "strait started");
@@ -143,20 +129,13 @@ fn summary(c: &Config) -> String {
 
 /// `strait check`.
 pub fn check(conf: Option<&Path>) -> Result<()> {
-    let Prepared {
-        settings,
-        loaded,
-        default_cert,
-    } = prepare(conf, false)?;
+    let Prepared { settings, loaded, default_cert } = prepare(conf, false)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
     let counts = summary(&loaded.config);
     Snapshot::compile(loaded.config, &default_cert)?;
-    println!(
-        "configuration OK: {} stream listener(s); {counts}",
-        settings.stream_listen.len()
-    );
+    println!("configuration OK: {} stream listener(s); {counts}", settings.stream_listen.len());
     Ok(())
 }
 

@@ -14,8 +14,10 @@ use strait_model::{KeyPair, pem};
 pub fn load(cert: &Path, key: &Path) -> Result<KeyPair> {
     let cert_pem = fs::read_to_string(cert).with_context(|| format!("ssl_cert: cannot read {}", cert.display()))?;
     let key_pem = fs::read_to_string(key).with_context(|| format!("ssl_cert_key: cannot read {}", key.display()))?;
-    pem::key_pair(&cert_pem, &key_pem, "certificate does not match key")
-        .map_err(|(field, msg)| anyhow!("ssl_cert/ssl_cert_key ({field}): {msg}"))
+    pem::key_pair(&cert_pem, &key_pem, "certificate does not match key").map_err(|errs| {
+        let msgs: Vec<String> = errs.into_iter().map(|(field, msg)| format!("{field}: {msg}")).collect();
+        anyhow!("ssl_cert/ssl_cert_key: {}", msgs.join("; "))
+    })
 }
 
 /// The default pair under `prefix`, generated if absent.

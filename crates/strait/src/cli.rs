@@ -49,9 +49,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a declarative file (YAML or JSON) without starting anything.
-    Parse {
-        file: PathBuf,
-    },
+    Parse { file: PathBuf },
     /// Write a commented example declarative file.
     Init {
         /// Where to write it (refuses to overwrite).

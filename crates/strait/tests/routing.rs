@@ -246,10 +246,7 @@ services:
     );
     let mut s = TcpStream::connect(("127.0.0.1", env_port)).await.unwrap();
     assert_eq!(read_banner(&mut s).await.unwrap(), "from-env");
-    assert!(
-        TcpStream::connect(("127.0.0.1", file_port)).await.is_err(),
-        "the file's stream_listen was overridden"
-    );
+    assert!(TcpStream::connect(("127.0.0.1", file_port)).await.is_err(), "the file's stream_listen was overridden");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,11 +183,7 @@ async fn upstream_tls_with_verification_and_client_certificate() {
     let client_leaf = client_ca.leaf(&["strait.test"]);
     let backend = Backend::tls("mtls-backend", server_config(&upstream_leaf, Some(&client_ca))).await;
     let wrong_ca = TestCa::new("someone else");
-    let (p_ok, p_bad, p_name) = (
-        test_support::free_port(),
-        test_support::free_port(),
-        test_support::free_port(),
-    );
+    let (p_ok, p_bad, p_name) = (test_support::free_port(), test_support::free_port(), test_support::free_port());
     let client_cert_id = "4b6c5a9e-8f1d-4c3e-9a2b-1d2e3f4a5b6c";
     let yaml = format!(
         r#"_format_version: "3.0"

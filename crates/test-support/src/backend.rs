@@ -69,12 +69,7 @@ impl Backend {
                 });
             }
         });
-        Backend {
-            addr,
-            name: name.to_owned(),
-            accepted,
-            task,
-        }
+        Backend { addr, name: name.to_owned(), accepted, task }
     }
 }
 
@@ -119,13 +114,8 @@ pub async fn read_banner<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Str
 /// Connects to the gateway from a chosen local address (any 127.x.y.z).
 pub async fn connect_from(local_ip: &str, to: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(local_ip.parse().expect("local ip"), 0))
-        .expect("bind client");
-    tokio::time::timeout(WAIT, socket.connect(to))
-        .await
-        .expect("connect timed out")
-        .expect("connect")
+    socket.bind(SocketAddr::new(local_ip.parse().expect("local ip"), 0)).expect("bind client");
+    tokio::time::timeout(WAIT, socket.connect(to)).await.expect("connect timed out").expect("connect")
 }
 
 /// Opens a TLS session to `to` with `sni`, using `config`.

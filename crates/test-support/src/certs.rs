@@ -17,9 +17,7 @@ pub struct Pem {
 
 impl Pem {
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        CertificateDer::pem_slice_iter(self.cert.as_bytes())
-            .collect::<Result<_, _>>()
-            .expect("test certificate PEM")
+        CertificateDer::pem_slice_iter(self.cert.as_bytes()).collect::<Result<_, _>>().expect("test certificate PEM")
     }
 
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
@@ -47,14 +45,8 @@ impl TestCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).expect("CA certificate");
-        let pem = Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        };
-        TestCa {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
+        let pem = Pem { cert: cert.pem(), key: key.serialize_pem() };
+        TestCa { pem, issuer: Issuer::new(params, key) }
     }
 
     /// A leaf for `names` (DNS names or IP addresses), signed by this CA.
@@ -63,10 +55,7 @@ impl TestCa {
         let params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("leaf params");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
+        Pem { cert: cert.pem(), key: key.serialize_pem() }
     }
 
     pub fn roots(&self) -> RootCertStore {
@@ -85,9 +74,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// A server configuration presenting `pem`, optionally requiring client
 /// certificates signed by `client_ca`.
 pub fn server_config(pem: &Pem, client_ca: Option<&TestCa>) -> Arc<ServerConfig> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().expect("versions");
     let builder = match client_ca {
         Some(ca) => builder.with_client_cert_verifier(
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
@@ -96,11 +84,7 @@ pub fn server_config(pem: &Pem, client_ca: Option<&TestCa>) -> Arc<ServerConfig>
         ),
         None => builder.with_no_client_auth(),
     };
-    Arc::new(
-        builder
-            .with_single_cert(pem.chain(), pem.private_key())
-            .expect("server cert"),
-    )
+    Arc::new(builder.with_single_cert(pem.chain(), pem.private_key()).expect("server cert"))
 }
 
 /// A client configuration trusting `ca`.

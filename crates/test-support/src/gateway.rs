@@ -107,12 +107,7 @@ impl Gateway {
         }
         let conf = dir.write("strait.toml", &toml);
         let mut cmd = Command::new(bin);
-        cmd.arg("start")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("start").arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in &cfg.env {
             cmd.env(k, v);
         }
@@ -128,12 +123,7 @@ impl Gateway {
                 }
             }
         });
-        let mut gw = Gateway {
-            child,
-            dir,
-            access_log,
-            stderr,
-        };
+        let mut gw = Gateway { child, dir, access_log, stderr };
         let deadline = Instant::now() + WAIT;
         loop {
             if gw.stderr().contains("strait started") {
@@ -154,11 +144,7 @@ impl Gateway {
 
     /// The access log's lines so far.
     pub fn log_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        std::fs::read_to_string(&self.access_log).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
     /// Waits (bounded) for an access-log line containing every needle.
@@ -180,10 +166,7 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -TERM failed");
     }
 

@@ -51,18 +51,12 @@ pub fn client_config(opts: &UpstreamTlsOptions<'_>) -> Result<Arc<ClientConfig>,
     } else {
         let mut store = RootCertStore::empty();
         for ca in &opts.ca_certificates {
-            store
-                .add((*ca).clone())
-                .map_err(|e| TlsError::Config(format!("unusable CA certificate: {e}")))?;
+            store.add((*ca).clone()).map_err(|e| TlsError::Config(format!("unusable CA certificate: {e}")))?;
         }
         Arc::new(store)
     };
-    let verifier = Arc::new(Verifier {
-        roots,
-        verify: opts.verify,
-        depth: opts.verify_depth,
-        provider: provider.clone(),
-    });
+    let verifier =
+        Arc::new(Verifier { roots, verify: opts.verify, depth: opts.verify_depth, provider: provider.clone() });
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?

@@ -172,10 +172,7 @@ fn parse_body(body: &[u8]) -> Option<Result<ClientHello, &'static str>> {
     if r.vec8()?.is_empty() {
         return Some(Err("no compression methods"));
     }
-    let mut hello = ClientHello {
-        max_version: legacy_version,
-        ..ClientHello::default()
-    };
+    let mut hello = ClientHello { max_version: legacy_version, ..ClientHello::default() };
     if r.is_empty() {
         return Some(Ok(hello));
     }
@@ -291,9 +288,7 @@ mod tests {
 
     #[test]
     fn reads_sni_alpn_and_version() {
-        let Peek::Hello(h) = peek(&sample("Example.COM.")) else {
-            panic!("no hello")
-        };
+        let Peek::Hello(h) = peek(&sample("Example.COM.")) else { panic!("no hello") };
         assert_eq!(h.sni.as_deref(), Some("example.com"));
         assert_eq!(h.alpn, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         assert_eq!(h.max_version, 0x0304);

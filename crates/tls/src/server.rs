@@ -30,10 +30,7 @@ pub struct CertStore {
 }
 
 pub(crate) fn certified(provider: &CryptoProvider, pair: &KeyPair) -> Result<Arc<CertifiedKey>, TlsError> {
-    let key = provider
-        .key_provider
-        .load_private_key(pair.key.clone_key())
-        .map_err(|e| TlsError::Key(e.to_string()))?;
+    let key = provider.key_provider.load_private_key(pair.key.clone_key()).map_err(|e| TlsError::Key(e.to_string()))?;
     Ok(Arc::new(CertifiedKey::new(pair.chain.clone(), key)))
 }
 
@@ -110,11 +107,7 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let offer = self.lookup(hello.server_name());
         let schemes = hello.signature_schemes();
-        offer
-            .iter()
-            .find(|ck| ck.key.choose_scheme(schemes).is_some())
-            .or_else(|| offer.first())
-            .cloned()
+        offer.iter().find(|ck| ck.key.choose_scheme(schemes).is_some()).or_else(|| offer.first()).cloned()
     }
 }
 

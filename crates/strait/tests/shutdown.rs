@@ -1,0 +1,86 @@
+//! SIGTERM: stop accepting, drain open sessions up to drain_timeout, exit 0.
+
+use std::path::Path;
+use std::time::Duration;
+
+use test_support::WAIT;
+use test_support::backend::{Backend, read_banner};
+use test_support::gateway::{Gateway, GatewayConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strait"))
+}
+
+fn yaml(backend: &Backend) -> String {
+    format!(
+        r#"_format_version: "3.0"
+services:
+- url: tcp://{}
+  routes:
+  - protocols: [tcp]
+    sources: [{{ip: 127.0.0.0/8}}]
+"#,
+        backend.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_drains_an_open_session() {
+    let backend = Backend::plain("drain").await;
+    let port = test_support::free_port();
+    let mut gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(&backend)).setting("drain_timeout", "\"20s\""),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(read_banner(&mut s).await.unwrap(), "drain");
+
+    gw.terminate();
+    // New sessions are no longer accepted...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "still accepting after SIGTERM");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // ...while the open one keeps working.
+    for round in 0..3 {
+        let msg = format!("round {round}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    assert!(!gw.exited(), "exited while a session was open");
+    drop(s);
+    let status = gw.wait_exit(WAIT).await;
+    assert!(status.success(), "exit status {status}");
+    let lines = gw.log_lines();
+    assert!(lines.iter().any(|l| l.contains("reason=\"client closed\"") && l.contains(" 200 ")), "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_closes_the_rest() {
+    let backend = Backend::plain("stuck").await;
+    let port = test_support::free_port();
+    let mut gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(&backend)).setting("drain_timeout", "\"300ms\""),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(read_banner(&mut s).await.unwrap(), "stuck");
+    gw.terminate();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, s.read(&mut b)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "closed by the gateway at drain_timeout");
+    let status = gw.wait_exit(WAIT).await;
+    assert!(status.success(), "exit status {status}");
+    let lines = gw.log_lines();
+    assert!(lines.iter().any(|l| l.contains("reason=\"shutdown\"")), "{lines:?}");
+}
