@@ -26,7 +26,7 @@ fn assert_rejected(text: &str, needles: &[&str]) {
 
 /// Wraps a route object (docs fragment or Admin API object) into a 3.0 file.
 fn as_route_file(fragment: &str) -> String {
-    let route = strait_model::declarative::parse_text(fragment).unwrap();
+    let route = strait_model::declarative::parse_text(fragment).expect("fragment parses");
     serde_json::json!({"_format_version": "3.0", "routes": [route]}).to_string()
 }
 

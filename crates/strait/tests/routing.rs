@@ -15,7 +15,7 @@ fn bin() -> &'static Path {
 
 async fn banner_via(from: &str, to: std::net::SocketAddr) -> String {
     let mut s = connect_from(from, to).await;
-    read_banner(&mut s).await.unwrap()
+    read_banner(&mut s).await.expect("banner")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
