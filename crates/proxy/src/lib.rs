@@ -47,10 +47,20 @@ pub(crate) struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     stop_accept: watch::Sender<bool>,
-    force_close: watch::Sender<bool>,
+    force_close: Arc<watch::Sender<bool>>,
     accept_tasks: Vec<JoinHandle<()>>,
     alive_rx: mpsc::Receiver<()>,
     addrs: Vec<SocketAddr>,
+}
+
+/// Closes every open session of a proxy; see [`Proxy::closer`].
+#[derive(Debug, Clone)]
+pub struct Closer(Arc<watch::Sender<bool>>);
+
+impl Closer {
+    pub fn close_all(&self) {
+        let _ = self.0.send(true);
+    }
 }
 
 /// How a shutdown went.
@@ -70,6 +80,7 @@ impl Proxy {
     ) -> std::io::Result<Proxy> {
         let (stop_accept, stop_rx) = watch::channel(false);
         let (force_close, force_rx) = watch::channel(false);
+        let force_close = Arc::new(force_close);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -94,6 +105,12 @@ impl Proxy {
             )));
         }
         Ok(Proxy { shared, stop_accept, force_close, accept_tasks, alive_rx, addrs })
+    }
+
+    /// A handle that closes every open session at once (e.g. on a second
+    /// SIGTERM during a drain).
+    pub fn closer(&self) -> Closer {
+        Closer(self.force_close.clone())
     }
 
     /// The addresses actually bound, in `stream_listen` order.

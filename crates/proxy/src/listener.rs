@@ -61,8 +61,11 @@ fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
     if entry.reuseport {
         socket.set_reuse_port(true).map_err(err)?;
     }
-    if let Some(only) = entry.ipv6only {
-        socket.set_only_v6(only).map_err(err)?;
+    if addr.is_ipv6() {
+        // As nginx: IPv6 listeners are IPv6-only unless `ipv6only=off`, so
+        // `0.0.0.0:P, [::]:P` both bind and IPv4 clients never appear as
+        // IPv4-mapped IPv6 addresses that IPv4 routes would not match.
+        socket.set_only_v6(entry.ipv6only.unwrap_or(true)).map_err(err)?;
     }
     // `bind` asks nginx for a separate bind() per address; Strait always binds each entry on its own.
     socket.bind(&addr.into()).map_err(err)?;
@@ -121,6 +124,8 @@ pub(crate) async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // With `ipv6only=off`, IPv4 clients arrive IPv4-mapped: route them as IPv4.
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                 backoff = Duration::from_millis(5);
                 let _ = stream.set_nodelay(true);
                 if let Some(k) = info.keepalive {
@@ -131,6 +136,7 @@ pub(crate) async fn accept_loop(
                 // The destination address is the listener's, except on a
                 // wildcard listener where only the socket knows it.
                 let local = if wildcard { stream.local_addr().unwrap_or(info.addr) } else { info.addr };
+                let local = SocketAddr::new(local.ip().to_canonical(), local.port());
                 tokio::spawn(session::serve(stream, peer, local, info.clone(), shared.clone(), alive.clone()));
             }
             Err(e) => {

@@ -10,18 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::ServerName;
 use strait_model::{Protocol, RouteIdx};
-use strait_router::{ConnKind, Facts};
+use strait_router::{ConnKind, Facts, PrereadNeed};
 use strait_tls::{ClientHello, MAX_HELLO_LEN, Peek};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::{CloseReason, SessionRecord};
-use crate::connect::connect;
+use crate::connect::{UpstreamStream, UpstreamTls, connect};
 use crate::relay::{RelayEnd, Side, relay};
 use crate::rewind::Rewind;
 use crate::snapshot::Snapshot;
@@ -49,6 +48,10 @@ impl Fail {
 enum Classified {
     Hello(ClientHello),
     NotTls,
+    /// Starts like TLS but is not a usable ClientHello.
+    Invalid(&'static str),
+    /// Not read at all: the bytes could not change the route.
+    Skipped,
     /// Nothing arrived before the first-byte deadline.
     Silent,
     /// The client closed its side without sending anything.
@@ -58,11 +61,6 @@ enum Classified {
 enum ClientStream {
     Plain(Rewind<TcpStream>),
     Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
-}
-
-enum UpstreamStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 struct Ready {
@@ -160,26 +158,31 @@ async fn prepare(
     let client = rec.client;
     let mut buf = Vec::new();
 
-    // Classify. Wait for client bytes only when TLS could matter, so that
-    // protocols where the server speaks first are never stalled.
-    let classified = if listener.ssl {
-        read_first(&mut stream, &mut buf, shared.preread_timeout, shared.preread_timeout).await?
-    } else if snap.router.tls_candidate(client, local) {
-        let plain_fallback = snap.router.find(ConnKind::Plain, &Facts { src: client, dst: local, sni: None }).is_some();
-        let first_byte = if plain_fallback { shared.tls_detect_timeout } else { shared.preread_timeout };
-        read_first(&mut stream, &mut buf, first_byte, shared.preread_timeout).await?
-    } else {
-        Classified::NotTls
+    // Classify. Wait for client bytes only when they could change the route,
+    // so that protocols where the server speaks first are never stalled.
+    let need = if listener.ssl { PrereadNeed::TlsOnly } else { snap.router.preread_need(client, local) };
+    let classified = match need {
+        PrereadNeed::None => Classified::Skipped,
+        PrereadNeed::PlainFallback => {
+            read_first(&mut stream, &mut buf, shared.tls_detect_timeout, shared.preread_timeout).await?
+        }
+        PrereadNeed::TlsOnly => {
+            read_first(&mut stream, &mut buf, shared.preread_timeout, shared.preread_timeout).await?
+        }
     };
-    let silent = matches!(classified, Classified::Silent);
     let (kind, hello) = match (listener.ssl, classified) {
         (true, Classified::Hello(h)) => (ConnKind::TlsOnSsl, Some(h)),
+        (true, Classified::Invalid(why)) | (false, Classified::Invalid(why)) if need == PrereadNeed::TlsOnly => {
+            return Err(Fail::new(400, CloseReason::BadClientHello, why.to_owned()));
+        }
         (true, Classified::NotTls) => {
             return Err(Fail::new(400, CloseReason::NotTls, "an ssl listener accepts only TLS".to_owned()));
         }
         (true, Classified::Silent) => return Err(Fail::new(400, CloseReason::PrereadTimeout, None)),
-        (true, Classified::Eof) => return Err(Fail::new(400, CloseReason::ClientClosed, None)),
+        (true, _) => return Err(Fail::new(400, CloseReason::ClientClosed, None)),
         (false, Classified::Hello(h)) => (ConnKind::TlsOnPlain, Some(h)),
+        // Anything else on a plain port, including bytes that only look like
+        // TLS, goes to the plain route if there is one.
         (false, _) => (ConnKind::Plain, None),
     };
     rec.sni = hello.as_ref().and_then(|h| h.sni.clone());
@@ -187,24 +190,14 @@ async fn prepare(
     // Route.
     let facts = Facts { src: client, dst: local, sni: rec.sni.as_deref() };
     let Some(RouteIdx(ri)) = snap.router.find(kind, &facts) else {
-        if kind == ConnKind::Plain && snap.router.tls_candidate(client, local) {
-            // Only TLS routes could match and the client did not speak TLS.
-            if silent {
-                return Err(Fail::new(
-                    400,
-                    CloseReason::PrereadTimeout,
-                    "no ClientHello before preread_timeout".to_owned(),
-                ));
+        let detail = match (kind, need) {
+            (ConnKind::Plain, PrereadNeed::TlsOnly) if buf.is_empty() => {
+                "only TLS routes match and no ClientHello arrived"
             }
-            if !buf.is_empty() {
-                return Err(Fail::new(
-                    400,
-                    CloseReason::NotTls,
-                    "only TLS routes match and the client did not send a ClientHello".to_owned(),
-                ));
-            }
-        }
-        return Err(Fail::new(500, CloseReason::NoRoute, "no Route found with those values".to_owned()));
+            (ConnKind::Plain, PrereadNeed::TlsOnly) => "only TLS routes match and the client did not speak TLS",
+            _ => "no Route found with those values",
+        };
+        return Err(Fail::new(500, CloseReason::NoRoute, detail.to_owned()));
     };
     let route = &snap.config.routes[ri];
     rec.route = Some(route.label());
@@ -251,56 +244,26 @@ async fn prepare(
         ClientStream::Plain(Rewind::new(buf, stream))
     };
 
-    let connected = connect(snap, si).await.map_err(|f| {
+    let rt = &snap.services[si];
+    let tls = match (&rt.tls, passthrough) {
+        (Some(config), false) => Some(UpstreamTls {
+            config: config.clone(),
+            client_sni: route.preserve_host.then_some(rec.sni.as_deref()).flatten(),
+            host_header: rt.host_header.as_deref(),
+        }),
+        _ => None,
+    };
+    let connected = connect(snap, si, tls).await.map_err(|f| {
         rec.tries = f.tries;
         rec.upstream = f.last_addr;
-        Fail::new(502, CloseReason::ConnectFailed, f.error)
+        let reason = if f.tls { CloseReason::UpstreamTlsFailed } else { CloseReason::ConnectFailed };
+        Fail::new(502, reason, f.error)
     })?;
     rec.tries = connected.tries;
     rec.upstream = Some(connected.addr);
-
-    let upstream = match (&snap.services[si].tls, passthrough) {
-        (Some(cfg), false) => {
-            let rt = &snap.services[si];
-            let name = upstream_server_name(
-                route.preserve_host.then_some(rec.sni.as_deref()).flatten(),
-                rt.host_header.as_deref(),
-                connected.hostname.as_deref(),
-                connected.addr,
-            );
-            let connector = TlsConnector::from(cfg.clone());
-            match tokio::time::timeout(svc.connect_timeout, connector.connect(name, connected.stream)).await {
-                Ok(Ok(tls)) => UpstreamStream::Tls(Box::new(tls)),
-                Ok(Err(e)) => return Err(Fail::new(502, CloseReason::UpstreamTlsFailed, e.to_string())),
-                Err(_) => {
-                    return Err(Fail::new(
-                        502,
-                        CloseReason::UpstreamTlsFailed,
-                        "upstream handshake did not finish before connect_timeout".to_owned(),
-                    ));
-                }
-            }
-        }
-        _ => UpstreamStream::Plain(connected.stream),
-    };
+    let upstream = connected.stream;
 
     Ok(Ready { client: client_stream, upstream, idle: svc.idle_timeout() })
-}
-
-/// The name sent as SNI and verified, in Kong's order: the client's SNI when
-/// `preserve_host`, the upstream's `host_header`, the host name the address
-/// came from; an IP address (no SNI) otherwise.
-fn upstream_server_name(
-    client_sni: Option<&str>,
-    host_header: Option<&str>,
-    hostname: Option<&str>,
-    addr: SocketAddr,
-) -> ServerName<'static> {
-    [client_sni, host_header, hostname]
-        .into_iter()
-        .flatten()
-        .find_map(|n| ServerName::try_from(n.to_owned()).ok())
-        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
 }
 
 /// Reads client bytes until they show a ClientHello, show something else,
@@ -318,10 +281,10 @@ async fn read_first(
             Peek::NeedMore => {}
             Peek::NotTls => return Ok(Classified::NotTls),
             Peek::Hello(h) => return Ok(Classified::Hello(h)),
-            Peek::Invalid(why) => return Err(Fail::new(400, CloseReason::BadClientHello, why.to_owned())),
+            Peek::Invalid(why) => return Ok(Classified::Invalid(why)),
         }
         if buf.len() >= MAX_PEEK {
-            return Err(Fail::new(400, CloseReason::BadClientHello, "ClientHello too large".to_owned()));
+            return Ok(Classified::Invalid("ClientHello too large"));
         }
         let deadline = start + if buf.is_empty() { first } else { total };
         buf.reserve(4096.min(MAX_PEEK - buf.len()));
@@ -329,13 +292,7 @@ async fn read_first(
         let mut limited = (&mut *stream).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
             Ok(Ok(0)) if buf.is_empty() => return Ok(Classified::Eof),
-            Ok(Ok(0)) => {
-                return Err(Fail::new(
-                    400,
-                    CloseReason::BadClientHello,
-                    "client closed in the middle of its ClientHello".to_owned(),
-                ));
-            }
+            Ok(Ok(0)) => return Ok(Classified::Invalid("client closed in the middle of its ClientHello")),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(Fail::new(400, CloseReason::ClientError, e.to_string())),
             Err(_) if buf.is_empty() => return Ok(Classified::Silent),
@@ -347,20 +304,5 @@ async fn read_first(
                 ));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_sni_order() {
-        let a: SocketAddr = "10.0.0.1:443".parse().unwrap();
-        let name = |c, h, n| format!("{:?}", upstream_server_name(c, h, n, a));
-        assert!(name(Some("client.test"), Some("hh.test"), Some("svc.test")).contains("client.test"));
-        assert!(name(None, Some("hh.test"), Some("svc.test")).contains("hh.test"));
-        assert!(name(None, None, Some("svc.test")).contains("svc.test"));
-        assert!(name(None, None, None).contains("IpAddress"));
     }
 }

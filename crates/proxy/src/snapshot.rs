@@ -61,7 +61,9 @@ impl Snapshot {
             strait_tls::server_config(Arc::new(store)).map_err(|e| CompileError::Certificates(e.to_string()))?;
         let mut services = Vec::with_capacity(config.services.len());
         for svc in &config.services {
-            let upstream = config.upstreams.iter().position(|u| u.name == svc.host).map(UpstreamIdx);
+            // Host names are case-insensitive; service hosts are stored lower case.
+            let upstream =
+                config.upstreams.iter().position(|u| u.name.eq_ignore_ascii_case(&svc.host)).map(UpstreamIdx);
             let destination = match (upstream, svc.host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>()) {
                 (Some(u), _) => Destination::Upstream(u),
                 (None, Ok(ip)) => Destination::Addr(SocketAddr::new(ip, svc.port)),

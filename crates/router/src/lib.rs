@@ -365,12 +365,33 @@ impl Router {
         table.find(facts, sni).map(|c| (c.route, c.rank))
     }
 
-    /// True when some `tls` or `tls_passthrough` route could serve a session
-    /// from `src` to `dst`: only then is it worth waiting for a ClientHello.
-    pub fn tls_candidate(&self, src: SocketAddr, dst: SocketAddr) -> bool {
+    /// Whether the first client bytes could change the routing decision for a
+    /// session from `src` to `dst` on a plain listener, and so are worth
+    /// waiting for.
+    pub fn preread_need(&self, src: SocketAddr, dst: SocketAddr) -> PrereadNeed {
         let facts = Facts { src, dst, sni: None };
-        self.tls_any.find(&facts, None).is_some()
+        let Some(tls) = self.tls_any.find(&facts, None) else {
+            return PrereadNeed::None;
+        };
+        match self.plain.find(&facts, None) {
+            // The plain route outranks every TLS route that could match, with
+            // any SNI: whatever the client sends, it wins.
+            Some(plain) if plain.rank > tls.rank => PrereadNeed::None,
+            Some(_) => PrereadNeed::PlainFallback,
+            None => PrereadNeed::TlsOnly,
+        }
     }
+}
+
+/// What a plain listener should do before routing a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrereadNeed {
+    /// Route at once, without reading: no TLS route can win.
+    None,
+    /// A TLS route could win, and a plain route serves the session otherwise.
+    PlainFallback,
+    /// Only TLS routes could serve the session.
+    TlsOnly,
 }
 
 #[cfg(test)]

@@ -139,18 +139,25 @@ fn kinds_filter_protocols() {
     assert_eq!(r.find(ConnKind::TlsOnSsl, &plain), Some(RouteIdx(1)));
     let p = facts("1.1.1.1:1", "127.0.0.1:9000", Some("p.test"));
     assert_eq!(r.find(ConnKind::TlsOnSsl, &p), Some(RouteIdx(2)));
-    assert!(r.tls_candidate(plain.src, plain.dst));
+    assert_eq!(r.preread_need(plain.src, plain.dst), PrereadNeed::PlainFallback);
 }
 
 #[test]
-fn tls_candidate_only_when_a_tls_route_could_match() {
+fn preread_only_when_a_tls_route_could_win() {
     let r = Router::new(&config(vec![
         route(TCP, vec![], vec![ep(None, Some(9000))], &[]),
         route(TLS, vec![], vec![ep(None, Some(9001))], &[]),
+        route(TCP, vec![], vec![ep(Some("127.0.0.1"), Some(9002))], &[]),
+        route(TLS, vec![], vec![ep(None, Some(9002))], &[]),
+        route(TLS, vec![], vec![ep(None, Some(9003))], &["a.test"]),
+        route(TCP, vec![], vec![ep(None, Some(9003))], &[]),
     ]));
     let s = "1.1.1.1:1".parse().unwrap();
-    assert!(!r.tls_candidate(s, "127.0.0.1:9000".parse().unwrap()));
-    assert!(r.tls_candidate(s, "127.0.0.1:9001".parse().unwrap()));
+    let need = |d: &str| r.preread_need(s, d.parse().unwrap());
+    assert_eq!(need("127.0.0.1:9000"), PrereadNeed::None, "no TLS route at all");
+    assert_eq!(need("127.0.0.1:9001"), PrereadNeed::TlsOnly);
+    assert_eq!(need("127.0.0.1:9002"), PrereadNeed::None, "the tcp route outranks the tls one");
+    assert_eq!(need("127.0.0.1:9003"), PrereadNeed::PlainFallback, "an SNI route outranks the tcp one");
 }
 
 #[test]
@@ -269,10 +276,18 @@ proptest! {
                 let kind_facts = if kind == ConnKind::Plain { Facts { sni: None, ..f } } else { f };
                 prop_assert_eq!(router.find_ranked(kind, &kind_facts), naive(&cfg, kind, &kind_facts));
             }
-            let any_tls = naive(&cfg, ConnKind::TlsOnSsl, &f).is_some()
-                || QUERY_NAMES.iter().any(|n| naive(&cfg, ConnKind::TlsOnSsl, &Facts { sni: Some(n), ..f }).is_some());
-            if any_tls {
-                prop_assert!(router.tls_candidate(src, dst));
+            // When the router says the first bytes cannot matter, they must
+            // not: a TLS client with any SNI gets the plain answer.
+            let plain = naive(&cfg, ConnKind::Plain, &Facts { sni: None, ..f }).map(|(r, _)| r);
+            match router.preread_need(src, dst) {
+                PrereadNeed::None => {
+                    for sni in [None].into_iter().chain(QUERY_NAMES.iter().map(|n| Some(*n))) {
+                        let tls = naive(&cfg, ConnKind::TlsOnPlain, &Facts { sni, ..f }).map(|(r, _)| r);
+                        prop_assert_eq!(tls, plain);
+                    }
+                }
+                PrereadNeed::PlainFallback => prop_assert!(plain.is_some()),
+                PrereadNeed::TlsOnly => prop_assert!(plain.is_none()),
             }
         }
     }

@@ -15,8 +15,7 @@ struct Prepared {
     default_cert: KeyPair,
 }
 
-fn prepare(conf: Option<&Path>, generate_cert: bool) -> Result<Prepared> {
-    let settings = Settings::load(conf)?;
+fn prepare(settings: Settings, generate_cert: bool) -> Result<Prepared> {
     let loaded = match &settings.declarative_config {
         Some(path) => load_declarative(path)?,
         None => Loaded { config: Config::default(), warnings: Vec::new() },
@@ -66,7 +65,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     }
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("prefix: cannot create {}", settings.prefix.display()))?;
-    let Prepared { settings, loaded, default_cert } = prepare(conf, true)?;
+    let Prepared { settings, loaded, default_cert } = prepare(settings, true)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -94,10 +93,20 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         tracing::info!(listeners = %addrs.join(", "), config = %counts, "strait started");
         wait_for_signal().await?;
         tracing::info!(drain_timeout = ?settings.drain_timeout, "shutting down: no new sessions");
+        // A second signal cuts the drain short.
+        let closer = proxy.closer();
+        tokio::spawn(async move {
+            if wait_for_signal().await.is_ok() {
+                tracing::warn!("second signal: closing every open session now");
+                closer.close_all();
+            }
+        });
         anyhow::Ok(proxy.shutdown(settings.drain_timeout).await)
     })?;
-    writer.finish();
+    // Dropping the runtime drops any session task still holding a logger, so
+    // the writer can then flush and end.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    writer.finish();
     tracing::info!(forced = report.forced, "strait stopped");
     Ok(())
 }
@@ -129,7 +138,7 @@ fn summary(c: &Config) -> String {
 
 /// `strait check`.
 pub fn check(conf: Option<&Path>) -> Result<()> {
-    let Prepared { settings, loaded, default_cert } = prepare(conf, false)?;
+    let Prepared { settings, loaded, default_cert } = prepare(Settings::load(conf)?, false)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
     }

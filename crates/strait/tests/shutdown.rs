@@ -84,3 +84,28 @@ async fn drain_timeout_closes_the_rest() {
     let lines = gw.log_lines();
     assert!(lines.iter().any(|l| l.contains("reason=\"shutdown\"")), "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_drain_short() {
+    let backend = Backend::plain("long").await;
+    let port = test_support::free_port();
+    let mut gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(&backend)).setting("drain_timeout", "\"10m\""),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(read_banner(&mut s).await.unwrap(), "long");
+    gw.terminate();
+    // Wait until the first signal was handled (the listener is closed).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.terminate();
+    let mut b = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, s.read(&mut b)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "closed by the second signal");
+    assert!(gw.wait_exit(WAIT).await.success());
+    assert!(gw.log_lines().iter().any(|l| l.contains("reason=\"shutdown\"")));
+}

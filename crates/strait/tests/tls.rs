@@ -179,9 +179,12 @@ services:
 async fn upstream_tls_with_verification_and_client_certificate() {
     let server_ca = TestCa::new("upstream CA");
     let client_ca = TestCa::new("client CA");
-    let upstream_leaf = server_ca.leaf(&["127.0.0.1", "upstream.test"]);
+    let upstream_leaf = server_ca.leaf(&["127.0.0.1"]);
+    // Valid only for its name: reachable only if that name is sent and verified.
+    let named_leaf = server_ca.leaf(&["upstream.test"]);
     let client_leaf = client_ca.leaf(&["strait.test"]);
     let backend = Backend::tls("mtls-backend", server_config(&upstream_leaf, Some(&client_ca))).await;
+    let named = Backend::tls("named-backend", server_config(&named_leaf, Some(&client_ca))).await;
     let wrong_ca = TestCa::new("someone else");
     let (p_ok, p_bad, p_name) = (test_support::free_port(), test_support::free_port(), test_support::free_port());
     let client_cert_id = "4b6c5a9e-8f1d-4c3e-9a2b-1d2e3f4a5b6c";
@@ -214,7 +217,7 @@ ca_certificates:
   - protocols: [tcp]
     destinations: [{{port: {p_bad}}}]
 - name: by-name
-  url: tls://upstream.test:{port}
+  url: tls://Pool.Internal:{port}
   tls_verify: true
   tls_verify_depth: 1
   ca_certificates: [2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f]
@@ -223,7 +226,8 @@ ca_certificates:
   - protocols: [tcp]
     destinations: [{{port: {p_name}}}]
 upstreams:
-- name: upstream.test
+- name: pool.internal
+  host_header: upstream.test
   targets:
   - target: 127.0.0.1:{port}
 "#,
@@ -232,7 +236,7 @@ upstreams:
         ccert = yaml_block(&client_leaf.cert, 4),
         ckey = yaml_block(&client_leaf.key, 4),
         addr = backend.addr,
-        port = backend.addr.port(),
+        port = named.addr.port(),
     );
     let gw = Gateway::start(
         bin(),
@@ -246,15 +250,17 @@ upstreams:
     s.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"secret");
 
-    // An upstream name verified through its SNI (the upstream entity's name).
+    // A service naming an upstream (case-insensitively): the upstream's
+    // host_header is the SNI and the name verified.
     let mut n = TcpStream::connect(("127.0.0.1", p_name)).await.unwrap();
-    assert_eq!(read_banner(&mut n).await.unwrap(), "mtls-backend");
+    assert_eq!(read_banner(&mut n).await.unwrap(), "named-backend");
 
     // The wrong CA: verification fails, the client is closed, status 502.
     let mut bad = TcpStream::connect(("127.0.0.1", p_bad)).await.unwrap();
     assert!(closed_without_data(&mut bad).await);
     let line = gw.wait_log(&[" 502 ", "service=wrong-ca", "reason=\"upstream tls failed\""]).await;
     assert!(line.contains("UnknownIssuer") || line.contains("issuer"), "{line}");
+    assert!(line.contains("tries=6"), "a failed handshake is retried (1 + 5 retries): {line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,4 +324,48 @@ services:
     assert_eq!(read_banner(&mut again).await.unwrap(), "ok");
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserve_host_sends_the_client_sni_upstream() {
+    let ca = TestCa::new("upstream CA");
+    // The backend's certificate names only the client-facing host, not its IP.
+    let leaf = ca.leaf(&["client-name.test"]);
+    let backend = Backend::tls("named-backend", server_config(&leaf, None)).await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+ca_certificates:
+- id: 2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f
+  cert: |
+{ca}services:
+- name: preserve
+  url: tls://{addr}
+  tls_verify: true
+  ca_certificates: [2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f]
+  routes:
+  - protocols: [tls]
+    snis: [client-name.test]
+    preserve_host: true
+- name: by-ip
+  url: tls://{addr}
+  tls_verify: true
+  ca_certificates: [2f4f1c1e-3d5b-4a8e-9c7d-6b5a4c3d2e1f]
+  routes:
+  - protocols: [tls]
+    snis: [other-name.test]
+"#,
+        ca = yaml_block(&ca.pem.cert, 4),
+        addr = backend.addr,
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml));
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    // Verified as client-name.test upstream: only possible with the client's SNI.
+    let mut s = tls_connect(to, "client-name.test", insecure_client_config()).await.unwrap();
+    assert_eq!(read_banner(&mut s).await.unwrap(), "named-backend");
+    // Without preserve_host the IP is verified (and no SNI sent): the name check fails.
+    let mut bad = tls_connect(to, "other-name.test", insecure_client_config()).await.unwrap();
+    assert!(closed_without_data(&mut bad).await);
+    let line = gw.wait_log(&[" 502 ", "service=by-ip", "reason=\"upstream tls failed\""]).await;
+    assert!(line.contains("NotValidForName"), "{line}");
 }

@@ -194,11 +194,11 @@ fn parse_body(body: &[u8]) -> Option<Result<ClientHello, &'static str>> {
                 while !list.is_empty() {
                     let name_type = list.u8()?;
                     let name = list.vec16()?;
+                    // A name that is not a host name (an IP, a port, raw
+                    // bytes) is treated as no SNI, as Kong serves such
+                    // clients the default certificate.
                     if name_type == 0 && hello.sni.is_none() {
-                        match normalise_sni(name) {
-                            Some(n) => hello.sni = Some(n),
-                            None => return Some(Err("invalid server_name")),
-                        }
+                        hello.sni = normalise_sni(name);
                     }
                 }
             }
@@ -393,6 +393,14 @@ mod tests {
         let mut more = full.clone();
         more.extend([0x17, 3, 3, 0, 1, 0]);
         assert!(matches!(peek(&more), Peek::Hello(_)));
+    }
+
+    #[test]
+    fn unusable_server_name_means_no_sni() {
+        let Peek::Hello(h) = peek(&sample("a.test:443")) else { panic!() };
+        assert_eq!(h.sni, None);
+        let Peek::Hello(h) = peek(&sample("caf\u{e9}.test")) else { panic!() };
+        assert_eq!(h.sni, None);
     }
 
     #[test]
