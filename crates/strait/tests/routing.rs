@@ -275,3 +275,32 @@ services:
     let secs: f64 = line.split_whitespace().nth(7).unwrap().parse().unwrap();
     assert!(secs >= 0.6, "not before max(read, write) = 600 ms: {line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listener_and_routes_beside_ipv4_on_the_same_port() {
+    let v4 = Backend::plain("v4").await;
+    let v6 = Backend::plain("v6").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+services:
+- url: tcp://{}
+  routes:
+  - protocols: [tcp]
+    sources: [{{ip: 127.0.0.0/8}}]
+- url: tcp://{}
+  routes:
+  - protocols: [tcp]
+    sources: [{{ip: "::1/128"}}]
+    destinations: [{{ip: "::1", port: {port}}}]
+"#,
+        v4.addr, v6.addr
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}, [::1]:{port} ipv6only=on"), yaml));
+    let mut a = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(read_banner(&mut a).await.unwrap(), "v4");
+    let mut b = TcpStream::connect(("::1", port)).await.unwrap();
+    assert_eq!(read_banner(&mut b).await.unwrap(), "v6");
+    drop(b);
+    gw.wait_log(&["[::1]:", &format!("listener=[::1]:{port}")]).await;
+}

@@ -369,3 +369,54 @@ ca_certificates:
     let line = gw.wait_log(&[" 502 ", "service=by-ip", "reason=\"upstream tls failed\""]).await;
     assert!(line.contains("NotValidForName"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_cert_is_the_default_certificate() {
+    let ca = TestCa::new("default CA");
+    let default = ca.leaf(&["default.test", "127.0.0.1"]);
+    let named = ca.leaf(&["named.test"]);
+    let backend = Backend::plain("behind").await;
+    let port = test_support::free_port();
+    let yaml = format!(
+        r#"_format_version: "3.0"
+certificates:
+{}services:
+- url: tcp://{}
+  routes:
+  - protocols: [tls]
+    destinations: [{{port: {port}}}]
+"#,
+        certificate_yaml(&named, &["named.test"]),
+        backend.addr
+    );
+    let (cert, key) = (TempFile::new("default.crt", &default.cert), TempFile::new("default.key", &default.key));
+    let gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml)
+            .setting("ssl_cert", &format!("{:?}", cert.0))
+            .setting("ssl_cert_key", &format!("{:?}", key.0)),
+    );
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    // No SNI at all (an IP address as the server name sends none).
+    let mut s = tls_connect(to, "127.0.0.1", client_config(&ca)).await.unwrap();
+    assert_eq!(presented(&s), default.leaf_der());
+    assert_eq!(read_banner(&mut s).await.unwrap(), "behind");
+    // An SNI no certificate names.
+    let s2 = tls_connect(to, "other.test", insecure_client_config()).await.unwrap();
+    assert_eq!(presented(&s2), default.leaf_der());
+    // A named certificate still wins for its name.
+    let s3 = tls_connect(to, "named.test", client_config(&ca)).await.unwrap();
+    assert_eq!(presented(&s3), named.leaf_der());
+    drop((s, s2, s3));
+    gw.wait_log(&["protocol=tls", "sni=-"]).await;
+}
+
+/// A file in a folder of its own, removed with it.
+struct TempFile(std::path::PathBuf, #[allow(dead_code)] test_support::gateway::TempDir);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let dir = test_support::gateway::TempDir::new();
+        TempFile(dir.write(name, text), dir)
+    }
+}
