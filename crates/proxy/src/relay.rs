@@ -62,6 +62,8 @@ struct Half {
     /// Written since the last flush; only TLS writers need the flush.
     unflushed: bool,
     bytes: u64,
+    /// Reader ended and writer shut down.
+    done: bool,
 }
 
 /// Which step of a direction failed.
@@ -80,6 +82,41 @@ impl Half {
             shut: false,
             unflushed: false,
             bytes: 0,
+            done: false,
+        }
+    }
+
+    /// Drives this direction, reading from `from`'s peer and writing to the
+    /// other one. `Some` when a side failed.
+    fn drive<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+        first_closed: &mut Option<Side>,
+        from: Side,
+    ) -> Option<RelayEnd>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        if self.done {
+            return None;
+        }
+        let to = match from {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        };
+        match self.poll_copy(cx, Pin::new(reader), Pin::new(writer), progress) {
+            Poll::Ready(Ok(())) => {
+                self.done = true;
+                first_closed.get_or_insert(from);
+                None
+            }
+            Poll::Ready(Err(Failed::Read(error))) => Some(RelayEnd::Error { side: from, error }),
+            Poll::Ready(Err(Failed::Write(error))) => Some(RelayEnd::Error { side: to, error }),
+            Poll::Pending => None,
         }
     }
 
@@ -161,8 +198,6 @@ where
 {
     let mut c2u = Half::new();
     let mut u2c = Half::new();
-    let mut c2u_done = false;
-    let mut u2c_done = false;
     let mut first_closed: Option<Side> = None;
     let mut last_activity = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(last_activity + idle));
@@ -173,37 +208,14 @@ where
             return Poll::Ready(RelayEnd::Shutdown);
         }
         let mut progress = false;
-        if !c2u_done {
-            match c2u.poll_copy(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), &mut progress) {
-                Poll::Ready(Ok(())) => {
-                    c2u_done = true;
-                    first_closed.get_or_insert(Side::Client);
-                }
-                Poll::Ready(Err(Failed::Read(error))) => {
-                    return Poll::Ready(RelayEnd::Error { side: Side::Client, error });
-                }
-                Poll::Ready(Err(Failed::Write(error))) => {
-                    return Poll::Ready(RelayEnd::Error { side: Side::Upstream, error });
-                }
-                Poll::Pending => {}
-            }
+        if let Some(end) = c2u.drive(cx, &mut *client, &mut *upstream, &mut progress, &mut first_closed, Side::Client) {
+            return Poll::Ready(end);
         }
-        if !u2c_done {
-            match u2c.poll_copy(cx, Pin::new(&mut *upstream), Pin::new(&mut *client), &mut progress) {
-                Poll::Ready(Ok(())) => {
-                    u2c_done = true;
-                    first_closed.get_or_insert(Side::Upstream);
-                }
-                Poll::Ready(Err(Failed::Read(error))) => {
-                    return Poll::Ready(RelayEnd::Error { side: Side::Upstream, error });
-                }
-                Poll::Ready(Err(Failed::Write(error))) => {
-                    return Poll::Ready(RelayEnd::Error { side: Side::Client, error });
-                }
-                Poll::Pending => {}
-            }
+        if let Some(end) = u2c.drive(cx, &mut *upstream, &mut *client, &mut progress, &mut first_closed, Side::Upstream)
+        {
+            return Poll::Ready(end);
         }
-        if c2u_done && u2c_done {
+        if c2u.done && u2c.done {
             return Poll::Ready(RelayEnd::Closed { first: first_closed.unwrap_or(Side::Client) });
         }
         if progress {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use test_support::WAIT;
 use test_support::backend::{Backend, closed_without_data, connect_from, read_banner};
-use test_support::gateway::{Gateway, GatewayConfig};
+use test_support::gateway::{Gateway, GatewayConfig, one_route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,16 +100,7 @@ services:
 async fn no_route_closes_without_a_byte_and_logs_500() {
     let a = Backend::plain("a").await;
     let port = test_support::free_port();
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  routes:
-  - protocols: [tcp]
-    sources: [{{ip: 127.9.9.9}}]
-"#,
-        a.addr
-    );
+    let yaml = one_route(a.addr, &[], &["protocols: [tcp]", "sources: [{ip: 127.9.9.9}]"]);
     let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
     let mut s = connect_from("127.0.0.1", format!("127.0.0.1:{port}").parse().unwrap()).await;
     assert!(closed_without_data(&mut s).await);
@@ -170,16 +161,7 @@ services:
 async fn sixty_four_mib_each_way_with_half_close() {
     let echo = Backend::plain("echo").await;
     let port = test_support::free_port();
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  routes:
-  - protocols: [tcp]
-    destinations: [{{port: {port}}}]
-"#,
-        echo.addr
-    );
+    let yaml = one_route(echo.addr, &[], &["protocols: [tcp]", &format!("destinations: [{{port: {port}}}]")]);
     let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
     let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (mut rd, mut wr) = s.into_split();
@@ -229,16 +211,7 @@ async fn environment_overrides_stream_listen() {
     let a = Backend::plain("from-env").await;
     let file_port = test_support::free_port();
     let env_port = test_support::free_port();
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  routes:
-  - protocols: [tcp]
-    sources: [{{ip: 0.0.0.0/0}}]
-"#,
-        a.addr
-    );
+    let yaml = one_route(a.addr, &[], &["protocols: [tcp]", "sources: [{ip: 0.0.0.0/0}]"]);
     let _gw = Gateway::start(
         bin(),
         GatewayConfig::new(format!("127.0.0.1:{file_port}"), yaml)
@@ -253,17 +226,10 @@ services:
 async fn idle_timeout_is_max_of_read_and_write_timeouts() {
     let a = Backend::plain("idle").await;
     let port = test_support::free_port();
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  read_timeout: 300
-  write_timeout: 600
-  routes:
-  - protocols: [tcp]
-    destinations: [{{port: {port}}}]
-"#,
-        a.addr
+    let yaml = one_route(
+        a.addr,
+        &["read_timeout: 300", "write_timeout: 600"],
+        &["protocols: [tcp]", &format!("destinations: [{{port: {port}}}]")],
     );
     let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

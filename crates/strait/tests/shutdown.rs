@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use test_support::WAIT;
 use test_support::backend::{Backend, read_banner};
-use test_support::gateway::{Gateway, GatewayConfig};
+use test_support::gateway::{Gateway, GatewayConfig, one_route};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -13,42 +13,38 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strait"))
 }
 
+/// Waits (bounded) until the gateway refuses new connections on `port`.
+async fn wait_until_refusing(port: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens a gateway with one session through it, and the session.
+async fn gateway_with_session(backend: &Backend, drain: &str) -> (Gateway, TcpStream, u16) {
+    let port = test_support::free_port();
+    let gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(backend)).setting("drain_timeout", &format!("{drain:?}")),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(read_banner(&mut s).await.unwrap(), backend.name);
+    (gw, s, port)
+}
+
 fn yaml(backend: &Backend) -> String {
-    format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  routes:
-  - protocols: [tcp]
-    sources: [{{ip: 127.0.0.0/8}}]
-"#,
-        backend.addr
-    )
+    one_route(backend.addr, &[], &["protocols: [tcp]", "sources: [{ip: 127.0.0.0/8}]"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_drains_an_open_session() {
     let backend = Backend::plain("drain").await;
-    let port = test_support::free_port();
-    let mut gw = Gateway::start(
-        bin(),
-        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(&backend)).setting("drain_timeout", "\"20s\""),
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    assert_eq!(read_banner(&mut s).await.unwrap(), "drain");
-
+    let (mut gw, mut s, port) = gateway_with_session(&backend, "20s").await;
     gw.terminate();
     // New sessions are no longer accepted...
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Err(_) => break,
-            Ok(_) => {
-                assert!(tokio::time::Instant::now() < deadline, "still accepting after SIGTERM");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
+    wait_until_refusing(port).await;
     // ...while the open one keeps working.
     for round in 0..3 {
         let msg = format!("round {round}");
@@ -68,13 +64,7 @@ async fn graceful_shutdown_drains_an_open_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_timeout_closes_the_rest() {
     let backend = Backend::plain("stuck").await;
-    let port = test_support::free_port();
-    let mut gw = Gateway::start(
-        bin(),
-        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(&backend)).setting("drain_timeout", "\"300ms\""),
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    assert_eq!(read_banner(&mut s).await.unwrap(), "stuck");
+    let (mut gw, mut s, _) = gateway_with_session(&backend, "300ms").await;
     gw.terminate();
     let mut b = [0u8; 1];
     let n = tokio::time::timeout(WAIT, s.read(&mut b)).await.unwrap().unwrap_or(0);
@@ -88,20 +78,10 @@ async fn drain_timeout_closes_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_cuts_the_drain_short() {
     let backend = Backend::plain("long").await;
-    let port = test_support::free_port();
-    let mut gw = Gateway::start(
-        bin(),
-        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(&backend)).setting("drain_timeout", "\"10m\""),
-    );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    assert_eq!(read_banner(&mut s).await.unwrap(), "long");
+    let (mut gw, mut s, port) = gateway_with_session(&backend, "10m").await;
     gw.terminate();
     // Wait until the first signal was handled (the listener is closed).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "still accepting after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_refusing(port).await;
     gw.terminate();
     let mut b = [0u8; 1];
     let n = tokio::time::timeout(WAIT, s.read(&mut b)).await.unwrap().unwrap_or(0);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use test_support::backend::{Backend, closed_without_data, read_banner, tls_connect};
 use test_support::certs::{Pem, TestCa, client_config, insecure_client_config, server_config};
-use test_support::gateway::{Gateway, GatewayConfig, yaml_block};
+use test_support::gateway::{Gateway, GatewayConfig, one_route, yaml_block};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,16 +76,7 @@ certificates:
 async fn unknown_sni_is_refused() {
     let backend = Backend::plain("x").await;
     let port = test_support::free_port();
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  routes:
-  - protocols: [tls]
-    snis: [known.test]
-"#,
-        backend.addr
-    );
+    let yaml = one_route(backend.addr, &[], &["protocols: [tls]", "snis: [known.test]"]);
     let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml));
     let to = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(tls_connect(to, "unknown.test", insecure_client_config()).await.is_err());
@@ -267,16 +258,7 @@ upstreams:
 async fn bad_clients_are_closed_and_do_not_stall_others() {
     let backend = Backend::plain("ok").await;
     let port = test_support::free_port();
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- url: tcp://{}
-  routes:
-  - protocols: [tls]
-    snis: [ok.test]
-"#,
-        backend.addr
-    );
+    let yaml = one_route(backend.addr, &[], &["protocols: [tls]", "snis: [ok.test]"]);
     let gw = Gateway::start(
         bin(),
         GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml).setting("preread_timeout", "\"500ms\""),

@@ -200,3 +200,17 @@ pub fn yaml_block(pem: &str, spaces: usize) -> String {
     let pad = " ".repeat(spaces);
     pem.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
+
+/// A declarative file with one `tcp` service towards `upstream` and one route.
+/// `service_fields` and `route_fields` are YAML `key: value` lines.
+pub fn one_route(upstream: std::net::SocketAddr, service_fields: &[&str], route_fields: &[&str]) -> String {
+    let mut s = format!("_format_version: \"3.0\"\nservices:\n- url: tcp://{upstream}\n");
+    for f in service_fields {
+        s.push_str(&format!("  {f}\n"));
+    }
+    s.push_str("  routes:\n");
+    for (i, f) in route_fields.iter().enumerate() {
+        s.push_str(&format!("  {} {f}\n", if i == 0 { "-" } else { " " }));
+    }
+    s
+}
