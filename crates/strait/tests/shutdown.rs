@@ -29,8 +29,8 @@ async fn gateway_with_session(backend: &Backend, drain: &str) -> (Gateway, TcpSt
         bin(),
         GatewayConfig::new(format!("127.0.0.1:{port}"), yaml(backend)).setting("drain_timeout", &format!("{drain:?}")),
     );
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    assert_eq!(read_banner(&mut s).await.unwrap(), backend.name);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    assert_eq!(read_banner(&mut s).await.expect("banner"), backend.name);
     (gw, s, port)
 }
 
