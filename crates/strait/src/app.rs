@@ -17,7 +17,7 @@ struct Prepared {
 
 fn prepare(settings: Settings, generate_cert: bool) -> Result<Prepared> {
     let loaded = match &settings.declarative_config {
-        Some(path) => load_declarative(path)?,
+        Some(path) => load_declarative("declarative_config", path)?,
         None => Loaded { config: Config::default(), warnings: Vec::new() },
     };
     let default_cert = match &settings.ssl_cert {
@@ -35,10 +35,10 @@ fn throwaway_cert() -> Result<KeyPair> {
         .map_err(|errs| anyhow::anyhow!("generated certificate: {errs:?}"))
 }
 
-fn load_declarative(path: &Path) -> Result<Loaded> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("declarative_config: cannot read {}", path.display()))?;
-    strait_model::load_str(&text).with_context(|| format!("declarative_config {}", path.display()))
+/// Reads and validates a declarative file; `what` names it in errors.
+fn load_declarative(what: &str, path: &Path) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    strait_model::load_str(&text).with_context(|| format!("{what} {}", path.display()))
 }
 
 fn init_tracing(level: LogLevel) {
@@ -68,6 +68,9 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     let Prepared { settings, loaded, default_cert } = prepare(settings, true)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
+    }
+    if settings.declarative_config.is_none() {
+        tracing::warn!("declarative_config is not set: there are no routes, every session will be closed");
     }
     let counts = summary(&loaded.config);
     let snapshot = Snapshot::compile(loaded.config, &default_cert)?;
@@ -150,7 +153,7 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
 
 /// `strait config parse FILE`.
 pub fn parse(file: &Path) -> Result<()> {
-    let loaded = load_declarative(file)?;
+    let loaded = load_declarative("declarative file", file)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
