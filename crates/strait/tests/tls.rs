@@ -261,7 +261,7 @@ async fn bad_clients_are_closed_and_do_not_stall_others() {
     let yaml = one_route(backend.addr, &[], &["protocols: [tls]", "snis: [ok.test]"]);
     let gw = Gateway::start(
         bin(),
-        GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml).setting("preread_timeout", "\"500ms\""),
+        GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml).setting("preread_timeout", "\"2s\""),
     );
     let to: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
