@@ -79,6 +79,19 @@ pub fn load_str(text: &str) -> Result<Loaded, LoadError> {
 const FORMAT_VERSIONS: [&str; 3] = ["1.1", "2.1", "3.0"];
 const ENTITY_KEYS: [&str; 8] =
     ["services", "routes", "certificates", "snis", "ca_certificates", "upstreams", "targets", "plugins"];
+/// Route fields that only HTTP routes use; kept as given.
+pub const HTTP_ROUTE_FIELDS: [&str; 10] = [
+    "methods",
+    "hosts",
+    "paths",
+    "headers",
+    "strip_path",
+    "regex_priority",
+    "path_handling",
+    "https_redirect_status_code",
+    "request_buffering",
+    "response_buffering",
+];
 /// Kong entities that have no meaning for a stream gateway; accepted and ignored.
 const IGNORED_KEYS: [&str; 9] = [
     "consumers",
@@ -498,6 +511,8 @@ impl Builder {
         f.bool("request_buffering");
         f.bool("response_buffering");
         let preserve_host = f.bool("preserve_host").unwrap_or(false);
+        let http: Map<String, Value> =
+            HTTP_ROUTE_FIELDS.iter().filter_map(|k| f.get(k).map(|v| ((*k).to_owned(), v.clone()))).collect();
 
         let stream = protocols.is_stream();
         if stream {
@@ -559,6 +574,7 @@ impl Builder {
             snis,
             service: parent,
             preserve_host,
+            http,
         });
         if let Some(r) = service_ref {
             self.route_service.push((idx, r));
@@ -687,7 +703,7 @@ impl Builder {
         let origin = Origin { path, name: None };
         let meta = meta(&mut f, "ca_certificate", &origin);
         let cert = f.required_str("cert").and_then(|c| match pem::ca_certificate(c) {
-            Ok(der) => Some(der),
+            Ok(der) => Some((der, c.to_owned())),
             Err(e) => {
                 f.err("cert", e);
                 None
@@ -696,8 +712,8 @@ impl Builder {
         let cert_digest = f.str("cert_digest").map(str::to_owned);
         let errors = std::mem::take(&mut f.errors);
         self.push_errors("ca_certificate", &origin, errors);
-        if let Some(cert) = cert {
-            self.config.ca_certificates.push(CaCertificate { meta, cert, cert_digest });
+        if let Some((cert, pem)) = cert {
+            self.config.ca_certificates.push(CaCertificate { meta, cert, pem, cert_digest });
             self.ca_origin.push(origin);
         }
     }
@@ -768,7 +784,9 @@ impl Builder {
         let targets = f.array("targets").cloned();
         let extra: Map<String, Value> = obj
             .iter()
-            .filter(|(k, _)| k.starts_with("hash_") && k.as_str() != "hash_on")
+            .filter(|(k, v)| {
+                (k.starts_with("hash_") && k.as_str() != "hash_on" || k.as_str() == "use_srv_name") && !v.is_null()
+            })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let errors = std::mem::take(&mut f.errors);

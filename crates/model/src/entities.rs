@@ -253,6 +253,9 @@ pub struct Route {
     pub service: Option<ServiceIdx>,
     /// In stream mode: send the client's SNI to a TLS upstream.
     pub preserve_host: bool,
+    /// HTTP-only fields (`hosts`, `strip_path`, …) as given, so that HTTP
+    /// routes and deck dumps survive an export.
+    pub http: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Route {
@@ -270,17 +273,36 @@ pub enum KeyType {
     Other,
 }
 
-/// A certificate chain and its private key, DER-encoded and checked to match.
+/// A private key's PEM text; never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem(pub String);
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretPem(<redacted>)")
+    }
+}
+
+/// A certificate chain and its private key, DER-encoded and checked to match,
+/// with the PEM text they came from (for export).
 #[derive(Debug)]
 pub struct KeyPair {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub key_type: KeyType,
+    pub cert_pem: String,
+    pub key_pem: SecretPem,
 }
 
 impl Clone for KeyPair {
     fn clone(&self) -> Self {
-        KeyPair { chain: self.chain.clone(), key: self.key.clone_key(), key_type: self.key_type }
+        KeyPair {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            key_type: self.key_type,
+            cert_pem: self.cert_pem.clone(),
+            key_pem: self.key_pem.clone(),
+        }
     }
 }
 
@@ -303,6 +325,7 @@ pub struct Sni {
 pub struct CaCertificate {
     pub meta: Meta,
     pub cert: CertificateDer<'static>,
+    pub pem: String,
     pub cert_digest: Option<String>,
 }
 

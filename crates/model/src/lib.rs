@@ -7,6 +7,7 @@
 
 pub mod declarative;
 pub mod entities;
+pub mod export;
 mod fields;
 pub mod pem;
 

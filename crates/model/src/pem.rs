@@ -59,7 +59,13 @@ pub fn key_pair(cert_pem: &str, key_pem: &str, mismatch: &str) -> Result<KeyPair
     let signer = any_supported_type(&key).map_err(|_| vec![("key", "invalid key: unsupported key type".to_owned())])?;
     CertifiedKey::new(chain.clone(), signer).keys_match().map_err(|_| vec![("@entity", mismatch.to_owned())])?;
     let key_type = key_type(&chain[0]);
-    Ok(KeyPair { chain, key, key_type })
+    Ok(KeyPair {
+        chain,
+        key,
+        key_type,
+        cert_pem: cert_pem.to_owned(),
+        key_pem: crate::entities::SecretPem(key_pem.to_owned()),
+    })
 }
 
 /// Checks a CA certificate as Kong does: one certificate, a CA, not expired.

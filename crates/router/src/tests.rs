@@ -51,6 +51,7 @@ fn route(protos: &[Protocol], sources: Vec<Endpoint>, destinations: Vec<Endpoint
         snis: snis.iter().map(|s| strait_model::parse_sni(s, false).unwrap()).collect(),
         service: Some(ServiceIdx(0)),
         preserve_host: false,
+        http: Default::default(),
     }
 }
 
