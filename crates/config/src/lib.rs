@@ -7,5 +7,7 @@
 pub mod listen;
 pub mod settings;
 
-pub use listen::{Keepalive, ListenEntry, ListenError, ListenHost, parse_stream_listen};
+pub use listen::{
+    AdminListen, Keepalive, ListenEntry, ListenError, ListenHost, parse_admin_listen, parse_stream_listen,
+};
 pub use settings::{AccessLog, Database, LogLevel, Settings, SettingsError};

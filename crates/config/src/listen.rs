@@ -74,6 +74,65 @@ pub enum ListenError {
     NotSupported { entry: String, flag: &'static str },
 }
 
+/// The form of `admin_listen`, shown when an entry cannot be parsed.
+pub const ADMIN_LISTEN_FORM: &str = "admin_listen must be of form: [off] | <ip>:<port> [ssl] [http2] \
+[reuseport] [backlog=%d+] [deferred] [bind], [... next entry ...]";
+
+/// One `admin_listen` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminListen {
+    pub host: ListenHost,
+    pub port: u16,
+    pub reuseport: bool,
+    pub backlog: Option<u32>,
+}
+
+impl AdminListen {
+    pub fn addr_label(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Parses `admin_listen`. HTTP flags Strait does not need (`http2`,
+/// `deferred`, `bind`) are accepted; `ssl` is refused until HTTPS lands.
+pub fn parse_admin_listen(value: &str) -> Result<Vec<AdminListen>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in value.trim().split(',').enumerate() {
+        let raw = raw.trim();
+        if i == 0 && raw.eq_ignore_ascii_case("off") {
+            return Ok(Vec::new());
+        }
+        let bad = |reason: String| format!("entry '{raw}': {reason}; {ADMIN_LISTEN_FORM}");
+        let mut words = raw.split_whitespace();
+        let addr = words.next().ok_or_else(|| bad("empty entry".into()))?;
+        let (host, port) = parse_addr(raw, addr).map_err(|e| match e {
+            ListenError::Malformed { reason, .. } => bad(reason),
+            other => other.to_string(),
+        })?;
+        let mut entry = AdminListen { host, port, reuseport: false, backlog: None };
+        for flag in words {
+            match flag.split_once('=') {
+                Some(("backlog", v)) => {
+                    entry.backlog = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| bad(format!("backlog '{v}' is not a positive integer")))?,
+                    )
+                }
+                None if flag == "reuseport" => entry.reuseport = true,
+                None if matches!(flag, "http2" | "deferred" | "bind") => {}
+                None if flag == "ssl" => {
+                    return Err(format!("entry '{raw}': the 'ssl' flag is not supported yet for the Admin API"));
+                }
+                _ => return Err(bad(format!("unknown flag '{flag}'"))),
+            }
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
 /// Parses a whole `stream_listen` value. `off` (alone or as the first entry,
 /// as Kong allows) yields no listeners.
 pub fn parse_stream_listen(value: &str) -> Result<Vec<ListenEntry>, ListenError> {
@@ -258,6 +317,17 @@ mod tests {
         let e = parse_stream_listen("localhost:9000 so_keepalive=::5").unwrap();
         assert_eq!(e[0].host, ListenHost::Name("localhost".into()));
         assert_eq!(e[0].so_keepalive, Some(Keepalive::Tuned { idle: None, interval: None, count: Some(5) }));
+    }
+
+    #[test]
+    fn admin_listen_forms() {
+        let a = parse_admin_listen("127.0.0.1:8001 reuseport backlog=16384, [::1]:8001 http2").unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(a[0].reuseport);
+        assert!(parse_admin_listen("off").unwrap().is_empty());
+        assert!(parse_admin_listen("127.0.0.1:8444 ssl").unwrap_err().contains("not supported yet"));
+        assert!(parse_admin_listen("8001").unwrap_err().contains("admin_listen must be of form"));
+        assert!(parse_admin_listen("127.0.0.1:8001 udp").unwrap_err().contains("unknown flag 'udp'"));
     }
 
     #[test]

@@ -10,13 +10,24 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::listen::{ListenEntry, Unit, parse_stream_listen};
+use crate::listen::{AdminListen, ListenEntry, Unit, parse_admin_listen, parse_stream_listen};
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Database {
     /// DB-less: the declarative file is the whole configuration.
     Off,
+    /// The embedded store, a file under `prefix` (the default).
+    Sqlite,
+}
+
+impl Database {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Database::Off => "off",
+            Database::Sqlite => "sqlite",
+        }
+    }
 }
 
 /// Kong's log levels, mapped onto `tracing`'s five.
@@ -44,6 +55,10 @@ pub struct Settings {
     pub database: Database,
     pub declarative_config: Option<PathBuf>,
     pub stream_listen: Vec<ListenEntry>,
+    /// Where the Admin API listens; empty when `off`.
+    pub admin_listen: Vec<AdminListen>,
+    /// When set, Admin API requests must carry it in `Kong-Admin-Token`.
+    pub admin_token: Option<String>,
     pub log_level: LogLevel,
     pub proxy_stream_access_log: AccessLog,
     /// Default certificate and key; generated under `prefix` when unset.
@@ -92,6 +107,7 @@ pub const KEYS: &[&str] = &[
     "declarative_config",
     "stream_listen",
     "admin_listen",
+    "admin_token",
     "status_listen",
     "log_level",
     "proxy_stream_access_log",
@@ -192,8 +208,9 @@ impl Settings {
                     "database" => {
                         s.database = match raw.text()?.as_str() {
                             "off" => Database::Off,
-                            "sqlite" | "postgres" => {
-                                return Err("only \"off\" is supported yet: the sqlite and postgres stores arrive with the Admin API".into());
+                            "sqlite" => Database::Sqlite,
+                            "postgres" => {
+                                return Err("\"postgres\" is not supported yet (cluster mode arrives in a later release); use \"sqlite\" or \"off\"".into());
                             }
                             other => return Err(format!("expected one of: off, sqlite, postgres; found '{other}'")),
                         }
@@ -202,12 +219,16 @@ impl Settings {
                     "stream_listen" => {
                         s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?
                     }
-                    "admin_listen" | "status_listen" => {
+                    "admin_listen" => s.admin_listen = parse_admin_listen(&raw.text()?)?,
+                    "admin_token" => {
+                        let v = raw.text()?;
+                        s.admin_token = if v.is_empty() { None } else { Some(v) };
+                    }
+                    "status_listen" => {
                         let v = raw.text()?;
                         if !v.eq_ignore_ascii_case("off") {
                             return Err(format!(
-                                "only \"off\" is supported yet (the {} API arrives in a later release); found '{v}'",
-                                if key == "admin_listen" { "Admin" } else { "Status" }
+                                "only \"off\" is supported yet (/status is served on admin_listen); found '{v}'"
                             ));
                         }
                     }
@@ -275,9 +296,11 @@ impl Settings {
     fn defaults() -> Settings {
         Settings {
             prefix: PathBuf::from("/usr/local/strait"),
-            database: Database::Off,
+            database: Database::Sqlite,
             declarative_config: None,
             stream_listen: Vec::new(),
+            admin_listen: parse_admin_listen("127.0.0.1:8001").unwrap_or_default(),
+            admin_token: None,
             log_level: LogLevel::Info,
             proxy_stream_access_log: AccessLog::Off,
             ssl_cert: None,
@@ -357,7 +380,9 @@ mod tests {
     #[test]
     fn defaults_are_kong_like() {
         let s = load("", &[]).unwrap();
-        assert_eq!(s.database, Database::Off);
+        assert_eq!(s.database, Database::Sqlite);
+        assert_eq!(s.admin_listen.len(), 1);
+        assert_eq!(s.admin_listen[0].port, 8001);
         assert!(s.stream_listen.is_empty());
         assert_eq!(s.proxy_stream_access_log, AccessLog::File(PathBuf::from("/usr/local/strait/logs/access.log")));
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
@@ -382,6 +407,7 @@ mod tests {
             r#"stream_listn = "x"
                drain_timeout = "soon"
                database = "mysql"
+               admin_listen = "8001"
                worker_threads = 0
                ssl_cert = "a.pem""#,
             &[("STRAIT_LOG_LEVEL", "loud")],
@@ -392,6 +418,7 @@ mod tests {
             "stream_listn (from file): unknown setting",
             "drain_timeout (from file)",
             "database (from file)",
+            "admin_listen (from file)",
             "worker_threads (from file)",
             "log_level (from STRAIT_LOG_LEVEL)",
             "ssl_cert_key",

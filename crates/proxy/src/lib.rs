@@ -35,7 +35,8 @@ pub struct Timeouts {
 /// State shared by every session of a proxy.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    stats: Arc<Stats>,
     log: AccessLogger,
     preread_timeout: Duration,
     tls_detect_timeout: Duration,
@@ -51,6 +52,45 @@ pub struct Proxy {
     accept_tasks: Vec<JoinHandle<()>>,
     alive_rx: mpsc::Receiver<()>,
     addrs: Vec<SocketAddr>,
+}
+
+/// Publishes snapshots to a running proxy; see [`Proxy::swapper`].
+#[derive(Debug, Clone)]
+pub struct Swapper(Arc<ArcSwap<Snapshot>>);
+
+impl Swapper {
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
+
+/// Session counters: one relaxed atomic add per session start and end.
+#[derive(Debug, Default)]
+pub struct Stats {
+    accepted: std::sync::atomic::AtomicU64,
+    handled: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of [`Stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub handled: u64,
+    pub active: u64,
+}
+
+impl Stats {
+    pub(crate) fn session_started(&self) {
+        self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub(crate) fn session_ended(&self) {
+        self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let handled = self.handled.load(std::sync::atomic::Ordering::Relaxed);
+        let accepted = self.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        StatsSnapshot { accepted, handled, active: accepted.saturating_sub(handled) }
+    }
 }
 
 /// Closes every open session of a proxy; see [`Proxy::closer`].
@@ -83,7 +123,8 @@ impl Proxy {
         let force_close = Arc::new(force_close);
         let (alive_tx, alive_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            stats: Arc::new(Stats::default()),
             log,
             preread_timeout: timeouts.preread,
             tls_detect_timeout: timeouts.tls_detect,
@@ -121,6 +162,17 @@ impl Proxy {
     /// Publishes a new configuration for sessions accepted from now on.
     pub fn swap(&self, snapshot: Snapshot) {
         self.shared.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// A handle that publishes snapshots, for the control plane. It holds
+    /// nothing else of the proxy, so it never keeps the proxy alive.
+    pub fn swapper(&self) -> Swapper {
+        Swapper(self.shared.snapshot.clone())
+    }
+
+    /// Session counters, for `/status`.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
     }
 
     /// Stops accepting, lets open sessions finish for up to `drain`, then

@@ -78,6 +78,7 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     _alive: mpsc::Sender<()>,
 ) {
+    shared.stats.session_started();
     let started = SystemTime::now();
     let t0 = Instant::now();
     // One snapshot for the whole session: later configuration changes do not touch it.
@@ -144,6 +145,7 @@ pub(crate) async fn serve(
         tracing::debug!(client = %rec.client, status = rec.status, reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
     }
     shared.log.log(&rec);
+    shared.stats.session_ended();
 }
 
 /// Everything before the relay: classify, route, TLS, connect.

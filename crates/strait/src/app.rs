@@ -4,9 +4,13 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use strait_config::{LogLevel, Settings};
+use std::sync::Arc;
+
+use strait_admin::{AdminState, Control, NodeInfo};
+use strait_config::{Database, LogLevel, Settings};
 use strait_model::{Config, KeyPair, Loaded};
 use strait_proxy::{AccessLogger, Proxy, Snapshot, Timeouts};
+use strait_store::Store;
 
 /// Everything `start` needs, validated; also what `check` validates.
 struct Prepared {
@@ -60,8 +64,8 @@ fn init_tracing(level: LogLevel) {
 pub fn start(conf: Option<&Path>) -> Result<()> {
     let settings = Settings::load(conf)?;
     init_tracing(settings.log_level);
-    if settings.stream_listen.is_empty() {
-        bail!("stream_listen is off: there is nothing to serve (set stream_listen, e.g. \"127.0.0.1:9000\")");
+    if settings.stream_listen.is_empty() && settings.admin_listen.is_empty() {
+        bail!("stream_listen and admin_listen are both off: there is nothing to serve");
     }
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("prefix: cannot create {}", settings.prefix.display()))?;
@@ -69,11 +73,9 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    if settings.declarative_config.is_none() {
-        tracing::warn!("declarative_config is not set: there are no routes, every session will be closed");
+    if settings.declarative_config.is_none() && settings.database == Database::Off {
+        tracing::warn!("declarative_config is not set: there are no routes until POST /config");
     }
-    let counts = summary(&loaded.config);
-    let snapshot = Snapshot::compile(loaded.config, &default_cert)?;
 
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("strait-worker");
@@ -86,16 +88,25 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         .context("proxy_stream_access_log: cannot open the access log")?;
     let listeners = strait_proxy::bind_all(&settings.stream_listen)?;
     let report = rt.block_on(async {
+        let store = open_store(&settings).await?;
+        let (control, snapshot) = Control::start(store, loaded.config, default_cert).await?;
+        let counts = summary(&control.current().config);
         let proxy = Proxy::start(
             listeners,
             snapshot,
             logger,
             Timeouts { preread: settings.preread_timeout, tls_detect: settings.tls_detect_timeout },
         )?;
+        let swapper = proxy.swapper();
+        control.set_publisher(move |s| swapper.swap(s));
+
+        let (admin_stop, admin_addrs) = start_admin(&settings, control.clone(), proxy.stats()).await?;
         let addrs: Vec<String> = proxy.local_addrs().iter().map(ToString::to_string).collect();
-        tracing::info!(listeners = %addrs.join(", "), config = %counts, "strait started");
+        tracing::info!(listeners = %addrs.join(", "), admin = %admin_addrs.join(", "), config = %counts, "strait started");
         wait_for_signal().await?;
         tracing::info!(drain_timeout = ?settings.drain_timeout, "shutting down: no new sessions");
+        let _ = admin_stop.send(true);
+        drop(control);
         // A second signal cuts the drain short.
         let closer = proxy.closer();
         tokio::spawn(async move {
@@ -112,6 +123,71 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     writer.finish();
     tracing::info!(forced = report.forced, "strait stopped");
     Ok(())
+}
+
+/// The store for `database`, migrated; `None` when `off`.
+async fn open_store(settings: &Settings) -> Result<Option<Store>> {
+    match settings.database {
+        Database::Off => Ok(None),
+        Database::Sqlite => {
+            let path = settings.prefix.join("strait.db");
+            let store = Store::open_sqlite(&path).await.with_context(|| format!("database: {}", path.display()))?;
+            store.migrate_up().await.context("database migrations")?;
+            Ok(Some(store))
+        }
+    }
+}
+
+/// Binds the Admin API listeners and serves them until the returned sender says stop.
+async fn start_admin(
+    settings: &Settings,
+    control: Arc<Control>,
+    stats: Arc<strait_proxy::Stats>,
+) -> Result<(tokio::sync::watch::Sender<bool>, Vec<String>)> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let info = NodeInfo {
+        node_id: node_id(&settings.prefix),
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
+        database: settings.database.as_str().to_owned(),
+        stream_listen: settings.stream_listen.iter().map(|l| l.addr_label()).collect(),
+        admin_listen: settings.admin_listen.iter().map(|l| l.addr_label()).collect(),
+    };
+    let state = Arc::new(AdminState { control, stats, token: settings.admin_token.clone(), info });
+    let mut addrs = Vec::new();
+    for entry in &settings.admin_listen {
+        let label = entry.addr_label();
+        let listener =
+            tokio::net::TcpListener::bind((entry.host.to_string().trim_matches(|c| c == '[' || c == ']'), entry.port))
+                .await
+                .with_context(|| format!("admin_listen: cannot listen on {label}"))?;
+        addrs.push(listener.local_addr().map_or(label, |a| a.to_string()));
+        let mut rx = stop_rx.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if let Err(e) = strait_admin::serve(listener, state, shutdown).await {
+                tracing::error!(error = %e, "the Admin API stopped");
+            }
+        });
+    }
+    Ok((stop, addrs))
+}
+
+/// This node's id, kept under `prefix` so it survives restarts.
+fn node_id(prefix: &Path) -> String {
+    let path = prefix.join("node_id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if let Ok(id) = uuid::Uuid::parse_str(id.trim()) {
+            return id.to_string();
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = std::fs::write(&path, &id) {
+        tracing::warn!(error = %e, "cannot save the node id");
+    }
+    id
 }
 
 async fn wait_for_signal() -> Result<()> {
@@ -171,5 +247,77 @@ pub fn init(file: &Path) -> Result<()> {
         .with_context(|| format!("cannot create {} (it is never overwritten)", file.display()))?;
     f.write_all(crate::example::DECLARATIVE.as_bytes())?;
     println!("{} written", file.display());
+    Ok(())
+}
+
+/// `strait migrations up|status`.
+pub fn migrations(conf: Option<&Path>, up: bool) -> Result<()> {
+    let settings = Settings::load(conf)?;
+    if settings.database == Database::Off {
+        bail!("database is \"off\": there is nothing to migrate");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let path = settings.prefix.join("strait.db");
+        let store = Store::open_sqlite(&path).await.with_context(|| format!("database: {}", path.display()))?;
+        if up {
+            let done = store.migrate_up().await?;
+            if done.is_empty() {
+                println!("database is up to date");
+            }
+            for name in done {
+                println!("migrated: {name}");
+            }
+        } else {
+            for m in store.migrations().await? {
+                println!("{:>3} {:<24} {}", m.version, m.name, if m.applied { "applied" } else { "pending" });
+            }
+        }
+        store.close().await;
+        anyhow::Ok(())
+    })
+}
+
+/// `strait config db_import FILE`: replaces the stored configuration.
+pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
+    let loaded = load_declarative("declarative file", file)?;
+    let settings = Settings::load(conf)?;
+    if settings.database == Database::Off {
+        bail!("database is \"off\": db_import needs a database");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let store = open_store(&settings).await?;
+        let (control, _) = Control::start(store, strait_model::Config::default(), throwaway_cert()?).await?;
+        let doc = strait_model::export::to_declarative(&loaded.config);
+        control
+            .apply(|d| strait_admin::control::replace_all(d, doc))
+            .await
+            .map_err(|e| anyhow::anyhow!("import refused: {}", e.body))?;
+        println!("import successful: {}", summary(&control.current().config));
+        anyhow::Ok(())
+    })
+}
+
+/// `strait config db_export [FILE]`: writes the stored configuration.
+pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
+    let settings = Settings::load(conf)?;
+    if settings.database == Database::Off {
+        bail!("database is \"off\": db_export needs a database");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let text = rt.block_on(async {
+        let store = open_store(&settings).await?;
+        let (control, _) = Control::start(store, strait_model::Config::default(), throwaway_cert()?).await?;
+        let text = serde_json::to_string_pretty(&control.current().doc)?;
+        anyhow::Ok(text)
+    })?;
+    match file {
+        Some(f) => {
+            std::fs::write(f, text + "\n").with_context(|| format!("cannot write {}", f.display()))?;
+            println!("exported to {}", f.display());
+        }
+        None => println!("{text}"),
+    }
     Ok(())
 }

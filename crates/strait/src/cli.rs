@@ -18,7 +18,11 @@ Examples:
   strait config parse kong.yml
       Validate a Kong declarative file (_format_version 3.0, YAML or JSON).
   strait config init strait.yml
-      Write a commented example declarative file.";
+      Write a commented example declarative file.
+  curl -i -X POST http://127.0.0.1:8001/services --data name=redis --data url=tcp://127.0.0.1:6379
+      Create a service through the Admin API (database = \"sqlite\", the default).
+  strait config db_export backup.json
+      Write the stored configuration as a declarative file.";
 
 /// Strait: a layer-4 (TCP and TLS) API gateway that speaks Kong's stream configuration.
 #[derive(Debug, Parser)]
@@ -44,6 +48,21 @@ enum Command {
     /// Work with declarative configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Database schema migrations.
+    Migrations {
+        #[command(subcommand)]
+        action: MigrationsCommand,
+        #[arg(short = 'c', long = "conf", value_name = "FILE", global = true)]
+        conf: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrationsCommand {
+    /// Apply pending migrations.
+    Up,
+    /// List migrations and whether they are applied.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +74,20 @@ enum ConfigCommand {
         /// Where to write it (refuses to overwrite).
         #[arg(default_value = "strait.yml")]
         file: PathBuf,
+    },
+    /// Replace the stored configuration with a declarative file.
+    #[command(name = "db_import")]
+    DbImport {
+        file: PathBuf,
+        #[arg(short = 'c', long = "conf", value_name = "FILE")]
+        conf: Option<PathBuf>,
+    },
+    /// Write the stored configuration as a declarative file (stdout without FILE).
+    #[command(name = "db_export")]
+    DbExport {
+        file: Option<PathBuf>,
+        #[arg(short = 'c', long = "conf", value_name = "FILE")]
+        conf: Option<PathBuf>,
     },
 }
 
@@ -73,6 +106,13 @@ pub fn main() -> ExitCode {
         Command::Check { conf } => app::check(default_conf(conf).as_deref()),
         Command::Config(ConfigCommand::Parse { file }) => app::parse(&file),
         Command::Config(ConfigCommand::Init { file }) => app::init(&file),
+        Command::Config(ConfigCommand::DbImport { file, conf }) => app::db_import(default_conf(conf).as_deref(), &file),
+        Command::Config(ConfigCommand::DbExport { file, conf }) => {
+            app::db_export(default_conf(conf).as_deref(), file.as_deref())
+        }
+        Command::Migrations { action, conf } => {
+            app::migrations(default_conf(conf).as_deref(), matches!(action, MigrationsCommand::Up))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -98,7 +98,9 @@ fn start_with_a_bad_declarative_file_fails_before_listening() {
     dir.write("kong.yml", "_format_version: \"3.0\"\nroutes:\n- protocols: [tls_passthrough]\n");
     dir.write(
         "strait.toml",
-        &format!("prefix = \"p\"\ndeclarative_config = \"kong.yml\"\nstream_listen = \"127.0.0.1:{port}\"\n"),
+        &format!(
+            "prefix = \"p\"\nadmin_listen = \"off\"\ndeclarative_config = \"kong.yml\"\nstream_listen = \"127.0.0.1:{port}\"\n"
+        ),
     );
     let o = strait(&["start", "-c", "strait.toml"], dir.path());
     assert_eq!(o.status.code(), Some(1));
@@ -115,7 +117,9 @@ fn start_fails_on_a_busy_port() {
     dir.write("kong.yml", "_format_version: \"3.0\"\n");
     dir.write(
         "strait.toml",
-        &format!("prefix = \"p\"\ndeclarative_config = \"kong.yml\"\nstream_listen = \"127.0.0.1:{port}\"\n"),
+        &format!(
+            "prefix = \"p\"\nadmin_listen = \"off\"\ndeclarative_config = \"kong.yml\"\nstream_listen = \"127.0.0.1:{port}\"\n"
+        ),
     );
     let o = strait(&["start", "-c", "strait.toml"], dir.path());
     assert_eq!(o.status.code(), Some(1));

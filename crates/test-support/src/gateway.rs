@@ -95,16 +95,20 @@ impl Gateway {
         let dir = TempDir::new();
         let yml = dir.write("kong.yml", &cfg.declarative);
         let access_log = dir.path().join("access.log");
-        let mut toml = format!(
-            "prefix = {:?}\ndeclarative_config = {:?}\nstream_listen = {:?}\nproxy_stream_access_log = {:?}\n",
-            dir.path().join("prefix"),
-            yml,
-            cfg.stream_listen,
-            access_log
-        );
+        // Defaults for a test: DB-less, no Admin API; any of them overridable.
+        let mut settings: Vec<(String, String)> = vec![
+            ("prefix".into(), format!("{:?}", dir.path().join("prefix"))),
+            ("database".into(), "\"off\"".into()),
+            ("admin_listen".into(), "\"off\"".into()),
+            ("declarative_config".into(), format!("{yml:?}")),
+            ("stream_listen".into(), format!("{:?}", cfg.stream_listen)),
+            ("proxy_stream_access_log".into(), format!("{access_log:?}")),
+        ];
         for (k, v) in &cfg.settings {
-            toml.push_str(&format!("{k} = {v}\n"));
+            settings.retain(|(key, _)| key != k);
+            settings.push((k.clone(), v.clone()));
         }
+        let toml: String = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         let conf = dir.write("strait.toml", &toml);
         let mut cmd = Command::new(bin);
         cmd.arg("start").arg("-c").arg(&conf).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());

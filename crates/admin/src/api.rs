@@ -1,0 +1,586 @@
+//! Kong's Admin API paths, dispatched by hand so that 404 and 405 answers,
+//! nested endpoints and Kong's disabled endpoints behave exactly as Kong's.
+//!
+//! Collections: `GET/POST /{kind}`; entities: `GET/PUT/PATCH/DELETE
+//! /{kind}/{id or key}`; nested: `/{parent}/{key}/{child}[/{key}]` for the
+//! foreign keys Kong exposes; plus `/`, `/status`, `/config`,
+//! `/plugins/enabled`, `/upstreams/{u}/targets/all`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use strait_model::export;
+
+use crate::control::{Control, Current, KINDS, config_hash, now, replace_all};
+use crate::error::ApiError;
+use crate::{AdminState, form};
+
+/// The field other than `id` that addresses an entity in a path.
+fn endpoint_key(kind: &str) -> Option<&'static str> {
+    match kind {
+        "services" | "routes" | "snis" | "upstreams" => Some("name"),
+        "targets" => Some("target"),
+        "plugins" => Some("instance_name"),
+        _ => None,
+    }
+}
+
+/// `(parent kind, child kind)` → the child's foreign-key field.
+fn nested_fk(parent: &str, child: &str) -> Option<&'static str> {
+    match (parent, child) {
+        ("services", "routes") | ("services", "plugins") => Some("service"),
+        ("routes", "plugins") => Some("route"),
+        ("certificates", "snis") => Some("certificate"),
+        ("upstreams", "targets") => Some("upstream"),
+        _ => None,
+    }
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn json_reply(status: StatusCode, v: Value) -> Reply {
+    Ok((status, axum::Json(v)).into_response())
+}
+
+/// Entry point for every request.
+pub(crate) async fn handle(
+    state: Arc<AdminState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(token) = &state.token {
+        let given = headers.get("kong-admin-token").and_then(|v| v.to_str().ok());
+        if given != Some(token.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    let path = uri.path().to_owned();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            form_urlencoded::parse(format!("x={s}").as_bytes()).next().map_or(s.to_owned(), |(_, v)| v.into_owned())
+        })
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    let req = Req { state: &state, method: &method, query: &query, body: &body, content_type: &ct };
+    match route(&req, &segs).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+struct Req<'a> {
+    state: &'a AdminState,
+    method: &'a Method,
+    query: &'a [(String, String)],
+    body: &'a Bytes,
+    content_type: &'a str,
+}
+
+impl Req<'_> {
+    fn control(&self) -> &Control {
+        &self.state.control
+    }
+
+    fn q(&self, key: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The request body as a JSON object (JSON or form-encoded, as Kong accepts).
+    fn object(&self) -> Result<Map<String, Value>, ApiError> {
+        if self.body.is_empty() {
+            return Ok(Map::new());
+        }
+        if self.content_type.starts_with("application/x-www-form-urlencoded") {
+            return Ok(form::to_json(self.body));
+        }
+        match serde_json::from_slice::<Value>(self.body) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err(ApiError::bad_body("Cannot parse JSON body: expected an object")),
+            Err(_) => Err(ApiError::bad_body("Cannot parse JSON body")),
+        }
+    }
+}
+
+async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
+    let m = req.method;
+    match segs {
+        [] => only(m, &[Method::GET]).and_then(|_| root(req)),
+        ["status"] => only(m, &[Method::GET]).and_then(|_| status(req)),
+        ["config"] => match *m {
+            Method::GET => get_config(req),
+            Method::POST => post_config(req).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        ["plugins", "enabled"] => {
+            only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, json!({ "enabled_plugins": [] })))
+        }
+        // Disabled in Kong: targets live under their upstream; an SNI's certificate via /certificates.
+        ["targets"] | ["targets", _] | ["targets", _, "upstream"] | ["snis", _, "certificate"] => {
+            Err(ApiError::method_not_allowed())
+        }
+        ["upstreams", u, "targets", "all"] => {
+            only(m, &[Method::GET])?;
+            let cur = req.control().current();
+            let parent = find(&cur, "upstreams", u, None).ok_or_else(ApiError::not_found)?;
+            list(req, &cur, "targets", Some(("upstream", id_of(parent))))
+        }
+        [kind] if KINDS.contains(kind) => match *m {
+            Method::GET => list(req, &req.control().current(), kind, None),
+            Method::POST => create(req, kind, None).await,
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        [kind, key] if KINDS.contains(kind) => entity(req, kind, key, None).await,
+        ["certificates", c, "services"] => {
+            only(m, &[Method::GET])?;
+            let cur = req.control().current();
+            let cert = find(&cur, "certificates", c, None).ok_or_else(ApiError::not_found)?;
+            list(req, &cur, "services", Some(("client_certificate", id_of(cert))))
+        }
+        ["routes", r, "service"] | ["services", r, "client_certificate"] => {
+            only(m, &[Method::GET])?;
+            let (kind, field, target) = if segs[0] == "routes" {
+                ("routes", "service", "services")
+            } else {
+                ("services", "client_certificate", "certificates")
+            };
+            let cur = req.control().current();
+            let e = find(&cur, kind, r, None).ok_or_else(ApiError::not_found)?;
+            let id = e.get(field).and_then(|f| f.get("id")).and_then(Value::as_str).ok_or_else(ApiError::not_found)?;
+            let target = find(&cur, target, id, None).ok_or_else(ApiError::not_found)?;
+            json_reply(StatusCode::OK, present(&cur, target_kind(target, kind), target))
+        }
+        [parent, pkey, child] if nested_fk(parent, child).is_some() => {
+            let fk = nested_fk(parent, child).unwrap_or_default();
+            let cur = req.control().current();
+            let p = find(&cur, parent, pkey, None).ok_or_else(ApiError::not_found)?;
+            let pid = id_of(p).to_owned();
+            match *m {
+                Method::GET => list(req, &cur, child, Some((fk, &pid))),
+                Method::POST => create(req, child, Some((fk, pid))).await,
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        [parent, pkey, child, ckey] if nested_fk(parent, child).is_some() => {
+            let fk = nested_fk(parent, child).unwrap_or_default();
+            let cur = req.control().current();
+            let p = find(&cur, parent, pkey, None).ok_or_else(ApiError::not_found)?;
+            let pid = id_of(p).to_owned();
+            entity(req, child, ckey, Some((fk, pid))).await
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+fn target_kind(_target: &Value, from: &str) -> &'static str {
+    if from == "routes" { "services" } else { "certificates" }
+}
+
+fn only(m: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(m) { Ok(()) } else { Err(ApiError::method_not_allowed()) }
+}
+
+fn id_of(e: &Value) -> &str {
+    e.get("id").and_then(Value::as_str).unwrap_or_default()
+}
+
+fn fk_id<'a>(e: &'a Value, field: &str) -> Option<&'a str> {
+    e.get(field).and_then(|f| f.get("id")).and_then(Value::as_str)
+}
+
+/// `host` → `host:8000`, as Kong addresses targets.
+fn target_key(key: &str) -> String {
+    if key.starts_with('[') {
+        if key.contains("]:") { key.to_owned() } else { format!("{key}:8000") }
+    } else if key.contains(':') {
+        key.to_owned()
+    } else {
+        format!("{key}:8000")
+    }
+}
+
+/// Finds an entity by id or endpoint key, optionally within a parent.
+fn find<'a>(cur: &'a Current, kind: &str, key: &str, scope: Option<(&str, &str)>) -> Option<&'a Value> {
+    let in_scope = |e: &&Value| scope.is_none_or(|(fk, pid)| fk_id(e, fk) == Some(pid));
+    let list = cur.list(kind);
+    if let Some(e) = list.iter().filter(in_scope).find(|e| id_of(e) == key) {
+        return Some(e);
+    }
+    if kind == "certificates" {
+        // Kong also addresses a certificate by one of its SNIs.
+        let cert_id = cur.list("snis").iter().find(|s| s.get("name").and_then(Value::as_str) == Some(key))?;
+        let cid = fk_id(cert_id, "certificate")?;
+        return list.iter().find(|e| id_of(e) == cid);
+    }
+    let field = endpoint_key(kind)?;
+    let key = if kind == "targets" { target_key(key) } else { key.to_owned() };
+    list.iter().filter(in_scope).find(|e| e.get(field).and_then(Value::as_str) == Some(key.as_str()))
+}
+
+/// An entity as the Admin API shows it (certificates with their SNI names).
+fn present(cur: &Current, kind: &str, e: &Value) -> Value {
+    if kind == "certificates" {
+        let id = id_of(e);
+        if let Some(i) = cur.config.certificates.iter().position(|c| c.meta.id.to_string() == id) {
+            return export::certificate(&cur.config, strait_model::CertificateIdx(i), true);
+        }
+    }
+    e.clone()
+}
+
+fn tags_match(e: &Value, filter: Option<&str>) -> bool {
+    let Some(filter) = filter else { return true };
+    let tags: Vec<&str> = e
+        .get("tags")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if filter.contains('/') {
+        filter.split('/').any(|t| tags.contains(&t))
+    } else {
+        filter.split(',').all(|t| tags.contains(&t))
+    }
+}
+
+fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -> Reply {
+    let size = match req.q("size") {
+        None => 100,
+        Some(s) => s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(ApiError::invalid_size)?,
+    };
+    let after = match req.q("offset") {
+        None => None,
+        Some(o) => Some(i64::from_str_radix(o, 16).map_err(|_| ApiError::invalid_offset(o))?),
+    };
+    let tags = req.q("tags");
+    let mut matching =
+        cur.list(kind).iter().filter(|e| {
+            scope.is_none_or(|(fk, pid)| {
+                if fk == "client_certificate" { fk_id(e, fk) == Some(pid) } else { fk_id(e, fk) == Some(pid) }
+            }) && tags_match(e, tags)
+                && after.is_none_or(|a| cur.seq(kind, id_of(e)) > a)
+        });
+    let page: Vec<Value> = matching.by_ref().take(size).map(|e| present(cur, kind, e)).collect();
+    let more = matching.next().is_some();
+    let mut body = json!({ "data": page, "next": null });
+    if more {
+        if let Some(last) = page.last() {
+            let offset = format!("{:x}", cur.seq(kind, id_of(last)));
+            let base = req_path(kind, scope, cur);
+            let mut next = format!("{base}?offset={offset}&size={size}");
+            if let Some(t) = tags {
+                next.push_str(&format!("&tags={t}"));
+            }
+            body["offset"] = json!(offset);
+            body["next"] = json!(next);
+        }
+    }
+    json_reply(StatusCode::OK, body)
+}
+
+fn req_path(kind: &str, scope: Option<(&str, &str)>, _cur: &Current) -> String {
+    match scope {
+        None => format!("/{kind}"),
+        Some(("service", id)) => format!("/services/{id}/{kind}"),
+        Some(("route", id)) => format!("/routes/{id}/{kind}"),
+        Some(("certificate", id)) => format!("/certificates/{id}/{kind}"),
+        Some(("upstream", id)) => format!("/upstreams/{id}/{kind}"),
+        Some(("client_certificate", id)) => format!("/certificates/{id}/services"),
+        Some((_, _)) => format!("/{kind}"),
+    }
+}
+
+/// Stamps a new entity and appends it to its list.
+fn push(doc: &mut Value, kind: &str, mut obj: Map<String, Value>) -> Result<(String, String), ApiError> {
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+        Some(Value::String(s)) if uuid::Uuid::parse_str(s).is_ok() => s.to_ascii_lowercase(),
+        Some(Value::String(s)) => return Err(ApiError::invalid_primary_key(s)),
+        Some(_) => return Err(ApiError::schema(Map::from_iter([("id".to_owned(), json!("expected a string"))]))),
+    };
+    let t = now();
+    obj.insert("id".into(), json!(id));
+    obj.entry("created_at").or_insert(json!(t));
+    obj.insert("updated_at".into(), json!(t));
+    list_mut(doc, kind).push(Value::Object(obj));
+    Ok((kind.to_owned(), id))
+}
+
+fn list_mut<'a>(doc: &'a mut Value, kind: &str) -> &'a mut Vec<Value> {
+    if !doc.get(kind).is_some_and(Value::is_array) {
+        doc[kind] = json!([]);
+    }
+    match doc.get_mut(kind).and_then(Value::as_array_mut) {
+        Some(a) => a,
+        None => unreachable!("just made an array"),
+    }
+}
+
+fn writable(req: &Req<'_>) -> Result<(), ApiError> {
+    if req.control().writable() { Ok(()) } else { Err(ApiError::read_only()) }
+}
+
+async fn create(req: &Req<'_>, kind: &str, parent: Option<(&str, String)>) -> Reply {
+    writable(req)?;
+    let mut obj = req.object()?;
+    if let Some((fk, pid)) = &parent {
+        obj.insert((*fk).to_owned(), json!({ "id": pid }));
+    }
+    let kind = kind.to_owned();
+    let applied = req.control().apply(|doc| push(doc, &kind, obj).map(Some)).await?;
+    respond_entity(&applied, StatusCode::CREATED)
+}
+
+/// Answers with the entity a change wrote.
+fn respond_entity(applied: &crate::control::Applied, status: StatusCode) -> Reply {
+    let (kind, id) = applied.target.as_ref().ok_or_else(ApiError::not_found)?;
+    let cur = &applied.current;
+    let e = cur.list(kind).iter().find(|e| id_of(e) == id).ok_or_else(ApiError::not_found)?;
+    json_reply(status, present(cur, kind, e))
+}
+
+async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, String)>) -> Reply {
+    let cur = req.control().current();
+    let scope_ref = scope.as_ref().map(|(f, p)| (*f, p.as_str()));
+    let existing = find(&cur, kind, key, scope_ref).cloned();
+    match *req.method {
+        Method::GET => {
+            let e = existing.ok_or_else(ApiError::not_found)?;
+            json_reply(StatusCode::OK, present(&cur, kind, &e))
+        }
+        Method::DELETE => {
+            writable(req)?;
+            let Some(e) = existing else {
+                // Kong answers 204 for an entity that is already gone.
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            };
+            let id = id_of(&e).to_owned();
+            let kind_owned = kind.to_owned();
+            req.control().apply(|doc| delete(doc, &kind_owned, &id)).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Method::PUT | Method::PATCH => {
+            writable(req)?;
+            let patch = *req.method == Method::PATCH;
+            if patch && existing.is_none() {
+                return Err(ApiError::not_found());
+            }
+            let mut obj = req.object()?;
+            if let Some((fk, pid)) = &scope {
+                obj.insert((*fk).to_owned(), json!({ "id": pid }));
+            }
+            let kind_owned = kind.to_owned();
+            let key = key.to_owned();
+            let applied = req
+                .control()
+                .apply(|doc| {
+                    let list = list_mut(doc, &kind_owned);
+                    match existing {
+                        Some(old) => {
+                            let id = id_of(&old).to_owned();
+                            let pos = list.iter().position(|e| id_of(e) == id).ok_or_else(ApiError::not_found)?;
+                            let mut new = if patch { merge(&old, obj) } else { obj };
+                            new.insert("id".into(), json!(id));
+                            new.insert("created_at".into(), old.get("created_at").cloned().unwrap_or(json!(now())));
+                            new.insert("updated_at".into(), json!(now()));
+                            list[pos] = Value::Object(new.clone());
+                            if kind_owned == "certificates" && new.contains_key("snis") {
+                                // The `snis` shorthand replaces the certificate's SNIs.
+                                list_mut(doc, "snis").retain(|s| fk_id(s, "certificate") != Some(id.as_str()));
+                            }
+                            Ok(Some((kind_owned.clone(), id)))
+                        }
+                        None => {
+                            // PUT creates: the path names the id or the endpoint key.
+                            if uuid::Uuid::parse_str(&key).is_ok() {
+                                obj.insert("id".into(), json!(key));
+                            } else if let Some(field) = endpoint_key(&kind_owned) {
+                                obj.insert(field.into(), json!(key));
+                            } else {
+                                return Err(ApiError::invalid_primary_key(&key));
+                            }
+                            push(doc, &kind_owned, obj).map(Some)
+                        }
+                    }
+                })
+                .await?;
+            respond_entity(&applied, StatusCode::OK)
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// PATCH: fields replace fields; a plugin's `config` is merged one level deep.
+fn merge(old: &Value, patch: Map<String, Value>) -> Map<String, Value> {
+    let mut out = old.as_object().cloned().unwrap_or_default();
+    for (k, v) in patch {
+        match (out.get_mut(&k), &v) {
+            (Some(Value::Object(cur)), Value::Object(new)) if k == "config" => {
+                for (ck, cv) in new {
+                    cur.insert(ck.clone(), cv.clone());
+                }
+            }
+            _ => {
+                out.insert(k, v);
+            }
+        }
+    }
+    out
+}
+
+/// Deletes an entity: children that Kong cascades go with it; references
+/// that Kong restricts refuse the delete.
+fn delete(doc: &mut Value, kind: &str, id: &str) -> Result<Option<(String, String)>, ApiError> {
+    let refs = |doc: &Value, k: &str, field: &str| {
+        doc.get(k).and_then(Value::as_array).is_some_and(|a| {
+            a.iter().any(|e| match e.get(field) {
+                Some(Value::Array(ids)) => ids.iter().any(|x| x.as_str() == Some(id)),
+                Some(v) => v.get("id").and_then(Value::as_str) == Some(id),
+                None => false,
+            })
+        })
+    };
+    let restrict: &[(&str, &str)] = match kind {
+        "services" => &[("routes", "service")],
+        "certificates" => &[("services", "client_certificate"), ("upstreams", "client_certificate")],
+        "ca_certificates" => &[("services", "ca_certificates")],
+        _ => &[],
+    };
+    for (k, field) in restrict {
+        if refs(doc, k, field) {
+            return Err(ApiError::referenced(k, kind));
+        }
+    }
+    let cascade: &[(&str, &str)] = match kind {
+        "services" => &[("plugins", "service")],
+        "routes" => &[("plugins", "route")],
+        "certificates" => &[("snis", "certificate")],
+        "upstreams" => &[("targets", "upstream")],
+        _ => &[],
+    };
+    for (k, field) in cascade {
+        list_mut(doc, k).retain(|e| fk_id(e, field) != Some(id));
+    }
+    list_mut(doc, kind).retain(|e| id_of(e) != id);
+    Ok(None)
+}
+
+fn root(req: &Req<'_>) -> Reply {
+    let cur = req.control().current();
+    let s = &req.state.info;
+    json_reply(
+        StatusCode::OK,
+        json!({
+            "tagline": "Welcome to Strait",
+            "version": env!("CARGO_PKG_VERSION"),
+            "node_id": s.node_id,
+            "hostname": s.hostname,
+            "configuration": {
+                "database": s.database,
+                "stream_listen": s.stream_listen,
+                "admin_listen": s.admin_listen,
+            },
+            "plugins": { "available_on_server": {}, "enabled_in_cluster": [] },
+            "entities": KINDS.iter().map(|k| (k.to_string(), json!(cur.list(k).len()))).collect::<Map<_, _>>(),
+            "configuration_hash": cur.hash,
+        }),
+    )
+}
+
+fn status(req: &Req<'_>) -> Reply {
+    let cur = req.control().current();
+    let st = req.state.stats.snapshot();
+    let mut body = json!({
+        "server": {
+            "connections_accepted": st.accepted,
+            "connections_handled": st.handled,
+            "connections_active": st.active,
+            "sessions_accepted": st.accepted,
+            "sessions_active": st.active,
+            "sessions_handled": st.handled,
+        },
+        "memory": { "rss_bytes": rss_bytes() },
+        "configuration_hash": cur.hash,
+        "configuration_version": cur.version,
+    });
+    if let Some(store) = req.control().store() {
+        let _ = store;
+        body["database"] = json!({ "reachable": true });
+    }
+    json_reply(StatusCode::OK, body)
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn get_config(req: &Req<'_>) -> Reply {
+    let cur = req.control().current();
+    let text = serde_json::to_string_pretty(&cur.doc).unwrap_or_default();
+    json_reply(StatusCode::OK, json!({ "config": text, "configuration_hash": cur.hash }))
+}
+
+async fn post_config(req: &Req<'_>) -> Reply {
+    // A raw YAML/JSON document, or `{"config": "<text>"}` / `config=<text>` as Kong takes.
+    let text = String::from_utf8_lossy(req.body).into_owned();
+    let mut doc = strait_model::declarative::parse_text(&text).map_err(|e| ApiError::bad_body(&e))?;
+    if let Some(inner) = doc.get("config").and_then(Value::as_str) {
+        doc = strait_model::declarative::parse_text(inner).map_err(|e| ApiError::bad_body(&e))?;
+    }
+    if req.content_type.starts_with("application/x-www-form-urlencoded") {
+        let fields = form::to_json(req.body);
+        if let Some(inner) = fields.get("config").and_then(Value::as_str) {
+            doc = strait_model::declarative::parse_text(inner).map_err(|e| ApiError::bad_body(&e))?;
+        }
+    }
+    // Validate first, to compare the hash of what would be served.
+    let loaded = strait_model::load_value(&doc).map_err(|e| match e {
+        strait_model::LoadError::Syntax(s) => ApiError::bad_body(&s),
+        strait_model::LoadError::Invalid(errors) => {
+            let flatten = matches!(req.q("flatten_errors"), Some("1") | Some("true"));
+            let message = format!(
+                "declarative config is invalid: {}",
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            );
+            let fields = if flatten {
+                json!(
+                    errors
+                        .iter()
+                        .map(|e| json!({
+                            "entity_type": e.entity,
+                            "entity_name": e.name,
+                            "entity_path": e.path,
+                            "errors": [{ "type": if e.field == "@entity" { "entity" } else { "field" }, "field": e.field, "message": e.message }],
+                        }))
+                        .collect::<Vec<_>>()
+                )
+            } else {
+                json!(errors.iter().map(ToString::to_string).collect::<Vec<_>>())
+            };
+            let mut err = ApiError::invalid_declarative(message, Value::Null);
+            err.body[if flatten { "flattened_errors" } else { "fields" }] = fields;
+            err
+        }
+    })?;
+    let new_doc = export::to_declarative(&loaded.config);
+    if matches!(req.q("check_hash"), Some("1") | Some("true")) && config_hash(&new_doc) == req.control().current().hash
+    {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let applied = req.control().apply(|d| replace_all(d, new_doc)).await?;
+    let mut body = applied.current.doc.clone();
+    if let Some(o) = body.as_object_mut() {
+        o.remove("_format_version");
+    }
+    json_reply(StatusCode::CREATED, body)
+}

@@ -1,0 +1,412 @@
+//! The control plane's single writer.
+//!
+//! Every change — an Admin API write, `POST /config`, an import — goes
+//! through [`Control::apply`]: under one lock it edits a copy of the whole
+//! configuration (as Kong's flat declarative JSON), validates it with the same
+//! loader the declarative file uses, compiles a new snapshot, writes the rows
+//! that changed in one store transaction, and only then publishes the snapshot
+//! with one atomic swap. A change that fails at any step leaves the stored
+//! data and the running configuration as they were. Open sessions keep the
+//! snapshot they started with.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde_json::{Map, Value, json};
+use strait_model::{Config, EntityError, KeyPair, LoadError, export, load_value};
+use strait_proxy::Snapshot;
+use strait_store::{Row, Store};
+
+use crate::error::ApiError;
+
+/// The eight entity lists, in the order the declarative document has them.
+pub const KINDS: [&str; 8] =
+    ["services", "routes", "certificates", "snis", "ca_certificates", "upstreams", "targets", "plugins"];
+
+/// The configuration being served, with what the Admin API needs around it.
+#[derive(Debug)]
+pub struct Current {
+    pub config: Config,
+    /// `export::to_declarative(&config)`: Kong-shaped entities by kind.
+    pub doc: Value,
+    /// Insertion order of each stored entity, by (kind, id).
+    pub seqs: HashMap<(String, String), i64>,
+    pub version: i64,
+    pub hash: String,
+}
+
+impl Current {
+    fn new(config: Config, seqs: HashMap<(String, String), i64>, version: i64) -> Current {
+        let doc = export::to_declarative(&config);
+        let hash = config_hash(&doc);
+        Current { config, doc, seqs, version, hash }
+    }
+
+    /// Entities of `kind`, in order.
+    pub fn list(&self, kind: &str) -> &[Value] {
+        self.doc.get(kind).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn seq(&self, kind: &str, id: &str) -> i64 {
+        self.seqs.get(&(kind.to_owned(), id.to_owned())).copied().unwrap_or(0)
+    }
+}
+
+/// Kong's `configuration_hash`: 32 hex digits over the canonical document.
+pub fn config_hash(doc: &Value) -> String {
+    // FNV-1a, 128 bits: stable across runs and builds, which is all a change
+    // detector needs.
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for b in doc.to_string().bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    format!("{h:032x}")
+}
+
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+type Publisher = Box<dyn Fn(Snapshot) + Send + Sync>;
+
+/// The single writer of the configuration.
+pub struct Control {
+    write_lock: tokio::sync::Mutex<()>,
+    current: ArcSwap<Current>,
+    store: Option<Store>,
+    default_cert: KeyPair,
+    publish: OnceLock<Publisher>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("store", &self.store.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] strait_store::StoreError),
+    #[error("the stored configuration is invalid: {0}")]
+    Stored(LoadError),
+    #[error("the configuration cannot be compiled: {0}")]
+    Compile(#[from] strait_proxy::CompileError),
+    #[error("cannot import the declarative configuration: {0}")]
+    Import(String),
+}
+
+/// What a successful change produced.
+#[derive(Debug)]
+pub struct Applied {
+    pub current: Arc<Current>,
+    /// The entity the change was about, as `(kind, id)`.
+    pub target: Option<(String, String)>,
+}
+
+impl Control {
+    /// Starts from the store (database mode) or from `initial` (database
+    /// `off`). In database mode, an empty store that was never written is
+    /// seeded with `initial` when one is given. Returns the first snapshot.
+    pub async fn start(
+        store: Option<Store>,
+        initial: Config,
+        default_cert: KeyPair,
+    ) -> Result<(Arc<Control>, Snapshot), ControlError> {
+        let seed_doc = (store.is_some() && !is_empty(&initial)).then(|| export::to_declarative(&initial));
+        let current = match &store {
+            None => Current::new(initial, HashMap::new(), 0),
+            Some(store) => {
+                let (rows, version) = store.load().await?;
+                let mut doc = json!({ "_format_version": "3.0" });
+                let mut seqs = HashMap::new();
+                for row in rows {
+                    if let Some(list) =
+                        doc.as_object_mut().map(|o| o.entry(row.kind.clone()).or_insert_with(|| json!([])))
+                    {
+                        if let Some(a) = list.as_array_mut() {
+                            a.push(row.doc);
+                        }
+                    }
+                    seqs.insert((row.kind, row.id), row.seq);
+                }
+                let config = load_value(&doc).map_err(ControlError::Stored)?.config;
+                Current::new(config, seqs, version)
+            }
+        };
+        let seed = if current.version == 0 { seed_doc } else { None };
+        let snapshot = Snapshot::compile(current.config.clone(), &default_cert)?;
+        let control = Arc::new(Control {
+            write_lock: tokio::sync::Mutex::new(()),
+            current: ArcSwap::from_pointee(current),
+            store,
+            default_cert,
+            publish: OnceLock::new(),
+        });
+        if let Some(doc) = seed {
+            control.apply(|d| replace_all(d, doc)).await.map_err(|e| ControlError::Import(e.body.to_string()))?;
+            tracing::info!("the empty store was seeded from declarative_config");
+            let snapshot = Snapshot::compile(control.current().config.clone(), &control.default_cert)?;
+            return Ok((control, snapshot));
+        }
+        Ok((control, snapshot))
+    }
+
+    /// Where new snapshots go (the proxy). Set once, after the proxy starts.
+    pub fn set_publisher(&self, f: impl Fn(Snapshot) + Send + Sync + 'static) {
+        let _ = self.publish.set(Box::new(f));
+    }
+
+    pub fn current(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+
+    /// `database` is not `off`: entities can be written one by one.
+    pub fn writable(&self) -> bool {
+        self.store.is_some()
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Applies one change. `edit` gets a copy of the flat declarative
+    /// document and returns the path of the entity it created or changed
+    /// (`("routes", id)`), so errors can be reported against it.
+    pub async fn apply<F>(&self, edit: F) -> Result<Applied, ApiError>
+    where
+        F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
+    {
+        let _guard = self.write_lock.lock().await;
+        let old = self.current.load_full();
+        let mut doc = old.doc.clone();
+        let target = edit(&mut doc)?;
+        let target_path = target.as_ref().and_then(|(kind, id)| {
+            doc.get(kind)?
+                .as_array()?
+                .iter()
+                .position(|e| e.get("id").and_then(Value::as_str) == Some(id))
+                .map(|i| format!("{kind}[{}]", i + 1))
+        });
+        let loaded = load_value(&doc).map_err(|e| load_error(e, target_path.as_deref()))?;
+        let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert)
+            .map_err(|e| ApiError::entity(&e.to_string()))?;
+        let new_doc = export::to_declarative(&loaded.config);
+
+        // Persist the rows that changed, with stable insertion order.
+        let mut seqs = old.seqs.clone();
+        let version = match &self.store {
+            None => old.version + 1,
+            Some(store) => {
+                let (upserts, deletes) = diff(&old.doc, &new_doc);
+                let fresh = upserts.iter().filter(|(k, id, _)| !seqs.contains_key(&(k.clone(), id.clone()))).count();
+                let mut next = if fresh > 0 {
+                    store.reserve_seq(fresh as i64).await.map_err(|e| ApiError::database(e.to_string()))?
+                } else {
+                    0
+                };
+                let rows: Vec<Row> = upserts
+                    .into_iter()
+                    .map(|(kind, id, doc)| {
+                        let seq = *seqs.entry((kind.clone(), id.clone())).or_insert_with(|| {
+                            next += 1;
+                            next - 1
+                        });
+                        Row { kind, id, seq, doc }
+                    })
+                    .collect();
+                for (k, id) in &deletes {
+                    seqs.remove(&(k.clone(), id.clone()));
+                }
+                store.write(&rows, &deletes).await.map_err(|e| ApiError::database(e.to_string()))?
+            }
+        };
+        if let Some(publish) = self.publish.get() {
+            publish(snapshot);
+        }
+        let current = Arc::new(Current::new(loaded.config, seqs, version));
+        self.current.store(current.clone());
+        Ok(Applied { current, target })
+    }
+}
+
+fn is_empty(c: &Config) -> bool {
+    c.services.is_empty()
+        && c.routes.is_empty()
+        && c.certificates.is_empty()
+        && c.snis.is_empty()
+        && c.ca_certificates.is_empty()
+        && c.upstreams.is_empty()
+        && c.targets.is_empty()
+        && c.plugins.is_empty()
+}
+
+/// Replaces the whole document (`POST /config`, imports).
+pub fn replace_all(doc: &mut Value, new: Value) -> Result<Option<(String, String)>, ApiError> {
+    *doc = new;
+    Ok(None)
+}
+
+type Upsert = (String, String, Value);
+
+/// Rows to write and rows to delete between two documents.
+fn diff(old: &Value, new: &Value) -> (Vec<Upsert>, Vec<(String, String)>) {
+    let index = |doc: &Value| -> HashMap<(String, String), Value> {
+        let mut m = HashMap::new();
+        for kind in KINDS {
+            for e in doc.get(kind).and_then(Value::as_array).into_iter().flatten() {
+                if let Some(id) = e.get("id").and_then(Value::as_str) {
+                    m.insert((kind.to_owned(), id.to_owned()), e.clone());
+                }
+            }
+        }
+        m
+    };
+    let before = index(old);
+    let mut upserts = Vec::new();
+    // New entities in document order, so insertion order follows it.
+    for kind in KINDS {
+        for e in new.get(kind).and_then(Value::as_array).into_iter().flatten() {
+            let Some(id) = e.get("id").and_then(Value::as_str) else { continue };
+            if before.get(&(kind.to_owned(), id.to_owned())) != Some(e) {
+                upserts.push((kind.to_owned(), id.to_owned(), e.clone()));
+            }
+        }
+    }
+    let after = index(new);
+    let deletes = before.into_keys().filter(|k| !after.contains_key(k)).collect();
+    (upserts, deletes)
+}
+
+/// Turns loader errors into one Kong error about the entity being written.
+fn load_error(err: LoadError, target: Option<&str>) -> ApiError {
+    let errors = match err {
+        LoadError::Syntax(s) => return ApiError::bad_body(&s),
+        LoadError::Invalid(errors) => errors,
+    };
+    let mine: Vec<&EntityError> = match target {
+        Some(t) => errors.iter().filter(|e| e.path == t || e.path.starts_with(&format!("{t}."))).collect(),
+        None => Vec::new(),
+    };
+    if mine.is_empty() {
+        // Errors elsewhere (e.g. a whole-document import): report them all.
+        let flat: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({ "entity_type": e.entity, "entity_name": e.name, "path": e.path, "field": e.field, "message": e.message }))
+            .collect();
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        return ApiError::invalid_declarative(format!("declarative config is invalid: {message}"), json!(flat));
+    }
+    for e in &mine {
+        if e.message.starts_with("UNIQUE violation") {
+            let value = e.name.clone().unwrap_or_default();
+            return ApiError::unique(e.message.clone(), &e.field, &value);
+        }
+        if let Some(rest) = e.message.strip_prefix("could not find ") {
+            // "could not find service 'x'"
+            let (what, reference) = rest.split_once(" '").unwrap_or((rest, ""));
+            let entity = match what {
+                "service" => "services",
+                "route" => "routes",
+                "certificate" => "certificates",
+                "CA certificate" => "ca_certificates",
+                "upstream" => "upstreams",
+                other => other,
+            };
+            return ApiError::foreign_key(&e.field, entity, reference.trim_end_matches('\''));
+        }
+    }
+    let mut fields = Map::new();
+    for e in mine {
+        let field = if let Some(t) = target {
+            // Errors on children created through the entity (a certificate's snis).
+            match e.path.strip_prefix(&format!("{t}.")) {
+                Some(child) => format!("{child}.{}", e.field),
+                None => e.field.clone(),
+            }
+        } else {
+            e.field.clone()
+        };
+        if field == "@entity" {
+            let list = fields.entry("@entity").or_insert_with(|| json!([]));
+            if let Some(a) = list.as_array_mut() {
+                a.push(json!(e.message));
+            }
+        } else {
+            insert_nested(&mut fields, &field, json!(e.message));
+        }
+    }
+    ApiError::schema(fields)
+}
+
+/// `sources[2].ip` → `{"sources": [null, {"ip": msg}]}`, as Kong nests field errors.
+fn insert_nested(fields: &mut Map<String, Value>, path: &str, msg: Value) {
+    let mut parts = path.split('.').peekable();
+    let mut cursor: &mut Map<String, Value> = fields;
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        match index {
+            None if last => {
+                cursor.insert(name.to_owned(), msg);
+                return;
+            }
+            None => {
+                let next = cursor.entry(name.to_owned()).or_insert_with(|| json!({}));
+                if !next.is_object() {
+                    *next = json!({});
+                }
+                let Some(m) = next.as_object_mut() else { return };
+                cursor = m;
+            }
+            Some(i) => {
+                let list = cursor.entry(name.to_owned()).or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                let Some(a) = list.as_array_mut() else { return };
+                let i = i.saturating_sub(1);
+                if a.len() <= i {
+                    a.resize(i + 1, Value::Null);
+                }
+                if last {
+                    a[i] = msg;
+                    return;
+                }
+                if !a[i].is_object() {
+                    a[i] = json!({});
+                }
+                let Some(m) = a[i].as_object_mut() else { return };
+                cursor = m;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_field_errors() {
+        let mut f = Map::new();
+        insert_nested(&mut f, "sources[2].ip", json!("bad"));
+        insert_nested(&mut f, "port", json!("range"));
+        assert_eq!(Value::Object(f), json!({"sources": [null, {"ip": "bad"}], "port": "range"}));
+    }
+
+    #[test]
+    fn hash_is_stable_and_sensitive() {
+        let a = json!({"services": [{"name": "a"}]});
+        assert_eq!(config_hash(&a), config_hash(&a.clone()));
+        assert_ne!(config_hash(&a), config_hash(&json!({"services": [{"name": "b"}]})));
+        assert_eq!(config_hash(&a).len(), 32);
+    }
+}

@@ -1,0 +1,157 @@
+//! Form-encoded bodies (`curl -d name=x -d url=tcp://…`), as Kong's docs use
+//! them, turned into the JSON the validator reads.
+//!
+//! `a=1&a=2` and `a[]=1` make arrays, `a[1].b=x` arrays of records, `a.b=x`
+//! records. Values stay strings except for fields Kong types as numbers or
+//! booleans, which are converted when they parse as such.
+
+use serde_json::{Map, Value, json};
+
+const NUMBERS: &[&str] = &[
+    "port",
+    "retries",
+    "connect_timeout",
+    "read_timeout",
+    "write_timeout",
+    "tls_verify_depth",
+    "weight",
+    "slots",
+    "regex_priority",
+    "https_redirect_status_code",
+    "created_at",
+    "updated_at",
+];
+const BOOLEANS: &[&str] = &[
+    "enabled",
+    "tls_verify",
+    "preserve_host",
+    "strip_path",
+    "request_buffering",
+    "response_buffering",
+    "use_srv_name",
+];
+/// Fields that are lists even when given once.
+const LISTS: &[&str] =
+    &["protocols", "tags", "snis", "sources", "destinations", "ca_certificates", "hosts", "paths", "methods"];
+
+fn coerce(field: &str, v: &str) -> Value {
+    if NUMBERS.contains(&field) {
+        if let Ok(n) = v.parse::<i64>() {
+            return json!(n);
+        }
+    }
+    if BOOLEANS.contains(&field) {
+        match v {
+            "true" => return json!(true),
+            "false" => return json!(false),
+            _ => {}
+        }
+    }
+    json!(v)
+}
+
+/// Converts a form body into a JSON object.
+pub(crate) fn to_json(body: &[u8]) -> Map<String, Value> {
+    let mut root = Value::Object(Map::new());
+    for (key, value) in form_urlencoded::parse(body) {
+        set(&mut root, &key, &value);
+    }
+    match root {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+fn set(root: &mut Value, key: &str, value: &str) {
+    // Split `a[1].b` / `a[]` / `a.b` into steps.
+    let mut steps: Vec<(String, Option<Option<usize>>)> = Vec::new();
+    for part in key.split('.') {
+        match part.split_once('[') {
+            Some((name, rest)) => {
+                let idx = rest.trim_end_matches(']');
+                steps.push((name.to_owned(), Some(idx.parse::<usize>().ok())));
+            }
+            None => steps.push((part.to_owned(), None)),
+        }
+    }
+    let mut cursor = root;
+    let n = steps.len();
+    for (i, (name, index)) in steps.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let Some(obj) = cursor.as_object_mut() else { return };
+        match index {
+            None if last => {
+                let v = coerce(&name, value);
+                match obj.get_mut(&name) {
+                    Some(Value::Array(a)) => a.push(v),
+                    Some(existing) => {
+                        let prev = existing.take();
+                        *existing = json!([prev, v]);
+                    }
+                    None if LISTS.contains(&name.as_str()) => {
+                        obj.insert(name, json!([v]));
+                    }
+                    None => {
+                        obj.insert(name, v);
+                    }
+                }
+                return;
+            }
+            None => {
+                let next = obj.entry(name).or_insert_with(|| json!({}));
+                if !next.is_object() {
+                    *next = json!({});
+                }
+                cursor = next;
+            }
+            Some(idx) => {
+                let list = obj.entry(name.clone()).or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                let Some(a) = list.as_array_mut() else { return };
+                let pos = match idx {
+                    Some(k) => k.saturating_sub(1),
+                    None => a.len(),
+                };
+                if a.len() <= pos {
+                    a.resize(pos + 1, Value::Null);
+                }
+                if last {
+                    a[pos] = coerce(&name, value);
+                    return;
+                }
+                if !a[pos].is_object() {
+                    a[pos] = json!({});
+                }
+                cursor = &mut a[pos];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kong_doc_forms() {
+        let v = to_json(b"name=redis&url=tcp%3A%2F%2F127.0.0.1%3A6379&retries=3&enabled=false");
+        assert_eq!(
+            Value::Object(v),
+            json!({"name": "redis", "url": "tcp://127.0.0.1:6379", "retries": 3, "enabled": false})
+        );
+        let v = to_json(
+            b"protocols=tcp&protocols=tls&destinations[1].port=9000&destinations[1].ip=127.0.0.1&snis[]=a.test",
+        );
+        assert_eq!(
+            Value::Object(v),
+            json!({"protocols": ["tcp", "tls"], "destinations": [{"port": 9000, "ip": "127.0.0.1"}], "snis": ["a.test"]})
+        );
+        let v = to_json(b"name=ip-restriction&config.allow=10.0.0.0/8&config.allow=::1&protocols=tcp");
+        assert_eq!(
+            Value::Object(v),
+            json!({"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8", "::1"]}, "protocols": ["tcp"]})
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Kong's Admin API for Strait, over axum, and the control plane behind it.
+//!
+//! Every write goes through the single writer in [`control`]; reads take the
+//! current configuration without locks. Nothing here is on the data path.
+
+pub mod api;
+pub mod control;
+pub mod error;
+mod form;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Method, Uri};
+use strait_proxy::Stats;
+
+pub use control::{Control, ControlError, Current};
+pub use error::ApiError;
+
+/// Largest request body accepted (a whole `POST /config` of many routes fits).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// Facts about this node shown by `/`.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub hostname: String,
+    pub database: String,
+    pub stream_listen: Vec<String>,
+    pub admin_listen: Vec<String>,
+}
+
+/// What request handlers share.
+#[derive(Debug)]
+pub struct AdminState {
+    pub control: Arc<Control>,
+    pub stats: Arc<Stats>,
+    /// When set, requests must carry it in `Kong-Admin-Token`.
+    pub token: Option<String>,
+    pub info: NodeInfo,
+}
+
+/// The Admin API as an axum router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move { api::handle(state, method, uri, headers, body).await }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// Serves the Admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
