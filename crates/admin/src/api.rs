@@ -298,8 +298,22 @@ fn req_path(kind: &str, scope: Option<(&str, &str)>, _cur: &Current) -> String {
     }
 }
 
+/// Children a declarative file may nest but an Admin API body may not.
+fn reject_nested(kind: &str, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    let nested: &[&str] = match kind {
+        "services" => &["routes", "plugins"],
+        "routes" => &["plugins"],
+        "upstreams" => &["targets"],
+        _ => &[],
+    };
+    let bad: Map<String, Value> =
+        nested.iter().filter(|k| obj.contains_key(**k)).map(|k| ((*k).to_owned(), json!("unknown field"))).collect();
+    if bad.is_empty() { Ok(()) } else { Err(ApiError::schema(bad)) }
+}
+
 /// Stamps a new entity and appends it to its list.
 fn push(doc: &mut Value, kind: &str, mut obj: Map<String, Value>) -> Result<(String, String), ApiError> {
+    reject_nested(kind, &obj)?;
     let id = match obj.get("id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) if uuid::Uuid::parse_str(s).is_ok() => s.to_ascii_lowercase(),
@@ -387,6 +401,7 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
                         Some(old) => {
                             let id = id_of(&old).to_owned();
                             let pos = list.iter().position(|e| id_of(e) == id).ok_or_else(ApiError::not_found)?;
+                            reject_nested(&kind_owned, &obj)?;
                             let mut new = if patch { merge(&old, obj) } else { obj };
                             new.insert("id".into(), json!(id));
                             new.insert("created_at".into(), old.get("created_at").cloned().unwrap_or(json!(now())));

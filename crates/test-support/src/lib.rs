@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod certs;
 pub mod gateway;
+pub mod http;
 
 use std::time::Duration;
 

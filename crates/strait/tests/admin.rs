@@ -1,0 +1,323 @@
+//! The Admin API against a started gateway: Kong's endpoints, conventions and
+//! errors, live apply without disturbing open sessions, persistence.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use test_support::WAIT;
+use test_support::backend::{Backend, read_banner};
+use test_support::gateway::{Gateway, GatewayConfig, TempDir};
+use test_support::http::{get, request, send_form, send_json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strait"))
+}
+
+/// A gateway with the embedded store under `prefix` and the Admin API on a free port.
+fn start(prefix: &Path, stream_port: u16) -> (Gateway, SocketAddr) {
+    let admin_port = test_support::free_port();
+    let gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{stream_port}"), "_format_version: \"3.0\"\n")
+            .setting("database", "\"sqlite\"")
+            .setting("prefix", &format!("{prefix:?}"))
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
+    );
+    (gw, format!("127.0.0.1:{admin_port}").parse().unwrap())
+}
+
+async fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, msg);
+}
+
+/// Connects through the gateway until the wanted backend answers (bounded):
+/// changes apply within a fraction of a second, not necessarily at once.
+async fn banner_eventually(port: u16, want: &str) -> TcpStream {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+            if let Ok(b) = read_banner(&mut s).await {
+                if b == want {
+                    return s;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never reached {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_recipe_then_live_change_keeps_open_sessions() {
+    let a = Backend::plain("backend-a").await;
+    let b = Backend::plain("backend-b").await;
+    let prefix = TempDir::new();
+    let port = test_support::free_port();
+    let (_gw, admin) = start(prefix.path(), port);
+
+    // As in Kong's docs: form-encoded bodies.
+    let r = send_form(admin, "POST", "/services", &format!("name=echo&url=tcp://{}", a.addr)).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["protocol"], "tcp");
+    assert_eq!(r.json()["retries"], 5);
+    let r =
+        send_form(admin, "POST", "/services/echo/routes", &format!("name=r&protocols=tcp&destinations[1].port={port}"))
+            .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["service"]["id"], get(admin, "/services/echo").await.json()["id"]);
+
+    // Served at once, and a long-lived session starts.
+    let mut old = banner_eventually(port, "backend-a").await;
+    echo(&mut old, b"before").await;
+
+    // Re-point the service: new sessions go to b, the open one stays on a.
+    let r = send_json(admin, "PATCH", "/services/echo", &json!({"url": format!("tcp://{}", b.addr)})).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["port"], b.addr.port());
+    let _new = banner_eventually(port, "backend-b").await;
+    echo(&mut old, b"after the change").await;
+
+    // A change that cannot be valid is refused and changes nothing.
+    let r = send_json(admin, "PATCH", "/routes/r", &json!({"destinations": [{"port": 70000}]})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], 2);
+    assert_eq!(r.json()["fields"]["destinations"][0]["port"], "value should be between 0 and 65535");
+    assert_eq!(get(admin, "/routes/r").await.json()["destinations"][0]["port"], port);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kong_error_codes() {
+    let prefix = TempDir::new();
+    let (_gw, admin) = start(prefix.path(), test_support::free_port());
+    let svc = json!({"name": "s1", "url": "tcp://127.0.0.1:1"});
+    assert_eq!(send_json(admin, "POST", "/services", &svc).await.status, 201);
+
+    // Schema violation: every bad field named.
+    let r =
+        send_json(admin, "POST", "/services", &json!({"name": "bad name", "protocol": "ftp", "host": "x", "port": -1}))
+            .await;
+    assert_eq!(r.status, 400);
+    let e = r.json();
+    assert_eq!((e["code"].clone(), e["name"].clone()), (json!(2), json!("schema violation")));
+    assert!(e["fields"]["protocol"].as_str().unwrap().starts_with("expected one of"));
+    assert_eq!(e["fields"]["port"], "value should be between 0 and 65535");
+    assert!(e["fields"]["name"].is_string());
+    // Route rules, at entity level.
+    let r = send_json(admin, "POST", "/routes", &json!({"protocols": ["tcp"], "service": {"name": "s1"}})).await;
+    assert_eq!(
+        r.json()["fields"]["@entity"][0],
+        "must set one of 'sources', 'destinations', 'snis' when 'protocols' is 'tcp', 'tls' or 'udp'"
+    );
+    // Unique violation.
+    let r = send_json(admin, "POST", "/services", &svc).await;
+    assert_eq!((r.status, r.json()["code"].clone()), (409, json!(5)));
+    // Not found.
+    assert_eq!(get(admin, "/services/nope").await.status, 404);
+    assert_eq!(get(admin, "/services/nope").await.json(), json!({"message": "Not found"}));
+    assert_eq!(get(admin, "/nothing-here").await.status, 404);
+    // Foreign key.
+    let r = send_json(
+        admin,
+        "POST",
+        "/routes",
+        &json!({"protocols": ["tcp"], "sources": [{"ip": "10.0.0.0/8"}], "service": {"id": "0a0b0c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d"}}),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["code"].clone()), (400, json!(4)), "{:?}", r.json());
+    // Invalid size and offset.
+    assert_eq!(get(admin, "/services?size=0").await.json()["code"], 9);
+    assert_eq!(get(admin, "/services?size=1001").await.status, 400);
+    assert_eq!(get(admin, "/services?offset=zz!").await.json()["code"], 7);
+    // Referenced by others.
+    let r =
+        send_json(admin, "POST", "/services/s1/routes", &json!({"protocols": ["tcp"], "destinations": [{"port": 1}]}))
+            .await;
+    assert_eq!(r.status, 201);
+    let r = request(admin, "DELETE", "/services/s1", None, &[]).await;
+    assert_eq!((r.status, r.json()["code"].clone()), (400, json!(19)));
+    // Malformed bodies, methods, disabled endpoints.
+    let r = request(admin, "POST", "/services", Some(("application/json", b"{not json")), &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(request(admin, "PATCH", "/services", None, &[]).await.status, 405);
+    assert_eq!(get(admin, "/targets").await.status, 405);
+    // Invalid UUID as id.
+    let r = send_json(admin, "POST", "/services", &json!({"id": "not-a-uuid", "url": "tcp://h:1"})).await;
+    assert_eq!(r.status, 400);
+    // Deleting what is gone is still 204, as Kong.
+    assert_eq!(request(admin, "DELETE", "/upstreams/none", None, &[]).await.status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagination_tags_put_and_nested_endpoints() {
+    let prefix = TempDir::new();
+    let (_gw, admin) = start(prefix.path(), test_support::free_port());
+    for i in 0..5 {
+        let tags = if i % 2 == 0 { json!(["even", "all"]) } else { json!(["odd", "all"]) };
+        let r = send_json(
+            admin,
+            "POST",
+            "/services",
+            &json!({"name": format!("s{i}"), "url": "tcp://127.0.0.1:1", "tags": tags}),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    // Pages of two, following `next`.
+    let mut names = Vec::new();
+    let mut path = "/services?size=2".to_owned();
+    for _ in 0..5 {
+        let page = get(admin, &path).await.json();
+        names.extend(page["data"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => path = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
+    // Tags: `,` is AND, `/` is OR.
+    let count = |v: Value| v["data"].as_array().map_or(0, Vec::len);
+    assert_eq!(count(get(admin, "/services?tags=even").await.json()), 3);
+    assert_eq!(count(get(admin, "/services?tags=even,all").await.json()), 3);
+    assert_eq!(count(get(admin, "/services?tags=even,odd").await.json()), 0);
+    assert_eq!(count(get(admin, "/services?tags=even/odd").await.json()), 5);
+
+    // PUT upserts by name: 200 both times, same id.
+    let put = json!({"url": "tcp://127.0.0.1:2"});
+    let first = send_json(admin, "PUT", "/services/by-put", &put).await;
+    assert_eq!(first.status, 200, "{:?}", first.json());
+    let second = send_json(admin, "PUT", "/services/by-put", &json!({"url": "tcp://127.0.0.1:3"})).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(first.json()["id"], second.json()["id"]);
+    assert_eq!(second.json()["port"], 3);
+
+    // Upstreams and their targets; the disabled /targets stays disabled.
+    assert_eq!(send_json(admin, "POST", "/upstreams", &json!({"name": "pool"})).await.status, 201);
+    let t = send_json(admin, "POST", "/upstreams/pool/targets", &json!({"target": "127.0.0.1:9000"})).await;
+    assert_eq!(t.status, 201, "{:?}", t.json());
+    assert_eq!(t.json()["weight"], 100);
+    assert_eq!(count(get(admin, "/upstreams/pool/targets").await.json()), 1);
+    assert_eq!(count(get(admin, "/upstreams/pool/targets/all").await.json()), 1);
+    assert_eq!(get(admin, "/upstreams/pool/targets/127.0.0.1:9000").await.status, 200);
+    // Deleting the upstream takes its targets along.
+    assert_eq!(request(admin, "DELETE", "/upstreams/pool", None, &[]).await.status, 204);
+    assert_eq!(get(admin, "/upstreams/pool").await.status, 404);
+
+    // Plugins nested under a service; /routes/{r}/service.
+    let p = send_json(
+        admin,
+        "POST",
+        "/services/s0/plugins",
+        &json!({"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8"]}}),
+    )
+    .await;
+    assert_eq!(p.status, 201, "{:?}", p.json());
+    assert_eq!(count(get(admin, "/services/s0/plugins").await.json()), 1);
+    let r = send_json(
+        admin,
+        "POST",
+        "/services/s0/routes",
+        &json!({"name": "rr", "protocols": ["tcp"], "sources": [{"ip": "10.0.0.0/8"}]}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(get(admin, "/routes/rr/service").await.json()["name"], "s0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_restart_and_config_round_trips() {
+    let backend = Backend::plain("kept").await;
+    let prefix = TempDir::new();
+    let port = test_support::free_port();
+    let hash;
+    {
+        let (mut gw, admin) = start(prefix.path(), port);
+        let r = send_json(
+            admin,
+            "POST",
+            "/services",
+            &json!({"name": "kept", "url": format!("tcp://{}", backend.addr), "routes": []}),
+        )
+        .await;
+        // `routes` is not a service field in the Admin API.
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            send_json(admin, "POST", "/services", &json!({"name": "kept", "url": format!("tcp://{}", backend.addr)}))
+                .await
+                .status,
+            201
+        );
+        let r = send_json(
+            admin,
+            "POST",
+            "/services/kept/routes",
+            &json!({"protocols": ["tcp"], "destinations": [{"port": port}]}),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        hash = get(admin, "/status").await.json()["configuration_hash"].clone();
+        assert_eq!(get(admin, "/status").await.json()["database"]["reachable"], true);
+        gw.terminate();
+        assert!(gw.wait_exit(WAIT).await.success());
+    }
+    let (_gw, admin) = start(prefix.path(), port);
+    assert_eq!(get(admin, "/services/kept").await.status, 200);
+    assert_eq!(get(admin, "/status").await.json()["configuration_hash"], hash);
+    let _s = banner_eventually(port, "kept").await;
+
+    // Export, then import into a DB-less gateway: the same configuration hash.
+    let exported = get(admin, "/config").await.json()["config"].as_str().unwrap().to_owned();
+    let off = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{}", test_support::free_port()), "_format_version: \"3.0\"\n")
+            .setting("admin_listen", &format!("\"127.0.0.1:{}\"", test_support::free_port())),
+    );
+    let off_admin: SocketAddr = off
+        .stderr()
+        .split("admin=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("admin address in the start line");
+    // DB-less: entity writes are refused, /config is the way.
+    assert_eq!(send_json(off_admin, "POST", "/services", &json!({"url": "tcp://h:1"})).await.status, 405);
+    let r = request(off_admin, "POST", "/config", Some(("application/json", exported.as_bytes())), &[]).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(get(off_admin, "/status").await.json()["configuration_hash"], hash);
+    let r =
+        request(off_admin, "POST", "/config?check_hash=1", Some(("application/json", exported.as_bytes())), &[]).await;
+    assert_eq!(r.status, 304);
+    // A bad document is refused, with flattened errors on request.
+    let bad = b"_format_version: \"3.0\"\nroutes:\n- protocols: [tcp]\n";
+    let r = request(off_admin, "POST", "/config?flatten_errors=1", Some(("application/yaml", bad)), &[]).await;
+    assert_eq!((r.status, r.json()["code"].clone()), (400, json!(14)));
+    assert_eq!(r.json()["flattened_errors"][0]["entity_type"], "route");
+    assert_eq!(get(off_admin, "/status").await.json()["configuration_hash"], hash, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_is_required_when_set() {
+    let prefix = TempDir::new();
+    let admin_port = test_support::free_port();
+    let _gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{}", test_support::free_port()), "_format_version: \"3.0\"\n")
+            .setting("database", "\"sqlite\"")
+            .setting("prefix", &format!("{:?}", prefix.path()))
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\""))
+            .setting("admin_token", "\"s3cret\""),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    assert_eq!(get(admin, "/services").await.status, 401);
+    let r = request(admin, "GET", "/services", None, &[("Kong-Admin-Token", "s3cret")]).await;
+    assert_eq!(r.status, 200);
+    let root = request(admin, "GET", "/", None, &[("Kong-Admin-Token", "s3cret")]).await.json();
+    assert!(root["node_id"].is_string());
+    assert_eq!(root["configuration"]["database"], "sqlite");
+}
