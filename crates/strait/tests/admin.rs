@@ -321,3 +321,67 @@ async fn admin_token_is_required_when_set() {
     assert!(root["node_id"].is_string());
     assert_eq!(root["configuration"]["database"], "sqlite");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_through_the_api_terminate_tls_and_writes_never_lose_each_other() {
+    use test_support::backend::tls_connect;
+    use test_support::certs::{TestCa, client_config};
+    let ca = TestCa::new("api CA");
+    let leaf = ca.leaf(&["api.test"]);
+    let backend = Backend::plain("behind-tls").await;
+    let prefix = TempDir::new();
+    let port = test_support::free_port();
+    let admin_port = test_support::free_port();
+    let _gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{port} ssl"), "_format_version: \"3.0\"\n")
+            .setting("database", "\"sqlite\"")
+            .setting("prefix", &format!("{:?}", prefix.path()))
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+
+    // A key that does not match its certificate: Kong's message, no key echoed.
+    let other = ca.leaf(&["other.test"]);
+    let r = send_json(admin, "POST", "/certificates", &json!({"cert": leaf.cert, "key": other.key})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["fields"]["@entity"][0], "certificate does not match key");
+    assert!(!String::from_utf8_lossy(&r.body).contains("PRIVATE KEY"));
+
+    let r =
+        send_json(admin, "POST", "/certificates", &json!({"cert": leaf.cert, "key": leaf.key, "snis": ["api.test"]}))
+            .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["snis"], json!(["api.test"]));
+    assert_eq!(get(admin, "/certificates/api.test").await.status, 200, "a certificate is addressable by its SNI");
+    assert_eq!(get(admin, "/snis/api.test").await.json()["certificate"]["id"], r.json()["id"]);
+    let s =
+        send_json(admin, "POST", "/services", &json!({"name": "t", "url": format!("tcp://{}", backend.addr)})).await;
+    assert_eq!(s.status, 201);
+    let rt = send_json(admin, "POST", "/services/t/routes", &json!({"protocols": ["tls"], "snis": ["api.test"]})).await;
+    assert_eq!(rt.status, 201, "{:?}", rt.json());
+    let to = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tls = loop {
+        if let Ok(s) = tls_connect(to, "api.test", client_config(&ca)).await {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the certificate never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(read_banner(&mut tls).await.unwrap(), "behind-tls");
+
+    // Twenty concurrent writes: all of them land.
+    let writes = (0..20).map(|i| {
+        tokio::spawn(async move {
+            send_json(admin, "POST", "/services", &json!({"name": format!("c{i}"), "url": "tcp://127.0.0.1:1"}))
+                .await
+                .status
+        })
+    });
+    for w in writes {
+        assert_eq!(w.await.unwrap(), 201);
+    }
+    let all = get(admin, "/services?size=1000").await.json();
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(21));
+}

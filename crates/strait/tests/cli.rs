@@ -144,3 +144,34 @@ fn proxy_protocol_and_udp_flags_are_not_supported_yet() {
         );
     }
 }
+
+#[test]
+fn migrations_and_db_import_export() {
+    let dir = TempDir::new();
+    dir.write("strait.toml", "prefix = \"p\"\nadmin_listen = \"off\"\n");
+    dir.write(
+        "in.yml",
+        "_format_version: \"3.0\"\nservices:\n- name: s\n  url: tcp://127.0.0.1:6379\n  routes:\n  - name: r\n    protocols: [tcp]\n    destinations: [{port: 9000}]\n",
+    );
+    let o = strait(&["migrations", "status"], dir.path());
+    assert!(text(&o).contains("001_entities") && text(&o).contains("pending"), "{}", text(&o));
+    let o = strait(&["migrations", "up"], dir.path());
+    assert!(o.status.success() && text(&o).contains("migrated: 001_entities"), "{}", text(&o));
+    let o = strait(&["config", "db_import", "in.yml"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 services, 1 routes"));
+    let o = strait(&["config", "db_export", "out.json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let o = strait(&["config", "parse", "out.json"], dir.path());
+    assert!(o.status.success() && text(&o).contains("1 services, 1 routes"), "{}", text(&o));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("p/strait.db")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // A bad import changes nothing.
+    dir.write("bad.yml", "_format_version: \"3.0\"\nroutes:\n- protocols: [tcp]\n");
+    let o = strait(&["config", "db_import", "bad.yml"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    let o = strait(&["config", "db_export"], dir.path());
+    assert!(text(&o).contains("\"name\": \"r\""), "{}", text(&o));
+}
