@@ -121,6 +121,22 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             Method::POST => post_config(req).await,
             _ => Err(ApiError::method_not_allowed()),
         },
+        ["openapi.json"] => only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, crate::schema::openapi())),
+        ["schemas", entity] => {
+            only(m, &[Method::GET])?;
+            let schema = crate::schema::entity_schema(entity).ok_or_else(ApiError::not_found)?;
+            json_reply(StatusCode::OK, schema)
+        }
+        ["schemas", entity, "validate"] => {
+            only(m, &[Method::POST])?;
+            if !KINDS.contains(entity) {
+                return Err(ApiError::not_found());
+            }
+            let obj = req.object()?;
+            let kind = (*entity).to_owned();
+            req.control().check(|doc| push(doc, &kind, obj).map(Some)).await?;
+            json_reply(StatusCode::OK, json!({ "message": "schema validation successful" }))
+        }
         ["plugins", "enabled"] => {
             only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, json!({ "enabled_plugins": [] })))
         }
@@ -306,8 +322,11 @@ fn reject_nested(kind: &str, obj: &Map<String, Value>) -> Result<(), ApiError> {
         "upstreams" => &["targets"],
         _ => &[],
     };
-    let bad: Map<String, Value> =
-        nested.iter().filter(|k| obj.contains_key(**k)).map(|k| ((*k).to_owned(), json!("unknown field"))).collect();
+    let bad: Map<String, Value> = nested
+        .iter()
+        .filter(|k| obj.get(**k).is_some_and(|v| !v.is_null()))
+        .map(|k| ((*k).to_owned(), json!("unknown field")))
+        .collect();
     if bad.is_empty() { Ok(()) } else { Err(ApiError::schema(bad)) }
 }
 

@@ -181,6 +181,21 @@ impl Control {
     where
         F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
     {
+        self.change(edit, false).await
+    }
+
+    /// Validates a change as [`Control::apply`] would, without applying it.
+    pub async fn check<F>(&self, edit: F) -> Result<(), ApiError>
+    where
+        F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
+    {
+        self.change(edit, true).await.map(drop)
+    }
+
+    async fn change<F>(&self, edit: F, dry_run: bool) -> Result<Applied, ApiError>
+    where
+        F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
+    {
         let _guard = self.write_lock.lock().await;
         let old = self.current.load_full();
         let mut doc = old.doc.clone();
@@ -195,6 +210,9 @@ impl Control {
         let loaded = load_value(&doc).map_err(|e| load_error(e, target_path.as_deref()))?;
         let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert)
             .map_err(|e| ApiError::entity(&e.to_string()))?;
+        if dry_run {
+            return Ok(Applied { current: old, target });
+        }
         let new_doc = export::to_declarative(&loaded.config);
 
         // Persist the rows that changed, with stable insertion order.

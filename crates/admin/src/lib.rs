@@ -7,6 +7,7 @@ pub mod api;
 pub mod control;
 pub mod error;
 mod form;
+pub mod schema;
 
 use std::sync::Arc;
 
