@@ -277,13 +277,11 @@ fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -
         Some(o) => Some(i64::from_str_radix(o, 16).map_err(|_| ApiError::invalid_offset(o))?),
     };
     let tags = req.q("tags");
-    let mut matching =
-        cur.list(kind).iter().filter(|e| {
-            scope.is_none_or(|(fk, pid)| {
-                if fk == "client_certificate" { fk_id(e, fk) == Some(pid) } else { fk_id(e, fk) == Some(pid) }
-            }) && tags_match(e, tags)
-                && after.is_none_or(|a| cur.seq(kind, id_of(e)) > a)
-        });
+    let mut matching = cur.list(kind).iter().filter(|e| {
+        scope.is_none_or(|(fk, pid)| fk_id(e, fk) == Some(pid))
+            && tags_match(e, tags)
+            && after.is_none_or(|a| cur.seq(kind, id_of(e)) > a)
+    });
     let page: Vec<Value> = matching.by_ref().take(size).map(|e| present(cur, kind, e)).collect();
     let more = matching.next().is_some();
     let mut body = json!({ "data": page, "next": null });

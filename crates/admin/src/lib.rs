@@ -61,3 +61,43 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
+
+/// Serves the Admin API over HTTPS on `listener` until `shutdown` completes.
+/// Each connection is handshaken on its own task, under a deadline, so a slow
+/// client cannot hold up the others.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(state);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                _ => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin HTTPS connection ended with an error");
+            }
+        });
+    }
+}

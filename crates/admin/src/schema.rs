@@ -207,7 +207,7 @@ pub fn openapi() -> Value {
     );
     let mut paths = Map::new();
     for (path, methods) in ROUTES {
-        let kind = kinds.iter().copied().filter(|k| path.contains(&format!("/{k}"))).last();
+        let kind = kinds.iter().copied().rfind(|k| path.contains(&format!("/{k}")));
         let params: Vec<Value> = path
             .split('/')
             .filter(|s| s.starts_with('{'))

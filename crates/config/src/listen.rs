@@ -83,6 +83,8 @@ pub const ADMIN_LISTEN_FORM: &str = "admin_listen must be of form: [off] | <ip>:
 pub struct AdminListen {
     pub host: ListenHost,
     pub port: u16,
+    /// HTTPS, with `admin_ssl_cert` or the default certificate.
+    pub ssl: bool,
     pub reuseport: bool,
     pub backlog: Option<u32>,
 }
@@ -94,7 +96,7 @@ impl AdminListen {
 }
 
 /// Parses `admin_listen`. HTTP flags Strait does not need (`http2`,
-/// `deferred`, `bind`) are accepted; `ssl` is refused until HTTPS lands.
+/// `deferred`, `bind`) are accepted and ignored.
 pub fn parse_admin_listen(value: &str) -> Result<Vec<AdminListen>, String> {
     let mut out = Vec::new();
     for (i, raw) in value.trim().split(',').enumerate() {
@@ -109,7 +111,7 @@ pub fn parse_admin_listen(value: &str) -> Result<Vec<AdminListen>, String> {
             ListenError::Malformed { reason, .. } => bad(reason),
             other => other.to_string(),
         })?;
-        let mut entry = AdminListen { host, port, reuseport: false, backlog: None };
+        let mut entry = AdminListen { host, port, ssl: false, reuseport: false, backlog: None };
         for flag in words {
             match flag.split_once('=') {
                 Some(("backlog", v)) => {
@@ -122,9 +124,7 @@ pub fn parse_admin_listen(value: &str) -> Result<Vec<AdminListen>, String> {
                 }
                 None if flag == "reuseport" => entry.reuseport = true,
                 None if matches!(flag, "http2" | "deferred" | "bind") => {}
-                None if flag == "ssl" => {
-                    return Err(format!("entry '{raw}': the 'ssl' flag is not supported yet for the Admin API"));
-                }
+                None if flag == "ssl" => entry.ssl = true,
                 _ => return Err(bad(format!("unknown flag '{flag}'"))),
             }
         }
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(a.len(), 2);
         assert!(a[0].reuseport);
         assert!(parse_admin_listen("off").unwrap().is_empty());
-        assert!(parse_admin_listen("127.0.0.1:8444 ssl").unwrap_err().contains("not supported yet"));
+        assert!(parse_admin_listen("127.0.0.1:8444 ssl").unwrap()[0].ssl);
         assert!(parse_admin_listen("8001").unwrap_err().contains("admin_listen must be of form"));
         assert!(parse_admin_listen("127.0.0.1:8001 udp").unwrap_err().contains("unknown flag 'udp'"));
     }

@@ -59,6 +59,8 @@ pub struct Settings {
     pub admin_listen: Vec<AdminListen>,
     /// When set, Admin API requests must carry it in `Kong-Admin-Token`.
     pub admin_token: Option<String>,
+    /// Certificate for `admin_listen` entries with `ssl`; default: the default certificate.
+    pub admin_ssl_cert: Option<(PathBuf, PathBuf)>,
     pub log_level: LogLevel,
     pub proxy_stream_access_log: AccessLog,
     /// Default certificate and key; generated under `prefix` when unset.
@@ -108,6 +110,8 @@ pub const KEYS: &[&str] = &[
     "stream_listen",
     "admin_listen",
     "admin_token",
+    "admin_ssl_cert",
+    "admin_ssl_cert_key",
     "status_listen",
     "log_level",
     "proxy_stream_access_log",
@@ -193,6 +197,8 @@ impl Settings {
         let mut s = Settings::defaults();
         let mut cert: Option<PathBuf> = None;
         let mut cert_key: Option<PathBuf> = None;
+        let mut admin_cert: Option<PathBuf> = None;
+        let mut admin_key: Option<PathBuf> = None;
         let mut access_log_raw = None;
 
         for &key in KEYS {
@@ -236,6 +242,8 @@ impl Settings {
                     "proxy_stream_access_log" => access_log_raw = Some(raw.text()?),
                     "ssl_cert" => cert = Some(raw.path(base)?),
                     "ssl_cert_key" => cert_key = Some(raw.path(base)?),
+                    "admin_ssl_cert" => admin_cert = Some(raw.path(base)?),
+                    "admin_ssl_cert_key" => admin_key = Some(raw.path(base)?),
                     "drain_timeout" => s.drain_timeout = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     "worker_threads" => {
                         let v = raw.text()?;
@@ -290,6 +298,16 @@ impl Settings {
             }),
         }
 
+        match (admin_cert, admin_key) {
+            (Some(c), Some(k)) => s.admin_ssl_cert = Some((c, k)),
+            (None, None) => {}
+            _ => errors.push(SettingError {
+                key: "admin_ssl_cert".into(),
+                source: "file or environment".into(),
+                reason: "admin_ssl_cert and admin_ssl_cert_key must be set together".into(),
+            }),
+        }
+
         if errors.is_empty() { Ok(s) } else { Err(SettingsError::Invalid(errors)) }
     }
 
@@ -301,6 +319,7 @@ impl Settings {
             stream_listen: Vec::new(),
             admin_listen: parse_admin_listen("127.0.0.1:8001").unwrap_or_default(),
             admin_token: None,
+            admin_ssl_cert: None,
             log_level: LogLevel::Info,
             proxy_stream_access_log: AccessLog::Off,
             ssl_cert: None,

@@ -264,7 +264,7 @@ mod tests {
         assert_eq!((rows, version), (vec![a.clone(), b], 1));
 
         let a2 = Row { doc: json!({"name": "a2"}), ..a };
-        assert_eq!(store.write(&[a2.clone()], &[("routes".into(), "b".into())]).await.unwrap(), 2);
+        assert_eq!(store.write(std::slice::from_ref(&a2), &[("routes".into(), "b".into())]).await.unwrap(), 2);
         store.close().await;
 
         // Reopened: the data is still there.

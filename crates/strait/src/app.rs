@@ -89,6 +89,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     let listeners = strait_proxy::bind_all(&settings.stream_listen)?;
     let report = rt.block_on(async {
         let store = open_store(&settings).await?;
+        let admin_tls = admin_tls(&settings, &default_cert)?;
         let (control, snapshot) = Control::start(store, loaded.config, default_cert).await?;
         let counts = summary(&control.current().config);
         let proxy = Proxy::start(
@@ -100,7 +101,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let swapper = proxy.swapper();
         control.set_publisher(move |s| swapper.swap(s));
 
-        let (admin_stop, admin_addrs) = start_admin(&settings, control.clone(), proxy.stats()).await?;
+        let (admin_stop, admin_addrs) = start_admin(&settings, control.clone(), proxy.stats(), admin_tls).await?;
         let addrs: Vec<String> = proxy.local_addrs().iter().map(ToString::to_string).collect();
         tracing::info!(listeners = %addrs.join(", "), admin = %admin_addrs.join(", "), config = %counts, "strait started");
         wait_for_signal().await?;
@@ -139,10 +140,28 @@ async fn open_store(settings: &Settings) -> Result<Option<Store>> {
 }
 
 /// Binds the Admin API listeners and serves them until the returned sender says stop.
+/// The HTTPS configuration for `admin_listen ... ssl`, if any entry asks for it.
+fn admin_tls(settings: &Settings, default_cert: &strait_model::KeyPair) -> Result<Option<Arc<rustls::ServerConfig>>> {
+    if !settings.admin_listen.iter().any(|l| l.ssl) {
+        return Ok(None);
+    }
+    let pair = match &settings.admin_ssl_cert {
+        Some((cert, key)) => crate::certs::load(cert, key).context("admin_ssl_cert")?,
+        None => default_cert.clone(),
+    };
+    let config = rustls::ServerConfig::builder_with_provider(strait_tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(pair.chain.clone(), pair.key.clone_key())
+        .context("admin_ssl_cert")?;
+    Ok(Some(Arc::new(config)))
+}
+
 async fn start_admin(
     settings: &Settings,
     control: Arc<Control>,
     stats: Arc<strait_proxy::Stats>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(tokio::sync::watch::Sender<bool>, Vec<String>)> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let info = NodeInfo {
@@ -163,12 +182,18 @@ async fn start_admin(
         addrs.push(listener.local_addr().map_or(label, |a| a.to_string()));
         let mut rx = stop_rx.clone();
         let state = state.clone();
+        let tls = if entry.ssl { tls.clone() } else { None };
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.wait_for(|v| *v).await;
             };
-            if let Err(e) = strait_admin::serve(listener, state, shutdown).await {
-                tracing::error!(error = %e, "the Admin API stopped");
+            match tls {
+                Some(tls) => strait_admin::serve_tls(listener, tls, state, shutdown).await,
+                None => {
+                    if let Err(e) = strait_admin::serve(listener, state, shutdown).await {
+                        tracing::error!(error = %e, "the Admin API stopped");
+                    }
+                }
             }
         });
     }

@@ -27,13 +27,13 @@ fn start(prefix: &Path, stream_port: u16) -> (Gateway, SocketAddr) {
             .setting("prefix", &format!("{prefix:?}"))
             .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
     );
-    (gw, format!("127.0.0.1:{admin_port}").parse().unwrap())
+    (gw, format!("127.0.0.1:{admin_port}").parse().expect("admin address"))
 }
 
 async fn echo(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.unwrap();
+    s.write_all(msg).await.expect("write");
     let mut back = vec![0u8; msg.len()];
-    tokio::time::timeout(WAIT, s.read_exact(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, s.read_exact(&mut back)).await.expect("echo in time").expect("read echo");
     assert_eq!(back, msg);
 }
 
@@ -453,4 +453,38 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
     for (method, probe) in [("DELETE", "/services"), ("POST", "/status"), ("PUT", "/config")] {
         assert_eq!(request(admin, method, probe, None, &[]).await.status, 405, "{method} {probe}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_over_https() {
+    use test_support::backend::tls_connect;
+    use test_support::certs::insecure_client_config;
+    let prefix = TempDir::new();
+    let admin_port = test_support::free_port();
+    let _gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{}", test_support::free_port()), "_format_version: \"3.0\"\n")
+            .setting("database", "\"sqlite\"")
+            .setting("prefix", &format!("{:?}", prefix.path()))
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin_port} ssl\"")),
+    );
+    let to = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut s = tls_connect(to, "localhost", insecure_client_config()).await.unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("configuration_hash"), "{text}");
+    // Plain HTTP on the HTTPS port gets nothing useful.
+    let r = tokio::time::timeout(WAIT, async {
+        let mut p = TcpStream::connect(to).await.unwrap();
+        p.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let _ = p.read_to_end(&mut buf).await;
+        buf
+    })
+    .await
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&r).contains("configuration_hash"));
 }
