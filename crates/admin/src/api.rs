@@ -334,7 +334,9 @@ fn push(doc: &mut Value, kind: &str, mut obj: Map<String, Value>) -> Result<(Str
     let id = match obj.get("id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) if uuid::Uuid::parse_str(s).is_ok() => s.to_ascii_lowercase(),
-        Some(Value::String(s)) => return Err(ApiError::invalid_primary_key(s)),
+        Some(Value::String(_)) => {
+            return Err(ApiError::schema(Map::from_iter([("id".to_owned(), json!("expected a valid UUID"))])));
+        }
         Some(_) => return Err(ApiError::schema(Map::from_iter([("id".to_owned(), json!("expected a string"))]))),
     };
     let t = now();
@@ -576,7 +578,7 @@ async fn post_config(req: &Req<'_>) -> Reply {
         }
     }
     // Validate first, to compare the hash of what would be served.
-    let loaded = strait_model::load_value(&doc).map_err(|e| match e {
+    let loaded = strait_model::load_value_with(&doc, req.control().options()).map_err(|e| match e {
         strait_model::LoadError::Syntax(s) => ApiError::bad_body(&s),
         strait_model::LoadError::Invalid(errors) => {
             let flatten = matches!(req.q("flatten_errors"), Some("1") | Some("true"));

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
-use strait_model::{Config, EntityError, KeyPair, LoadError, export, load_value};
+use strait_model::{Config, EntityError, KeyPair, LoadError, Options, export, load_value_with};
 use strait_proxy::Snapshot;
 use strait_store::{Row, Store};
 
@@ -78,6 +78,7 @@ pub struct Control {
     current: ArcSwap<Current>,
     store: Option<Store>,
     default_cert: KeyPair,
+    options: Options,
     publish: OnceLock<Publisher>,
 }
 
@@ -116,6 +117,7 @@ impl Control {
         store: Option<Store>,
         initial: Config,
         default_cert: KeyPair,
+        options: Options,
     ) -> Result<(Arc<Control>, Snapshot), ControlError> {
         let seed_doc = (store.is_some() && !is_empty(&initial)).then(|| export::to_declarative(&initial));
         let current = match &store {
@@ -134,7 +136,7 @@ impl Control {
                     }
                     seqs.insert((row.kind, row.id), row.seq);
                 }
-                let config = load_value(&doc).map_err(ControlError::Stored)?.config;
+                let config = load_value_with(&doc, &options).map_err(ControlError::Stored)?.config;
                 Current::new(config, seqs, version)
             }
         };
@@ -145,6 +147,7 @@ impl Control {
             current: ArcSwap::from_pointee(current),
             store,
             default_cert,
+            options,
             publish: OnceLock::new(),
         });
         if let Some(doc) = seed {
@@ -168,6 +171,11 @@ impl Control {
     /// `database` is not `off`: entities can be written one by one.
     pub fn writable(&self) -> bool {
         self.store.is_some()
+    }
+
+    /// What validation depends on (the enabled plugins).
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -204,10 +212,10 @@ impl Control {
             doc.get(kind)?
                 .as_array()?
                 .iter()
-                .position(|e| e.get("id").and_then(Value::as_str) == Some(id))
+                .rposition(|e| e.get("id").and_then(Value::as_str) == Some(id))
                 .map(|i| format!("{kind}[{}]", i + 1))
         });
-        let loaded = load_value(&doc).map_err(|e| load_error(e, target_path.as_deref()))?;
+        let loaded = load_value_with(&doc, &self.options).map_err(|e| load_error(e, target_path.as_deref()))?;
         let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert)
             .map_err(|e| ApiError::entity(&e.to_string()))?;
         if dry_run {
@@ -320,6 +328,10 @@ fn load_error(err: LoadError, target: Option<&str>) -> ApiError {
         return ApiError::invalid_declarative(format!("declarative config is invalid: {message}"), json!(flat));
     }
     for e in &mine {
+        if e.field == "id" && e.message.starts_with("uniqueness violation") {
+            let id = e.message.split_whitespace().nth(3).unwrap_or_default();
+            return ApiError::primary_key_violation(id);
+        }
         if e.message.starts_with("UNIQUE violation") {
             let value = e.name.clone().unwrap_or_default();
             return ApiError::unique(e.message.clone(), &e.field, &value);

@@ -59,8 +59,19 @@ impl ApiError {
         ApiError::schema(f)
     }
 
-    /// Kong code 3: an id in the path or the body that is not a valid UUID.
+    /// Kong code 1: a path names an entity by something that is not a valid id.
     pub fn invalid_primary_key(id: &str) -> ApiError {
+        ApiError::coded(
+            StatusCode::BAD_REQUEST,
+            1,
+            "invalid primary key",
+            format!("invalid primary key: '{{id=\"{id}\"}}'"),
+            json!({ "id": "expected a valid UUID" }),
+        )
+    }
+
+    /// Kong code 3: an id already taken.
+    pub fn primary_key_violation(id: &str) -> ApiError {
         ApiError::coded(
             StatusCode::BAD_REQUEST,
             3,

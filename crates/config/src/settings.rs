@@ -59,6 +59,8 @@ pub struct Settings {
     pub admin_listen: Vec<AdminListen>,
     /// When set, Admin API requests must carry it in `Kong-Admin-Token`.
     pub admin_token: Option<String>,
+    /// Kong's `plugins`: `bundled` and/or custom plugin names; empty when `off`.
+    pub plugins: Vec<String>,
     /// Certificate for `admin_listen` entries with `ssl`; default: the default certificate.
     pub admin_ssl_cert: Option<(PathBuf, PathBuf)>,
     pub log_level: LogLevel,
@@ -110,6 +112,7 @@ pub const KEYS: &[&str] = &[
     "stream_listen",
     "admin_listen",
     "admin_token",
+    "plugins",
     "admin_ssl_cert",
     "admin_ssl_cert_key",
     "status_listen",
@@ -226,6 +229,23 @@ impl Settings {
                         s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?
                     }
                     "admin_listen" => s.admin_listen = parse_admin_listen(&raw.text()?)?,
+                    "plugins" => {
+                        let v = raw.text()?;
+                        s.plugins = if v.eq_ignore_ascii_case("off") {
+                            Vec::new()
+                        } else {
+                            v.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
+                        };
+                        if let Some(bad) = s
+                            .plugins
+                            .iter()
+                            .find(|p| !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+                        {
+                            return Err(format!(
+                                "'{bad}' is not a plugin name (expected \"bundled\", names, or \"off\")"
+                            ));
+                        }
+                    }
                     "admin_token" => {
                         let v = raw.text()?;
                         s.admin_token = if v.is_empty() { None } else { Some(v) };
@@ -319,6 +339,7 @@ impl Settings {
             stream_listen: Vec::new(),
             admin_listen: parse_admin_listen("127.0.0.1:8001").unwrap_or_default(),
             admin_token: None,
+            plugins: vec!["bundled".to_owned()],
             admin_ssl_cert: None,
             log_level: LogLevel::Info,
             proxy_stream_access_log: AccessLog::Off,

@@ -106,9 +106,96 @@ const IGNORED_KEYS: [&str; 9] = [
 ];
 const META_KEYS: [&str; 6] = ["_format_version", "_transform", "_comment", "_ignore", "_info", "_workspace"];
 
-/// Validates a parsed declarative value.
+/// Kong's bundled plugins, and Strait's own: the names `plugins = bundled` enables.
+pub const BUNDLED_PLUGINS: &[&str] = &[
+    "acl",
+    "acme",
+    "ai-prompt-decorator",
+    "ai-prompt-guard",
+    "ai-prompt-template",
+    "ai-proxy",
+    "ai-request-transformer",
+    "ai-response-transformer",
+    "aws-lambda",
+    "azure-functions",
+    "basic-auth",
+    "bot-detection",
+    "connection-limit",
+    "connection-rate-limit",
+    "correlation-id",
+    "cors",
+    "datadog",
+    "file-log",
+    "grpc-gateway",
+    "grpc-web",
+    "hmac-auth",
+    "http-log",
+    "ip-restriction",
+    "jwt",
+    "key-auth",
+    "ldap-auth",
+    "loggly",
+    "oauth2",
+    "opentelemetry",
+    "post-function",
+    "pre-function",
+    "prometheus",
+    "proxy-cache",
+    "rate-limiting",
+    "redirect",
+    "request-size-limiting",
+    "request-termination",
+    "request-transformer",
+    "response-ratelimiting",
+    "response-transformer",
+    "session",
+    "standard-webhooks",
+    "statsd",
+    "syslog",
+    "tcp-log",
+    "udp-log",
+    "zipkin",
+];
+
+/// Which plugin names a configuration may use (Kong's `plugins` setting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginNames {
+    pub bundled: bool,
+    pub custom: Vec<String>,
+}
+
+impl Default for PluginNames {
+    fn default() -> Self {
+        PluginNames { bundled: true, custom: Vec::new() }
+    }
+}
+
+impl PluginNames {
+    pub fn allows(&self, name: &str) -> bool {
+        (self.bundled && BUNDLED_PLUGINS.contains(&name)) || self.custom.iter().any(|c| c == name)
+    }
+}
+
+/// What loading depends on besides the document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    pub plugins: PluginNames,
+}
+
+/// Validates a parsed declarative value with the default options.
 pub fn load_value(root: &Value) -> Result<Loaded, LoadError> {
-    let mut b = Builder::default();
+    load_value_with(root, &Options::default())
+}
+
+/// As [`load_str`], with explicit options.
+pub fn load_str_with(text: &str, options: &Options) -> Result<Loaded, LoadError> {
+    let value = parse_text(text).map_err(LoadError::Syntax)?;
+    load_value_with(&value, options)
+}
+
+/// Validates a parsed declarative value.
+pub fn load_value_with(root: &Value, options: &Options) -> Result<Loaded, LoadError> {
+    let mut b = Builder { options: options.clone(), ..Builder::default() };
     let Value::Object(top) = root else {
         return Err(LoadError::Invalid(vec![EntityError {
             path: "/".into(),
@@ -147,6 +234,7 @@ struct Origin {
 
 #[derive(Default)]
 struct Builder {
+    options: Options,
     errors: Vec<EntityError>,
     warnings: Vec<String>,
     config: Config,
@@ -876,6 +964,11 @@ impl Builder {
             "updated_at",
         ]);
         let name = f.required_str("name").map(str::to_owned);
+        if let Some(n) = &name {
+            if !self.options.plugins.allows(n) {
+                f.err("name", format!("plugin '{n}' not enabled; add it to the 'plugins' configuration property"));
+            }
+        }
         let origin = Origin { path, name: name.clone() };
         let meta = meta(&mut f, "plugin", &origin);
         let instance_name = f.str("instance_name").map(str::to_owned);

@@ -11,5 +11,8 @@ pub mod export;
 mod fields;
 pub mod pem;
 
-pub use declarative::{EntityError, LoadError, Loaded, load_str, load_value, parse_sni};
+pub use declarative::{
+    BUNDLED_PLUGINS, EntityError, LoadError, Loaded, Options, PluginNames, load_str, load_str_with, load_value,
+    load_value_with, parse_sni,
+};
 pub use entities::*;

@@ -1,7 +1,12 @@
 //! Real Kong configurations (see kong-configs/MANIFEST.md): what Kong accepts,
 //! Strait accepts; what Kong rejects, Strait rejects naming the field.
 
-use strait_model::{LoadError, Protocol, load_str};
+use strait_model::{LoadError, Options, PluginNames, Protocol, load_str, load_str_with};
+
+/// `plugins = bundled,myplugin`, as those users' kong.conf must say.
+fn with_myplugin() -> Options {
+    Options { plugins: PluginNames { bundled: true, custom: vec!["myplugin".into()] } }
+}
 
 fn corpus(name: &str) -> String {
     let path = format!("{}/tests/kong-configs/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -43,7 +48,10 @@ fn kic_tls_route_on_upstream_backed_service_is_accepted() {
 
 #[test]
 fn deck_dump_with_http_only_fields_and_format_1_1_is_accepted() {
-    let loaded = load_str(&corpus("04-sratkong-tcp-stream-plugin-sample.yml")).unwrap();
+    let text = corpus("04-sratkong-tcp-stream-plugin-sample.yml");
+    // A custom plugin must be enabled, as in Kong.
+    assert_rejected(&text, &["name: plugin 'myplugin' not enabled; add it to the 'plugins' configuration property"]);
+    let loaded = load_str_with(&text, &with_myplugin()).unwrap();
     let c = &loaded.config;
     assert_eq!(c.services[0].port, 4242);
     assert_eq!(c.routes[0].sources.len(), 1);
@@ -75,7 +83,7 @@ fn files_without_format_version_are_rejected() {
     // With the version added, Kong's DB-less loader accepts them.
     for f in ["08-issue-kong-5501-tls-sni-route.yml", "10-issue-kong-4482-dbless-tcp-toplevel-routes.yml"] {
         let text = format!("_format_version: \"3.0\"\n{}", corpus(f));
-        let loaded = load_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let loaded = load_str_with(&text, &with_myplugin()).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert!(loaded.config.routes[0].service.is_some(), "{f}: route resolved to its service");
     }
 }
@@ -83,7 +91,7 @@ fn files_without_format_version_are_rejected() {
 #[test]
 fn url_shorthand_and_reference_by_name() {
     let text = format!("_format_version: \"3.0\"\n{}", corpus("10-issue-kong-4482-dbless-tcp-toplevel-routes.yml"));
-    let c = load_str(&text).unwrap().config;
+    let c = load_str_with(&text, &with_myplugin()).unwrap().config;
     assert_eq!(c.services[0].protocol, Protocol::Tcp);
     assert_eq!((c.services[0].host.as_str(), c.services[0].port), ("127.0.0.1", 28830));
     assert_eq!(c.plugins[0].route.map(|r| r.0), Some(0), "plugin nested under a top-level route");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use strait_admin::{AdminState, Control, NodeInfo};
 use strait_config::{Database, LogLevel, Settings};
-use strait_model::{Config, KeyPair, Loaded};
+use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
 use strait_proxy::{AccessLogger, Proxy, Snapshot, Timeouts};
 use strait_store::Store;
 
@@ -21,7 +21,7 @@ struct Prepared {
 
 fn prepare(settings: Settings, generate_cert: bool) -> Result<Prepared> {
     let loaded = match &settings.declarative_config {
-        Some(path) => load_declarative("declarative_config", path)?,
+        Some(path) => load_declarative("declarative_config", path, &options(&settings))?,
         None => Loaded { config: Config::default(), warnings: Vec::new() },
     };
     let default_cert = match &settings.ssl_cert {
@@ -40,9 +40,19 @@ fn throwaway_cert() -> Result<KeyPair> {
 }
 
 /// Reads and validates a declarative file; `what` names it in errors.
-fn load_declarative(what: &str, path: &Path) -> Result<Loaded> {
+fn load_declarative(what: &str, path: &Path, options: &Options) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{what}: cannot read {}", path.display()))?;
-    strait_model::load_str(&text).with_context(|| format!("{what} {}", path.display()))
+    strait_model::load_str_with(&text, options).with_context(|| format!("{what} {}", path.display()))
+}
+
+/// Validation options from the settings (`plugins`).
+fn options(settings: &Settings) -> Options {
+    Options {
+        plugins: PluginNames {
+            bundled: settings.plugins.iter().any(|p| p == "bundled"),
+            custom: settings.plugins.iter().filter(|p| *p != "bundled").cloned().collect(),
+        },
+    }
 }
 
 fn init_tracing(level: LogLevel) {
@@ -90,7 +100,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     let report = rt.block_on(async {
         let store = open_store(&settings).await?;
         let admin_tls = admin_tls(&settings, &default_cert)?;
-        let (control, snapshot) = Control::start(store, loaded.config, default_cert).await?;
+        let (control, snapshot) = Control::start(store, loaded.config, default_cert, options(&settings)).await?;
         let counts = summary(&control.current().config);
         let proxy = Proxy::start(
             listeners,
@@ -254,7 +264,9 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
 
 /// `strait config parse FILE`.
 pub fn parse(file: &Path) -> Result<()> {
-    let loaded = load_declarative("declarative file", file)?;
+    // `config parse` takes the settings file if there is one, for `plugins`.
+    let opts = Settings::load(default_conf_path().as_deref()).map(|s| options(&s)).unwrap_or_default();
+    let loaded = load_declarative("declarative file", file, &opts)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
@@ -305,15 +317,16 @@ pub fn migrations(conf: Option<&Path>, up: bool) -> Result<()> {
 
 /// `strait config db_import FILE`: replaces the stored configuration.
 pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
-    let loaded = load_declarative("declarative file", file)?;
     let settings = Settings::load(conf)?;
+    let loaded = load_declarative("declarative file", file, &options(&settings))?;
     if settings.database == Database::Off {
         bail!("database is \"off\": db_import needs a database");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let store = open_store(&settings).await?;
-        let (control, _) = Control::start(store, strait_model::Config::default(), throwaway_cert()?).await?;
+        let (control, _) =
+            Control::start(store, strait_model::Config::default(), throwaway_cert()?, options(&settings)).await?;
         let doc = strait_model::export::to_declarative(&loaded.config);
         control
             .apply(|d| strait_admin::control::replace_all(d, doc))
@@ -333,7 +346,8 @@ pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let text = rt.block_on(async {
         let store = open_store(&settings).await?;
-        let (control, _) = Control::start(store, strait_model::Config::default(), throwaway_cert()?).await?;
+        let (control, _) =
+            Control::start(store, strait_model::Config::default(), throwaway_cert()?, options(&settings)).await?;
         let text = serde_json::to_string_pretty(&control.current().doc)?;
         anyhow::Ok(text)
     })?;
@@ -345,4 +359,10 @@ pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
         None => println!("{text}"),
     }
     Ok(())
+}
+
+/// `./strait.toml` when present (the default settings file).
+fn default_conf_path() -> Option<std::path::PathBuf> {
+    let local = Path::new("strait.toml");
+    local.exists().then(|| local.to_owned())
 }

@@ -149,7 +149,18 @@ async fn kong_error_codes() {
     assert_eq!(get(admin, "/targets").await.status, 405);
     // Invalid UUID as id.
     let r = send_json(admin, "POST", "/services", &json!({"id": "not-a-uuid", "url": "tcp://h:1"})).await;
-    assert_eq!(r.status, 400);
+    assert_eq!((r.status, r.json()["fields"]["id"].clone()), (400, json!("expected a valid UUID")));
+    // An id already taken: primary key violation.
+    let taken = get(admin, "/services/s1").await.json()["id"].clone();
+    let r = send_json(admin, "POST", "/services", &json!({"id": taken, "url": "tcp://h:1"})).await;
+    assert_eq!((r.status, r.json()["code"].clone()), (400, json!(3)), "{:?}", r.json());
+    // A path that names a CA certificate by something other than an id.
+    let r = send_json(admin, "PUT", "/ca_certificates/not-an-id", &json!({"cert": "x"})).await;
+    assert_eq!((r.status, r.json()["code"].clone()), (400, json!(1)));
+    // Oversized bodies are refused before parsing.
+    let huge = vec![b' '; strait_admin_max_body() + 1];
+    let r = request(admin, "POST", "/services", Some(("application/json", &huge)), &[]).await;
+    assert_eq!(r.status, 413);
     // Deleting what is gone is still 204, as Kong.
     assert_eq!(request(admin, "DELETE", "/upstreams/none", None, &[]).await.status, 204);
 }
@@ -402,8 +413,8 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
     let ca_id = post("/ca_certificates", json!({"cert": ca.pem.cert})).await;
     post("/services", json!({"name": "svc", "url": "tls://127.0.0.1:1", "client_certificate": {"id": cert}})).await;
     post("/services/svc/routes", json!({"name": "rt", "protocols": ["tcp"], "destinations": [{"port": 1}]})).await;
-    let svc_plugin = post("/services/svc/plugins", json!({"name": "p1"})).await;
-    let route_plugin = post("/routes/rt/plugins", json!({"name": "p2"})).await;
+    let svc_plugin = post("/services/svc/plugins", json!({"name": "file-log"})).await;
+    let route_plugin = post("/routes/rt/plugins", json!({"name": "tcp-log"})).await;
     post("/upstreams", json!({"name": "up", "targets": null})).await;
     post("/upstreams/up/targets", json!({"target": "127.0.0.1:9000"})).await;
 
@@ -487,4 +498,9 @@ async fn admin_over_https() {
     .await
     .unwrap();
     assert!(!String::from_utf8_lossy(&r).contains("configuration_hash"));
+}
+
+/// `strait_admin::MAX_BODY`, without depending on the crate from this test.
+fn strait_admin_max_body() -> usize {
+    16 * 1024 * 1024
 }
