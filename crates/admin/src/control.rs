@@ -208,6 +208,7 @@ impl Control {
         let old = self.current.load_full();
         let mut doc = old.doc.clone();
         let target = edit(&mut doc)?;
+        stamp(&mut doc);
         let target_path = target.as_ref().and_then(|(kind, id)| {
             doc.get(kind)?
                 .as_array()?
@@ -257,6 +258,22 @@ impl Control {
         let current = Arc::new(Current::new(loaded.config, seqs, version));
         self.current.store(current.clone());
         Ok(Applied { current, target })
+    }
+}
+
+/// Entities that arrive without timestamps (declarative imports) get them now.
+fn stamp(doc: &mut Value) {
+    let t = now();
+    for kind in KINDS {
+        for e in doc.get_mut(kind).and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(o) = e.as_object_mut() {
+                for key in ["created_at", "updated_at"] {
+                    if o.get(key).is_none_or(Value::is_null) {
+                        o.insert(key.to_owned(), json!(t));
+                    }
+                }
+            }
+        }
     }
 }
 
