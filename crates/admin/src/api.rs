@@ -87,7 +87,7 @@ struct Req<'a> {
 }
 
 impl Req<'_> {
-    fn control(&self) -> &Control {
+    fn control(&self) -> &Arc<Control> {
         &self.state.control
     }
 
@@ -115,7 +115,10 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
     let m = req.method;
     match segs {
         [] => only(m, &[Method::GET]).and_then(|_| root(req)),
-        ["status"] => only(m, &[Method::GET]).and_then(|_| status(req)),
+        ["status"] => {
+            only(m, &[Method::GET])?;
+            status(req).await
+        }
         ["config"] => match *m {
             Method::GET => get_config(req),
             Method::POST => post_config(req).await,
@@ -138,11 +141,13 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             json_reply(StatusCode::OK, json!({ "message": "schema validation successful" }))
         }
         ["plugins", "enabled"] => {
-            only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, json!({ "enabled_plugins": [] })))
+            only(m, &[Method::GET])?;
+            json_reply(StatusCode::OK, json!({ "enabled_plugins": enabled_plugins(req.control()) }))
         }
-        // Disabled in Kong: targets live under their upstream; an SNI's certificate via /certificates.
+        // Disabled in Kong (answered as not found): targets live under
+        // their upstream; an SNI's certificate is reached via /certificates.
         ["targets"] | ["targets", _] | ["targets", _, "upstream"] | ["snis", _, "certificate"] => {
-            Err(ApiError::method_not_allowed())
+            Err(ApiError::not_found())
         }
         ["upstreams", u, "targets", "all"] => {
             only(m, &[Method::GET])?;
@@ -195,6 +200,18 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
         }
         _ => Err(ApiError::not_found()),
     }
+}
+
+/// The plugin names the `plugins` setting enables.
+fn enabled_plugins(control: &Control) -> Vec<String> {
+    let names = &control.options().plugins;
+    let mut out: Vec<String> = if names.bundled {
+        strait_model::BUNDLED_PLUGINS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        Vec::new()
+    };
+    out.extend(names.custom.iter().cloned());
+    out
 }
 
 fn target_kind(_target: &Value, from: &str) -> &'static str {
@@ -277,6 +294,9 @@ fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -
         Some(o) => Some(i64::from_str_radix(o, 16).map_err(|_| ApiError::invalid_offset(o))?),
     };
     let tags = req.q("tags");
+    if tags.is_some_and(|t| t.contains(',') && t.contains('/')) {
+        return Err(ApiError::bad_body("invalid option (tags: cannot mix ',' and '/')"));
+    }
     let mut matching = cur.list(kind).iter().filter(|e| {
         scope.is_none_or(|(fk, pid)| fk_id(e, fk) == Some(pid))
             && tags_match(e, tags)
@@ -291,7 +311,8 @@ fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -
             let base = req_path(kind, scope, cur);
             let mut next = format!("{base}?offset={offset}&size={size}");
             if let Some(t) = tags {
-                next.push_str(&format!("&tags={t}"));
+                next.push_str("&tags=");
+                next.extend(form_urlencoded::byte_serialize(t.as_bytes()));
             }
             body["offset"] = json!(offset);
             body["next"] = json!(next);
@@ -392,7 +413,11 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
         Method::DELETE => {
             writable(req)?;
             let Some(e) = existing else {
-                // Kong answers 204 for an entity that is already gone.
+                // Kong answers 204 for an entity that is already gone, but
+                // 404 when a nested path names no child of that parent.
+                if scope.is_some() {
+                    return Err(ApiError::not_found());
+                }
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
             let id = id_of(&e).to_owned();
@@ -416,11 +441,25 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
                 .control()
                 .apply(|doc| {
                     let list = list_mut(doc, &kind_owned);
-                    match existing {
-                        Some(old) => {
+                    // Look again under the write lock: another write may have
+                    // changed (or removed) the entity since the request began.
+                    let fresh = existing
+                        .as_ref()
+                        .and_then(|e| list.iter().position(|x| id_of(x) == id_of(e)))
+                        .map(|pos| (pos, list[pos].clone()));
+                    if patch && fresh.is_none() {
+                        return Err(ApiError::not_found());
+                    }
+                    match fresh {
+                        Some((pos, old)) => {
                             let id = id_of(&old).to_owned();
-                            let pos = list.iter().position(|e| id_of(e) == id).ok_or_else(ApiError::not_found)?;
                             reject_nested(&kind_owned, &obj)?;
+                            if !patch && uuid::Uuid::parse_str(&key).is_err() {
+                                // PUT by name: the path's key stays the entity's key.
+                                if let Some(field) = endpoint_key(&kind_owned) {
+                                    obj.insert(field.into(), json!(key));
+                                }
+                            }
                             let mut new = if patch { merge(&old, obj) } else { obj };
                             new.insert("id".into(), json!(id));
                             new.insert("created_at".into(), old.get("created_at").cloned().unwrap_or(json!(now())));
@@ -522,14 +561,17 @@ fn root(req: &Req<'_>) -> Reply {
                 "stream_listen": s.stream_listen,
                 "admin_listen": s.admin_listen,
             },
-            "plugins": { "available_on_server": {}, "enabled_in_cluster": [] },
+            "plugins": {
+                "available_on_server": enabled_plugins(req.control()).into_iter().map(|p| (p, json!(true))).collect::<Map<_, _>>(),
+                "enabled_in_cluster": cur.config.plugins.iter().map(|p| p.name.clone()).collect::<std::collections::BTreeSet<_>>(),
+            },
             "entities": KINDS.iter().map(|k| (k.to_string(), json!(cur.list(k).len()))).collect::<Map<_, _>>(),
             "configuration_hash": cur.hash,
         }),
     )
 }
 
-fn status(req: &Req<'_>) -> Reply {
+async fn status(req: &Req<'_>) -> Reply {
     let cur = req.control().current();
     let st = req.state.stats.snapshot();
     let mut body = json!({
@@ -546,8 +588,7 @@ fn status(req: &Req<'_>) -> Reply {
         "configuration_version": cur.version,
     });
     if let Some(store) = req.control().store() {
-        let _ = store;
-        body["database"] = json!({ "reachable": true });
+        body["database"] = json!({ "reachable": store.ping().await.is_ok() });
     }
     json_reply(StatusCode::OK, body)
 }
@@ -566,16 +607,15 @@ fn get_config(req: &Req<'_>) -> Reply {
 
 async fn post_config(req: &Req<'_>) -> Reply {
     // A raw YAML/JSON document, or `{"config": "<text>"}` / `config=<text>` as Kong takes.
-    let text = String::from_utf8_lossy(req.body).into_owned();
+    let form_config = if req.content_type.starts_with("application/x-www-form-urlencoded") {
+        form::to_json(req.body).get("config").and_then(Value::as_str).map(str::to_owned)
+    } else {
+        None
+    };
+    let text = form_config.unwrap_or_else(|| String::from_utf8_lossy(req.body).into_owned());
     let mut doc = strait_model::declarative::parse_text(&text).map_err(|e| ApiError::bad_body(&e))?;
     if let Some(inner) = doc.get("config").and_then(Value::as_str) {
         doc = strait_model::declarative::parse_text(inner).map_err(|e| ApiError::bad_body(&e))?;
-    }
-    if req.content_type.starts_with("application/x-www-form-urlencoded") {
-        let fields = form::to_json(req.body);
-        if let Some(inner) = fields.get("config").and_then(Value::as_str) {
-            doc = strait_model::declarative::parse_text(inner).map_err(|e| ApiError::bad_body(&e))?;
-        }
     }
     // Validate first, to compare the hash of what would be served.
     let loaded = strait_model::load_value_with(&doc, req.control().options()).map_err(|e| match e {

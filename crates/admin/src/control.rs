@@ -38,8 +38,27 @@ pub struct Current {
 }
 
 impl Current {
-    fn new(config: Config, seqs: HashMap<(String, String), i64>, version: i64) -> Current {
-        let doc = export::to_declarative(&config);
+    fn new(config: Config, mut seqs: HashMap<(String, String), i64>, version: i64) -> Current {
+        let mut doc = export::to_declarative(&config);
+        // Entities without a stored position (database `off`) take the next
+        // ones in document order; lists are kept in position order, which is
+        // the order pagination walks and a restart loads.
+        let mut next = seqs.values().max().copied().unwrap_or(0) + 1;
+        for kind in KINDS {
+            let Some(list) = doc.get_mut(kind).and_then(Value::as_array_mut) else { continue };
+            for e in list.iter() {
+                let id = e.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                seqs.entry((kind.to_owned(), id)).or_insert_with(|| {
+                    next += 1;
+                    next - 1
+                });
+            }
+            let key = |e: &Value| {
+                let id = e.get("id").and_then(Value::as_str).unwrap_or_default();
+                seqs.get(&(kind.to_owned(), id.to_owned())).copied().unwrap_or(0)
+            };
+            list.sort_by_key(key);
+        }
         let hash = config_hash(&doc);
         Current { config, doc, seqs, version, hash }
     }
@@ -55,7 +74,17 @@ impl Current {
 }
 
 /// Kong's `configuration_hash`: 32 hex digits over the canonical document.
+/// Timestamps are left out: the same entities imported again hash the same.
 pub fn config_hash(doc: &Value) -> String {
+    let mut doc = doc.clone();
+    for kind in KINDS {
+        for e in doc.get_mut(kind).and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(o) = e.as_object_mut() {
+                o.remove("created_at");
+                o.remove("updated_at");
+            }
+        }
+    }
     // FNV-1a, 128 bits: stable across runs and builds, which is all a change
     // detector needs.
     let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
@@ -74,7 +103,7 @@ type Publisher = Box<dyn Fn(Snapshot) + Send + Sync>;
 
 /// The single writer of the configuration.
 pub struct Control {
-    write_lock: tokio::sync::Mutex<()>,
+    write_lock: Arc<tokio::sync::Mutex<()>>,
     current: ArcSwap<Current>,
     store: Option<Store>,
     default_cert: KeyPair,
@@ -143,7 +172,7 @@ impl Control {
         let seed = if current.version == 0 { seed_doc } else { None };
         let snapshot = Snapshot::compile(current.config.clone(), &default_cert)?;
         let control = Arc::new(Control {
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
             current: ArcSwap::from_pointee(current),
             store,
             default_cert,
@@ -185,7 +214,7 @@ impl Control {
     /// Applies one change. `edit` gets a copy of the flat declarative
     /// document and returns the path of the entity it created or changed
     /// (`("routes", id)`), so errors can be reported against it.
-    pub async fn apply<F>(&self, edit: F) -> Result<Applied, ApiError>
+    pub async fn apply<F>(self: &Arc<Self>, edit: F) -> Result<Applied, ApiError>
     where
         F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
     {
@@ -193,22 +222,22 @@ impl Control {
     }
 
     /// Validates a change as [`Control::apply`] would, without applying it.
-    pub async fn check<F>(&self, edit: F) -> Result<(), ApiError>
+    pub async fn check<F>(self: &Arc<Self>, edit: F) -> Result<(), ApiError>
     where
         F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
     {
         self.change(edit, true).await.map(drop)
     }
 
-    async fn change<F>(&self, edit: F, dry_run: bool) -> Result<Applied, ApiError>
+    async fn change<F>(self: &Arc<Self>, edit: F, dry_run: bool) -> Result<Applied, ApiError>
     where
         F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
     {
-        let _guard = self.write_lock.lock().await;
+        let guard = self.write_lock.clone().lock_owned().await;
         let old = self.current.load_full();
         let mut doc = old.doc.clone();
         let target = edit(&mut doc)?;
-        stamp(&mut doc);
+        stamp(&mut doc, &old.doc);
         let target_path = target.as_ref().and_then(|(kind, id)| {
             doc.get(kind)?
                 .as_array()?
@@ -222,7 +251,25 @@ impl Control {
         if dry_run {
             return Ok(Applied { current: old, target });
         }
-        let new_doc = export::to_declarative(&loaded.config);
+        // From here on the change runs to its end even if the request is
+        // dropped (client gone, shutdown): a commit is always followed by the
+        // swap, and the lock is held until both are done.
+        let this = self.clone();
+        let tail = async move {
+            let _guard = guard;
+            this.commit(old, loaded.config, snapshot, target).await
+        };
+        tokio::spawn(tail).await.map_err(|e| ApiError::database(format!("the write did not finish: {e}")))?
+    }
+
+    async fn commit(
+        &self,
+        old: Arc<Current>,
+        config: Config,
+        snapshot: Snapshot,
+        target: Option<(String, String)>,
+    ) -> Result<Applied, ApiError> {
+        let new_doc = export::to_declarative(&config);
 
         // Persist the rows that changed, with stable insertion order.
         let mut seqs = old.seqs.clone();
@@ -255,22 +302,32 @@ impl Control {
         if let Some(publish) = self.publish.get() {
             publish(snapshot);
         }
-        let current = Arc::new(Current::new(loaded.config, seqs, version));
+        let current = Arc::new(Current::new(config, seqs, version));
         self.current.store(current.clone());
         Ok(Applied { current, target })
     }
 }
 
-/// Entities that arrive without timestamps (declarative imports) get them now.
-fn stamp(doc: &mut Value) {
+/// Entities that arrive without timestamps (declarative imports) keep the
+/// ones they had under the same id, or get them now.
+fn stamp(doc: &mut Value, old: &Value) {
     let t = now();
+    let mut before: HashMap<(&str, &str), &Map<String, Value>> = HashMap::new();
+    for kind in KINDS {
+        for e in old.get(kind).and_then(Value::as_array).into_iter().flatten() {
+            if let (Some(id), Some(o)) = (e.get("id").and_then(Value::as_str), e.as_object()) {
+                before.insert((kind, id), o);
+            }
+        }
+    }
     for kind in KINDS {
         for e in doc.get_mut(kind).and_then(Value::as_array_mut).into_iter().flatten() {
-            if let Some(o) = e.as_object_mut() {
-                for key in ["created_at", "updated_at"] {
-                    if o.get(key).is_none_or(Value::is_null) {
-                        o.insert(key.to_owned(), json!(t));
-                    }
+            let Some(o) = e.as_object_mut() else { continue };
+            let id = o.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            for key in ["created_at", "updated_at"] {
+                if o.get(key).is_none_or(Value::is_null) {
+                    let kept = before.get(&(kind, id.as_str())).and_then(|b| b.get(key)).filter(|v| !v.is_null());
+                    o.insert(key.to_owned(), kept.cloned().unwrap_or(json!(t)));
                 }
             }
         }
@@ -331,6 +388,13 @@ fn load_error(err: LoadError, target: Option<&str>) -> ApiError {
         LoadError::Syntax(s) => return ApiError::bad_body(&s),
         LoadError::Invalid(errors) => errors,
     };
+    // A name taken: Kong's 409, whichever of the two entities it was reported on.
+    if target.is_some() {
+        if let Some(e) = errors.iter().find(|e| e.message.starts_with("UNIQUE violation")) {
+            let value = e.name.clone().unwrap_or_default();
+            return ApiError::unique(e.message.clone(), &e.field, &value);
+        }
+    }
     let mine: Vec<&EntityError> = match target {
         Some(t) => errors.iter().filter(|e| e.path == t || e.path.starts_with(&format!("{t}."))).collect(),
         None => Vec::new(),

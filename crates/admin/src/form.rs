@@ -34,6 +34,9 @@ const BOOLEANS: &[&str] = &[
 const LISTS: &[&str] =
     &["protocols", "tags", "snis", "sources", "destinations", "ca_certificates", "hosts", "paths", "methods"];
 
+/// Largest list position a form key may name (`a[1000]`); larger ones are dropped.
+const MAX_INDEX: usize = 1000;
+
 fn coerce(field: &str, v: &str) -> Value {
     if NUMBERS.contains(&field) {
         if let Ok(n) = v.parse::<i64>() {
@@ -114,6 +117,10 @@ fn set(root: &mut Value, key: &str, value: &str) {
                     Some(k) => k.saturating_sub(1),
                     None => a.len(),
                 };
+                // Indexes are positions in a short list, not sizes to allocate.
+                if pos >= MAX_INDEX {
+                    return;
+                }
                 if a.len() <= pos {
                     a.resize(pos + 1, Value::Null);
                 }
@@ -133,6 +140,12 @@ fn set(root: &mut Value, key: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_indexes_are_dropped_not_allocated() {
+        let v = to_json(b"tags[4000000000]=x&tags[18446744073709551615]=y&name=n");
+        assert_eq!(Value::Object(v), json!({"tags": [], "name": "n"}));
+    }
 
     #[test]
     fn kong_doc_forms() {

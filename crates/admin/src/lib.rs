@@ -12,9 +12,8 @@ pub mod schema;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::response::IntoResponse;
 use strait_proxy::Stats;
 
 pub use control::{Control, ControlError, Current};
@@ -46,11 +45,19 @@ pub struct AdminState {
 /// The Admin API as an axum router.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
-        .fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        .fallback(move |request: axum::extract::Request| {
             let state = state.clone();
-            async move { api::handle(state, method, uri, headers, body).await }
+            async move {
+                let (parts, body) = request.into_parts();
+                // Read at most MAX_BODY; larger bodies get Kong's error shape.
+                let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+                    return ApiError::message(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+                        .into_response();
+                };
+                api::handle(state, parts.method, parts.uri, parts.headers, body).await
+            }
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// Serves the Admin API on `listener` until `shutdown` completes.

@@ -67,7 +67,10 @@ pub fn parse_text(text: &str) -> Result<Value, String> {
             return Ok(v);
         }
     }
-    serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string())
+    // No input snippets in messages: the input may hold private keys.
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options::<Value>(text, options).map_err(|e| e.to_string())
 }
 
 /// Parses and validates a whole declarative file.

@@ -288,3 +288,10 @@ fn every_prefix_of_a_valid_file_is_handled() {
         let _ = load_str(&json[..i]);
     }
 }
+
+#[test]
+fn syntax_errors_never_echo_the_input() {
+    let text = "_format_version: \"3.0\"\ncertificates:\n- key: |\n    -----BEGIN PRIVATE KEY-----\n    c2VjcmV0\n  cert: [unclosed\n";
+    let err = load_str(text).unwrap_err().to_string();
+    assert!(!err.contains("c2VjcmV0") && !err.contains("PRIVATE KEY"), "{err}");
+}

@@ -218,6 +218,12 @@ impl Store {
         Ok(version)
     }
 
+    /// Answers when the database does (for `/status`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -146,7 +146,11 @@ async fn kong_error_codes() {
     let r = request(admin, "POST", "/services", Some(("application/json", b"{not json")), &[]).await;
     assert_eq!(r.status, 400);
     assert_eq!(request(admin, "PATCH", "/services", None, &[]).await.status, 405);
-    assert_eq!(get(admin, "/targets").await.status, 405);
+    // Kong's disabled endpoints answer as if absent.
+    assert_eq!(get(admin, "/targets").await.status, 404);
+    assert_eq!(get(admin, "/snis/x/certificate").await.status, 404);
+    // Tags cannot mix AND and OR.
+    assert_eq!(get(admin, "/services?tags=a,b/c").await.status, 400);
     // Invalid UUID as id.
     let r = send_json(admin, "POST", "/services", &json!({"id": "not-a-uuid", "url": "tcp://h:1"})).await;
     assert_eq!((r.status, r.json()["fields"]["id"].clone()), (400, json!("expected a valid UUID")));
@@ -161,6 +165,7 @@ async fn kong_error_codes() {
     let huge = vec![b' '; strait_admin_max_body() + 1];
     let r = request(admin, "POST", "/services", Some(("application/json", &huge)), &[]).await;
     assert_eq!(r.status, 413);
+    assert_eq!(r.json()["message"], "Request body too large");
     // Deleting what is gone is still 204, as Kong.
     assert_eq!(request(admin, "DELETE", "/upstreams/none", None, &[]).await.status, 204);
 }
@@ -207,6 +212,9 @@ async fn pagination_tags_put_and_nested_endpoints() {
     assert_eq!(second.status, 200);
     assert_eq!(first.json()["id"], second.json()["id"]);
     assert_eq!(second.json()["port"], 3);
+    assert_eq!(second.json()["name"], "by-put", "PUT by name keeps the name");
+    // A nested path that names no child of that parent: 404, even for DELETE.
+    assert_eq!(request(admin, "DELETE", "/services/by-put/routes/nope", None, &[]).await.status, 404);
 
     // Upstreams and their targets; the disabled /targets stays disabled.
     assert_eq!(send_json(admin, "POST", "/upstreams", &json!({"name": "pool"})).await.status, 201);
@@ -310,6 +318,12 @@ async fn data_survives_a_restart_and_config_round_trips() {
     assert_eq!((r.status, r.json()["code"].clone()), (400, json!(14)));
     assert_eq!(r.json()["flattened_errors"][0]["entity_type"], "route");
     assert_eq!(get(off_admin, "/status").await.json()["configuration_hash"], hash, "nothing changed");
+    // A file without timestamps, posted twice: the second is a no-op (304).
+    let plain = b"_format_version: \"3.0\"\nservices:\n- name: x\n  url: tcp://127.0.0.1:7\n";
+    let r = request(off_admin, "POST", "/config?check_hash=1", Some(("application/yaml", plain)), &[]).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let r = request(off_admin, "POST", "/config?check_hash=1", Some(("application/yaml", plain)), &[]).await;
+    assert_eq!(r.status, 304);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,9 +457,31 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
             let method = method.to_ascii_uppercase();
             let r = match method.as_str() {
                 "GET" => get(admin, &path).await,
-                // Deleting for real would remove what later checks need: a
-                // missing entity answers 204 all the same, proving the route.
-                "DELETE" => request(admin, "DELETE", &format!("{}-gone", path), None, &[]).await,
+                // Delete a throwaway created in the same collection, so what
+                // later checks need stays.
+                "DELETE" => {
+                    let collection = path.rsplit_once('/').map(|(c, _)| c.to_owned()).unwrap();
+                    let kind = collection.rsplit('/').next().unwrap().to_owned();
+                    let extra = ca.leaf(&["gone.test"]);
+                    let body = match kind.as_str() {
+                        "services" => json!({"url": "tcp://127.0.0.1:1"}),
+                        "routes" => json!({"protocols": ["tcp"], "destinations": [{"port": 2}]}),
+                        "plugins" => json!({"name": "file-log"}),
+                        "certificates" => json!({"cert": extra.cert, "key": extra.key}),
+                        "snis" if collection == "/snis" => json!({"name": "gone.test", "certificate": {"id": cert}}),
+                        "snis" => json!({"name": "gone.test"}),
+                        "ca_certificates" => json!({"cert": ca.pem.cert}),
+                        "upstreams" => json!({"name": "gone-up"}),
+                        "targets" => json!({"target": "127.0.0.1:9999"}),
+                        other => panic!("no throwaway for {other}"),
+                    };
+                    let made = send_json(admin, "POST", &collection, &body).await;
+                    assert_eq!(made.status, 201, "POST {collection}: {:?}", made.json());
+                    let id = made.json()["id"].as_str().unwrap().to_owned();
+                    let r = request(admin, "DELETE", &format!("{collection}/{id}"), None, &[]).await;
+                    assert_eq!(r.status, 204, "DELETE {collection}/{id}");
+                    r
+                }
                 // `/config` and `/schemas/../validate` reject `{}`: still answered.
                 _ => send_json(admin, &method, &path, &json!({})).await,
             };
@@ -503,4 +539,29 @@ async fn admin_over_https() {
 /// `strait_admin::MAX_BODY`, without depending on the crate from this test.
 fn strait_admin_max_body() -> usize {
     16 * 1024 * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dbless_lists_paginate() {
+    let services: Vec<String> =
+        (0..5).map(|i| format!("- name: s{i}\n  url: tcp://127.0.0.1:{}\n", 1000 + i)).collect();
+    let yaml = format!("_format_version: \"3.0\"\nservices:\n{}", services.concat());
+    let admin_port = test_support::free_port();
+    let _gw = Gateway::start(
+        bin(),
+        GatewayConfig::new(format!("127.0.0.1:{}", test_support::free_port()), yaml)
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut names = Vec::new();
+    let mut path = "/services?size=2".to_owned();
+    for _ in 0..5 {
+        let page = get(admin, &path).await.json();
+        names.extend(page["data"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => path = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
 }
