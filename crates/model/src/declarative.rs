@@ -505,7 +505,8 @@ impl Builder {
             return;
         };
         let mut f = Fields::new(obj);
-        f.check_unknown(&[
+        // HTTP-only fields are kept at any valid value, as deck dumps carry them.
+        let mut allowed = vec![
             "id",
             "name",
             "protocols",
@@ -518,18 +519,9 @@ impl Builder {
             "created_at",
             "updated_at",
             "plugins",
-            // HTTP-only fields: kept at any valid value, as deck dumps carry them.
-            "methods",
-            "hosts",
-            "paths",
-            "headers",
-            "strip_path",
-            "regex_priority",
-            "path_handling",
-            "https_redirect_status_code",
-            "request_buffering",
-            "response_buffering",
-        ]);
+        ];
+        allowed.extend(HTTP_ROUTE_FIELDS);
+        f.check_unknown(&allowed);
         let name = f.str("name").map(str::to_owned);
         if let Some(n) = &name {
             check_name(&mut f, "name", n);

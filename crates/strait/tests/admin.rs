@@ -37,6 +37,23 @@ async fn echo(s: &mut TcpStream, msg: &[u8]) {
     assert_eq!(back, msg);
 }
 
+/// Every service's name, walking `/services` pages of `size` through `next`.
+async fn service_names_by_pages(admin: SocketAddr, size: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut path = format!("/services?size={size}");
+    for _ in 0..100 {
+        let page = get(admin, &path).await.json();
+        let data = page["data"].as_array().expect("a data list");
+        assert!(data.len() <= size);
+        names.extend(data.iter().map(|s| s["name"].as_str().unwrap_or_default().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => path = next.to_owned(),
+            None => return names,
+        }
+    }
+    panic!("more than 100 pages")
+}
+
 /// Connects through the gateway until the wanted backend answers (bounded):
 /// changes apply within a fraction of a second, not necessarily at once.
 async fn banner_eventually(port: u16, want: &str) -> TcpStream {
@@ -186,16 +203,7 @@ async fn pagination_tags_put_and_nested_endpoints() {
         assert_eq!(r.status, 201);
     }
     // Pages of two, following `next`.
-    let mut names = Vec::new();
-    let mut path = "/services?size=2".to_owned();
-    for _ in 0..5 {
-        let page = get(admin, &path).await.json();
-        names.extend(page["data"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()));
-        match page["next"].as_str() {
-            Some(next) => path = next.to_owned(),
-            None => break,
-        }
-    }
+    let names = service_names_by_pages(admin, 2).await;
     assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
     // Tags: `,` is AND, `/` is OR.
     let count = |v: Value| v["data"].as_array().map_or(0, Vec::len);
@@ -553,15 +561,6 @@ async fn dbless_lists_paginate() {
             .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
     );
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    let mut names = Vec::new();
-    let mut path = "/services?size=2".to_owned();
-    for _ in 0..5 {
-        let page = get(admin, &path).await.json();
-        names.extend(page["data"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_owned()));
-        match page["next"].as_str() {
-            Some(next) => path = next.to_owned(),
-            None => break,
-        }
-    }
+    let names = service_names_by_pages(admin, 2).await;
     assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
 }
