@@ -70,7 +70,8 @@ pub(crate) async fn handle(
         })
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    // Kept as sent: a multipart boundary is case-sensitive.
+    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let req = Req { state: &state, method: &method, query: &query, body: &body, content_type: &ct };
     match route(&req, &segs).await {
         Ok(r) => r,
@@ -100,8 +101,11 @@ impl Req<'_> {
         if self.body.is_empty() {
             return Ok(Map::new());
         }
-        if self.content_type.starts_with("application/x-www-form-urlencoded") {
+        if self.content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
             return Ok(form::to_json(self.body));
+        }
+        if let Some(boundary) = form::multipart_boundary(self.content_type) {
+            return form::multipart_to_json(self.body, &boundary).map_err(ApiError::bad_body);
         }
         match serde_json::from_slice::<Value>(self.body) {
             Ok(Value::Object(m)) => Ok(m),
@@ -607,8 +611,18 @@ fn get_config(req: &Req<'_>) -> Reply {
 
 async fn post_config(req: &Req<'_>) -> Reply {
     // A raw YAML/JSON document, or `{"config": "<text>"}` / `config=<text>` as Kong takes.
-    let form_config = if req.content_type.starts_with("application/x-www-form-urlencoded") {
+    let form_config = if req.content_type.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
         form::to_json(req.body).get("config").and_then(Value::as_str).map(str::to_owned)
+    } else if let Some(boundary) = form::multipart_boundary(req.content_type) {
+        // `curl -F config=@kong.yml`
+        let fields = form::multipart_to_json(req.body, &boundary).map_err(ApiError::bad_body)?;
+        Some(
+            fields
+                .get("config")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_body("missing 'config'"))?
+                .to_owned(),
+        )
     } else {
         None
     };

@@ -564,3 +564,67 @@ async fn dbless_lists_paginate() {
     let names = service_names_by_pages(admin, 2).await;
     assert_eq!(names, ["s0", "s1", "s2", "s3", "s4"]);
 }
+
+/// Runs the real `curl`, as users paste Kong's recipes.
+fn curl(args: &[&str]) -> (u16, Value) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "15", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kong_curl_recipes_with_real_curl() {
+    use test_support::certs::TestCa;
+    let prefix = TempDir::new();
+    let (_gw, admin) = start(prefix.path(), test_support::free_port());
+    let base = format!("http://{admin}");
+    let ca = TestCa::new("curl CA");
+    let leaf = ca.leaf(&["curl.test"]);
+    let files = TempDir::new();
+    let cert = files.write("cert.pem", &leaf.cert);
+    let key = files.write("key.pem", &leaf.key);
+
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/services"),
+        "--data",
+        "name=example",
+        "--data",
+        "url=tcp://127.0.0.1:6379",
+    ]);
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/services/example/routes"),
+        "--data",
+        "protocols[]=tls",
+        "--data",
+        "snis[]=curl.test",
+    ]);
+    assert_eq!(code, 201, "{body}");
+    // Multipart, as Kong's certificate docs do it.
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        &format!("{base}/certificates"),
+        "-F",
+        &format!("cert=@{}", cert.display()),
+        "-F",
+        &format!("key=@{}", key.display()),
+        "-F",
+        "snis[]=curl.test",
+    ]);
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["snis"], json!(["curl.test"]));
+    let (code, body) = curl(&["-X", "PATCH", &format!("{base}/services/example"), "--data", "retries=2"]);
+    assert_eq!((code, body["retries"].clone()), (200, json!(2)));
+    let (code, _) = curl(&["-X", "DELETE", &format!("{base}/certificates/curl.test")]);
+    assert_eq!(code, 204);
+}
