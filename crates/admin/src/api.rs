@@ -408,7 +408,11 @@ fn respond_entity(applied: &crate::control::Applied, status: StatusCode) -> Repl
 async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, String)>) -> Reply {
     let cur = req.control().current();
     let scope_ref = scope.as_ref().map(|(f, p)| (*f, p.as_str()));
-    let existing = find(&cur, kind, key, scope_ref).cloned();
+    let mut existing = find(&cur, kind, key, scope_ref).cloned();
+    if existing.is_none() && *req.method == Method::PUT && scope.is_some() {
+        // Kong's nested PUT upserts: an entity of another parent moves here.
+        existing = find(&cur, kind, key, None).cloned();
+    }
     match *req.method {
         Method::GET => {
             let e = existing.ok_or_else(ApiError::not_found)?;

@@ -255,6 +255,16 @@ async fn pagination_tags_put_and_nested_endpoints() {
     .await;
     assert_eq!(r.status, 201);
     assert_eq!(get(admin, "/routes/rr/service").await.json()["name"], "s0");
+    // A nested PUT moves a route to that service, as Kong upserts.
+    let moved = send_json(
+        admin,
+        "PUT",
+        "/services/s1/routes/rr",
+        &json!({"protocols": ["tcp"], "sources": [{"ip": "10.0.0.0/8"}]}),
+    )
+    .await;
+    assert_eq!(moved.status, 200, "{:?}", moved.json());
+    assert_eq!(get(admin, "/routes/rr/service").await.json()["name"], "s1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
