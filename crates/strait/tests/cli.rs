@@ -91,18 +91,23 @@ fn check_reports_bad_settings_by_key() {
     assert!(!dir.path().join("prefix").exists());
 }
 
-#[test]
-fn start_with_a_bad_declarative_file_fails_before_listening() {
+/// `strait start` with `yaml` on `port` (no Admin API), for starts that must fail.
+fn start_once(port: u16, yaml: &str) -> Output {
     let dir = TempDir::new();
-    let port = test_support::free_port();
-    dir.write("kong.yml", "_format_version: \"3.0\"\nroutes:\n- protocols: [tls_passthrough]\n");
+    dir.write("kong.yml", yaml);
     dir.write(
         "strait.toml",
         &format!(
             "prefix = \"p\"\nadmin_listen = \"off\"\ndeclarative_config = \"kong.yml\"\nstream_listen = \"127.0.0.1:{port}\"\n"
         ),
     );
-    let o = strait(&["start", "-c", "strait.toml"], dir.path());
+    strait(&["start", "-c", "strait.toml"], dir.path())
+}
+
+#[test]
+fn start_with_a_bad_declarative_file_fails_before_listening() {
+    let o =
+        start_once(test_support::free_port(), "_format_version: \"3.0\"\nroutes:\n- protocols: [tls_passthrough]\n");
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
     assert!(t.contains("must set snis when 'protocols' is 'tls_passthrough'"), "{t}");
@@ -111,17 +116,9 @@ fn start_with_a_bad_declarative_file_fails_before_listening() {
 
 #[test]
 fn start_fails_on_a_busy_port() {
-    let dir = TempDir::new();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    dir.write("kong.yml", "_format_version: \"3.0\"\n");
-    dir.write(
-        "strait.toml",
-        &format!(
-            "prefix = \"p\"\nadmin_listen = \"off\"\ndeclarative_config = \"kong.yml\"\nstream_listen = \"127.0.0.1:{port}\"\n"
-        ),
-    );
-    let o = strait(&["start", "-c", "strait.toml"], dir.path());
+    let o = start_once(port, "_format_version: \"3.0\"\n");
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{}", text(&o));
 }
