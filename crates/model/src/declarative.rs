@@ -848,28 +848,30 @@ impl Builder {
                 Algorithm::RoundRobin
             }),
         };
-        let hash_on = f.str("hash_on").map(str::to_owned);
-        for key in ["hash_on", "hash_fallback"] {
-            if let Some(h) = f.str(key) {
-                if !["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"].contains(&h) {
-                    f.err(key, "expected one of: none, consumer, ip, header, cookie, path, query_arg, uri_capture");
-                }
-            }
-        }
+        let hash = |f: &mut Fields<'_>, key: &str| match f.str(key) {
+            None => HashOn::None,
+            Some(h) => HashOn::parse(h).unwrap_or_else(|| {
+                f.err(key, format!("expected one of: {}", HashOn::NAMES.join(", ")));
+                HashOn::None
+            }),
+        };
+        let hash_on = hash(&mut f, "hash_on");
+        let hash_fallback = hash(&mut f, "hash_fallback");
+        hash_rules(&mut f, hash_on, hash_fallback);
         let slots = f.int("slots", 10, 65536).unwrap_or(10_000) as u32;
         let host_header = f.str("host_header").map(str::to_owned);
         let client_cert = reference(&mut f, "client_certificate");
-        f.bool("use_srv_name");
-        if f.has("healthchecks") && !f.get("healthchecks").is_some_and(Value::is_object) {
-            f.err("healthchecks", "expected a record");
-        }
-        let healthchecks = f.get("healthchecks").cloned();
+        let use_srv_name = f.bool("use_srv_name").unwrap_or(false);
+        let healthchecks = Healthchecks::parse(f.get("healthchecks")).unwrap_or_else(|errors| {
+            for (field, message) in errors {
+                f.err(field, message);
+            }
+            Healthchecks::default()
+        });
         let targets = f.array("targets").cloned();
         let extra: Map<String, Value> = obj
             .iter()
-            .filter(|(k, v)| {
-                (k.starts_with("hash_") && k.as_str() != "hash_on" || k.as_str() == "use_srv_name") && !v.is_null()
-            })
+            .filter(|(k, v)| (k.starts_with("hash_on_") || k.starts_with("hash_fallback_")) && !v.is_null())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let errors = std::mem::take(&mut f.errors);
@@ -881,9 +883,11 @@ impl Builder {
             algorithm,
             slots,
             hash_on,
+            hash_fallback,
             host_header,
             client_certificate: None,
             healthchecks,
+            use_srv_name,
             extra,
         });
         if let Some(r) = client_cert {
@@ -903,7 +907,14 @@ impl Builder {
         f.check_unknown(&["id", "target", "weight", "upstream", "tags", "created_at", "updated_at"]);
         let raw = f.required_str("target");
         let origin = Origin { path, name: raw.map(str::to_owned) };
-        let meta = meta(&mut f, "target", &origin);
+        // A target's address is unique only within its upstream, so generated
+        // ids must include the upstream.
+        let owner = match parent {
+            Some(u) => self.config.upstreams[u.0].name.clone(),
+            None => f.get("upstream").map(Value::to_string).unwrap_or_default(),
+        };
+        let id_origin = Origin { path: origin.path.clone(), name: raw.map(|t| format!("{owner}/{t}")) };
+        let meta = meta(&mut f, "target", &id_origin);
         let hp = raw.and_then(|t| match split_host_port(t) {
             Some((h, p)) if is_host(&h) => Some((h, p.unwrap_or(8000))),
             _ => {
@@ -1126,6 +1137,28 @@ impl Builder {
             }
         }
 
+        // One target per address within an upstream, as Kong's unique key.
+        let mut seen = HashMap::new();
+        for (i, t) in self.config.targets.iter().enumerate() {
+            let Some(up) = self.config.upstreams.get(t.upstream.0) else {
+                continue;
+            };
+            let key = (t.upstream.0, t.host.to_ascii_lowercase(), t.port);
+            if seen.insert(key, i).is_some() {
+                let origin = &self.target_origin[i];
+                errors.push(EntityError {
+                    path: origin.path.clone(),
+                    entity: "target",
+                    name: origin.name.clone(),
+                    field: "target".into(),
+                    message: format!(
+                        "UNIQUE violation detected on '{{target=\"{}\",upstream={{id=\"{}\"}}}}'",
+                        t.authority(),
+                        up.meta.id
+                    ),
+                });
+            }
+        }
         // Combinations Kong accepts but that cannot do what they say.
         for route in &self.config.routes {
             let Some(svc) = route.service.map(|s| &self.config.services[s.0]) else {
@@ -1409,7 +1442,7 @@ fn is_dns_name(s: &str) -> bool {
 
 /// Kong's service/target host: a host name (leniently, as KIC generates names
 /// like `tcproute..echo.0`) or an IP literal.
-fn is_host(h: &str) -> bool {
+pub(crate) fn is_host(h: &str) -> bool {
     if h.parse::<IpAddr>().is_ok() {
         return true;
     }
@@ -1471,4 +1504,40 @@ fn parse_url(url: &str) -> Result<ParsedUrl, String> {
         _ => 80,
     };
     Ok(ParsedUrl { protocol, host, port: port.unwrap_or(default_port), path })
+}
+
+/// Kong's rules tying `hash_on`, `hash_fallback` and their inputs together.
+fn hash_rules(f: &mut Fields<'_>, on: HashOn, fallback: HashOn) {
+    let conditional = |f: &mut Fields<'_>, if_field: &str, then_field: &str, msg: String| {
+        f.err(then_field, msg);
+        f.err(ENTITY, format!("failed conditional validation given value of field '{if_field}'"));
+    };
+    if on == HashOn::None && fallback != HashOn::None {
+        conditional(f, "hash_on", "hash_fallback", "expected one of: none".into());
+    } else if on == HashOn::Cookie && fallback != HashOn::None {
+        conditional(f, "hash_on", "hash_fallback", "expected one of: none".into());
+    } else if on == fallback && !matches!(on, HashOn::None | HashOn::Header | HashOn::QueryArg | HashOn::UriCapture) {
+        let others: Vec<&str> = HashOn::NAMES.iter().copied().filter(|n| *n != on.as_str()).collect();
+        conditional(f, "hash_on", "hash_fallback", format!("expected one of: {}", others.join(", ")));
+    }
+    let inputs = [
+        (HashOn::Header, "hash_on_header", "hash_fallback_header"),
+        (HashOn::Cookie, "hash_on_cookie", "hash_on_cookie"),
+        (HashOn::QueryArg, "hash_on_query_arg", "hash_fallback_query_arg"),
+        (HashOn::UriCapture, "hash_on_uri_capture", "hash_fallback_uri_capture"),
+    ];
+    for (kind, on_key, fallback_key) in inputs {
+        for (field, value, key) in [("hash_on", on, on_key), ("hash_fallback", fallback, fallback_key)] {
+            if value == kind && !f.has(key) {
+                f.err(key, "required field missing");
+                f.err(ENTITY, format!("failed conditional validation given value of field '{field}'"));
+            }
+        }
+    }
+    for (a, b) in [("hash_on_header", "hash_fallback_header"), ("hash_on_query_arg", "hash_fallback_query_arg")] {
+        let (x, y) = (f.get(a).and_then(Value::as_str), f.get(b).and_then(Value::as_str));
+        if x.is_some() && x.map(str::to_ascii_lowercase) == y.map(str::to_ascii_lowercase) {
+            f.err(ENTITY, format!("values of these fields must be distinct: '{a}', '{b}'"));
+        }
+    }
 }

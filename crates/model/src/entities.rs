@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use uuid::Uuid;
 
+pub use crate::healthchecks::{CheckType, Healthchecks};
+
 /// Index of a service in [`Config::services`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceIdx(pub usize);
@@ -329,7 +331,7 @@ pub struct CaCertificate {
     pub cert_digest: Option<String>,
 }
 
-/// Kong's balancing algorithms (used once upstreams reach the data path).
+/// Kong's balancing algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     RoundRobin,
@@ -350,18 +352,69 @@ impl Algorithm {
     }
 }
 
-/// A virtual host name balanced over targets. Fields the data path does not
-/// use yet are kept as given so they survive a round trip.
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::ConsistentHashing => "consistent-hashing",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::Latency => "latency",
+        }
+    }
+}
+
+/// What `consistent-hashing` hashes. On an L4 session only `ip` has a value;
+/// the others (HTTP request parts, consumers) are accepted for Kong configs
+/// and yield nothing, so the fallback applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashOn {
+    None,
+    Consumer,
+    Ip,
+    Header,
+    Cookie,
+    Path,
+    QueryArg,
+    UriCapture,
+}
+
+impl HashOn {
+    pub const NAMES: [&'static str; 8] =
+        ["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"];
+
+    pub fn parse(s: &str) -> Option<HashOn> {
+        Some(match s {
+            "none" => HashOn::None,
+            "consumer" => HashOn::Consumer,
+            "ip" => HashOn::Ip,
+            "header" => HashOn::Header,
+            "cookie" => HashOn::Cookie,
+            "path" => HashOn::Path,
+            "query_arg" => HashOn::QueryArg,
+            "uri_capture" => HashOn::UriCapture,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// A virtual host name balanced over targets. The HTTP-only hash inputs
+/// (`hash_on_header`, …) are kept as given so they survive a round trip.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub meta: Meta,
     pub name: String,
     pub algorithm: Algorithm,
     pub slots: u32,
-    pub hash_on: Option<String>,
+    pub hash_on: HashOn,
+    pub hash_fallback: HashOn,
     pub host_header: Option<String>,
     pub client_certificate: Option<CertificateIdx>,
-    pub healthchecks: Option<serde_json::Value>,
+    pub healthchecks: Healthchecks,
+    pub use_srv_name: bool,
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -373,6 +426,17 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     pub weight: u16,
+}
+
+impl Target {
+    /// `host:port` as Kong writes `target` (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// A plugin instance: validated by shape now, run once plugins land.

@@ -134,22 +134,17 @@ pub fn ca_certificate(ca: &CaCertificate) -> Value {
 }
 
 pub fn upstream(c: &Config, u: &Upstream) -> Value {
-    let algorithm = match u.algorithm {
-        Algorithm::RoundRobin => "round-robin",
-        Algorithm::ConsistentHashing => "consistent-hashing",
-        Algorithm::LeastConnections => "least-connections",
-        Algorithm::Latency => "latency",
-    };
     let mut m = obj(json!({
         "name": u.name,
-        "algorithm": algorithm,
-        "hash_on": u.hash_on.clone().unwrap_or_else(|| "none".into()),
-        "hash_fallback": "none",
+        "algorithm": u.algorithm.as_str(),
+        "hash_on": u.hash_on.as_str(),
+        "hash_fallback": u.hash_fallback.as_str(),
+        "hash_on_cookie_path": "/",
         "slots": u.slots,
         "host_header": u.host_header,
         "client_certificate": u.client_certificate.map_or(Value::Null, |i| id_ref(c.certificates[i.0].meta.id)),
-        "use_srv_name": false,
-        "healthchecks": u.healthchecks,
+        "use_srv_name": u.use_srv_name,
+        "healthchecks": u.healthchecks.to_json(),
     }));
     for (k, v) in &u.extra {
         m.insert(k.clone(), v.clone());
@@ -158,11 +153,10 @@ pub fn upstream(c: &Config, u: &Upstream) -> Value {
 }
 
 pub fn target(c: &Config, t: &Target) -> Value {
-    let host = if t.host.contains(':') { format!("[{}]", t.host) } else { t.host.clone() };
     with_meta(
         &t.meta,
         obj(json!({
-            "target": format!("{host}:{}", t.port),
+            "target": t.authority(),
             "weight": t.weight,
             "upstream": id_ref(c.upstreams[t.upstream.0].meta.id),
         })),

@@ -267,6 +267,80 @@ plugins:
 }
 
 #[test]
+fn upstream_hashing_and_healthchecks() {
+    expect(
+        &file(
+            r#"upstreams:
+- name: a
+  hash_on: none
+  hash_fallback: ip
+- name: b
+  algorithm: consistent-hashing
+  hash_on: ip
+  hash_fallback: ip
+- name: c
+  hash_on: header
+  hash_fallback: cookie
+- name: d
+  hash_on: weather
+  healthchecks:
+    threshold: 150
+    active:
+      type: icmp
+      concurrency: 0
+      healthy: {interval: -1, successes: 256}
+      unhealthy: {tcp_failures: 3.5, http_statuses: [99]}
+    passive:
+      unhealthy: {timeouts: -2}
+"#,
+        ),
+        &[
+            "upstream upstreams[1] (name 'a'): hash_fallback: expected one of: none",
+            "upstream upstreams[1] (name 'a'): @entity: failed conditional validation given value of field 'hash_on'",
+            "upstream upstreams[2] (name 'b'): hash_fallback: expected one of: none, consumer, header",
+            "upstream upstreams[3] (name 'c'): hash_on_header: required field missing",
+            "upstream upstreams[3] (name 'c'): hash_on_cookie: required field missing",
+            "hash_on: expected one of: none, consumer, ip, header, cookie, path, query_arg, uri_capture",
+            "healthchecks.threshold: value should be between 0 and 100",
+            "healthchecks.active.type: expected one of: tcp, tls, http, https, grpc, grpcs",
+            "healthchecks.active.concurrency: value should be between 1 and 2147483648",
+            "healthchecks.active.healthy.interval: value should be between 0 and 65535",
+            "healthchecks.active.healthy.successes: value should be between 0 and 255",
+            "healthchecks.active.unhealthy.tcp_failures: expected an integer",
+            "healthchecks.active.unhealthy.http_statuses[1]: value should be between 100 and 999",
+            "healthchecks.passive.unhealthy.timeouts: value should be between 0 and 255",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_targets_are_refused() {
+    expect(
+        &file(
+            r#"upstreams:
+- name: pool
+  targets:
+  - target: 10.0.0.1:6379
+  - target: 10.0.0.1:6379
+  - target: Redis.internal
+targets:
+- target: redis.internal:8000
+  upstream: pool
+"#,
+        ),
+        &[
+            r#"target upstreams[1].targets[2] (name '10.0.0.1:6379'): target: UNIQUE violation detected on '{target="10.0.0.1:6379","#,
+            r#"target targets[1] (name 'redis.internal:8000'): target: UNIQUE violation"#,
+        ],
+    );
+    // The same address in two upstreams is fine.
+    load_str(&file(
+        "upstreams:\n- name: a\n  targets: [{target: 10.0.0.1:1}]\n- name: b\n  targets: [{target: 10.0.0.1:1}]\n",
+    ))
+    .unwrap();
+}
+
+#[test]
 fn every_prefix_of_a_valid_file_is_handled() {
     let text = file(
         r#"services:
