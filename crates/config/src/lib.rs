@@ -4,9 +4,11 @@
 //! Nothing here binds sockets or reads the declarative configuration; it only
 //! turns user input into [`Settings`] or errors that name the offending key.
 
+pub mod dns;
 pub mod listen;
 pub mod settings;
 
+pub use dns::{DnsSettings, DnsType};
 pub use listen::{
     AdminListen, Keepalive, ListenEntry, ListenError, ListenHost, parse_admin_listen, parse_stream_listen,
 };

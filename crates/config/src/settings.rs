@@ -10,6 +10,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dns::{DnsSettings, parse_order, parse_resolver};
 use crate::listen::{AdminListen, ListenEntry, Unit, parse_admin_listen, parse_stream_listen};
 
 /// Where the configuration comes from.
@@ -76,6 +77,8 @@ pub struct Settings {
     /// On a plain listener where both plain and TLS routes could match, how long
     /// to wait for the client's first byte before treating the session as plain.
     pub tls_detect_timeout: Duration,
+    /// Kong's `dns_*` keys.
+    pub dns: DnsSettings,
 }
 
 /// One refused setting.
@@ -124,6 +127,13 @@ pub const KEYS: &[&str] = &[
     "worker_threads",
     "preread_timeout",
     "tls_detect_timeout",
+    "dns_resolver",
+    "dns_hostsfile",
+    "dns_order",
+    "dns_valid_ttl",
+    "dns_stale_ttl",
+    "dns_not_found_ttl",
+    "dns_error_ttl",
 ];
 
 /// A value before parsing: from the TOML file or from the environment.
@@ -143,6 +153,17 @@ impl Raw<'_> {
             Raw::File(toml::Value::Float(f)) => Ok(f.to_string()),
             Raw::File(toml::Value::Boolean(b)) => Ok(if *b { "on" } else { "off" }.to_owned()),
             Raw::File(other) => Err(format!("expected a string, found {}", other.type_str())),
+        }
+    }
+
+    /// A list: a TOML array of strings, or Kong's comma-separated string.
+    fn list(&self) -> Result<Vec<String>, String> {
+        match self {
+            Raw::File(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| format!("expected strings, found {}", v.type_str())))
+                .collect(),
+            _ => Ok(self.text()?.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
         }
     }
 
@@ -280,6 +301,16 @@ impl Settings {
                     "tls_detect_timeout" => {
                         s.tls_detect_timeout = nonzero(parse_duration_str(&raw.text()?, Unit::Millis)?)?
                     }
+                    "dns_resolver" => s.dns.resolver = parse_resolver(&raw.list()?)?,
+                    "dns_hostsfile" => s.dns.hostsfile = raw.path(base)?,
+                    "dns_order" => s.dns.order = parse_order(&raw.list()?)?,
+                    "dns_valid_ttl" => {
+                        let d = parse_duration_str(&raw.text()?, Unit::Seconds)?;
+                        s.dns.valid_ttl = (!d.is_zero()).then_some(d);
+                    }
+                    "dns_stale_ttl" => s.dns.stale_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
+                    "dns_not_found_ttl" => s.dns.not_found_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
+                    "dns_error_ttl" => s.dns.error_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     _ => {}
                 }
                 Ok(())
@@ -348,6 +379,7 @@ impl Settings {
             worker_threads: None,
             preread_timeout: Duration::from_secs(10),
             tls_detect_timeout: Duration::from_secs(1),
+            dns: DnsSettings::default(),
         }
     }
 }
@@ -485,5 +517,24 @@ mod tests {
         let s = load(r#"proxy_stream_access_log = "stdout basic""#, &[]).unwrap();
         assert_eq!(s.proxy_stream_access_log, AccessLog::Stdout);
         assert!(load(r#"proxy_stream_access_log = "x.log json""#, &[]).is_err());
+    }
+
+    #[test]
+    fn dns_keys() {
+        let s = load(
+            r#"dns_resolver = ["127.0.0.1:5353"]
+dns_order = "A,SRV"
+dns_valid_ttl = 2
+dns_hostsfile = "hosts""#,
+            &[("STRAIT_DNS_ERROR_TTL", "250ms")],
+        )
+        .unwrap();
+        assert_eq!(s.dns.resolver, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(s.dns.order, vec![crate::DnsType::A, crate::DnsType::Srv]);
+        assert_eq!(s.dns.valid_ttl, Some(Duration::from_secs(2)));
+        assert_eq!(s.dns.error_ttl, Duration::from_millis(250));
+        assert_eq!(s.dns.hostsfile, Path::new("/etc/strait/hosts"));
+        let err = load(r#"dns_resolver = "resolver.internal""#, &[]).unwrap_err().to_string();
+        assert!(err.contains("dns_resolver (from file): 'resolver.internal' is not an IP address"), "{err}");
     }
 }
