@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
 use strait_model::{Config, EntityError, KeyPair, LoadError, Options, export, load_value_with};
-use strait_proxy::Snapshot;
+use strait_proxy::{Snapshot, Upstreams};
 use strait_store::{Row, Store};
 
 use crate::error::ApiError;
@@ -109,6 +109,7 @@ pub struct Control {
     default_cert: KeyPair,
     options: Options,
     publish: OnceLock<Publisher>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl std::fmt::Debug for Control {
@@ -147,6 +148,7 @@ impl Control {
         initial: Config,
         default_cert: KeyPair,
         options: Options,
+        upstreams: Arc<Upstreams>,
     ) -> Result<(Arc<Control>, Snapshot), ControlError> {
         let seed_doc = (store.is_some() && !is_empty(&initial)).then(|| export::to_declarative(&initial));
         let current = match &store {
@@ -170,7 +172,7 @@ impl Control {
             }
         };
         let seed = if current.version == 0 { seed_doc } else { None };
-        let snapshot = Snapshot::compile(current.config.clone(), &default_cert)?;
+        let snapshot = Snapshot::compile(current.config.clone(), &default_cert, &upstreams)?;
         let control = Arc::new(Control {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             current: ArcSwap::from_pointee(current),
@@ -178,11 +180,13 @@ impl Control {
             default_cert,
             options,
             publish: OnceLock::new(),
+            upstreams,
         });
         if let Some(doc) = seed {
             control.apply(|d| replace_all(d, doc)).await.map_err(|e| ControlError::Import(e.body.to_string()))?;
             tracing::info!("the empty store was seeded from declarative_config");
-            let snapshot = Snapshot::compile(control.current().config.clone(), &control.default_cert)?;
+            let snapshot =
+                Snapshot::compile(control.current().config.clone(), &control.default_cert, &control.upstreams)?;
             return Ok((control, snapshot));
         }
         Ok((control, snapshot))
@@ -205,6 +209,11 @@ impl Control {
     /// What validation depends on (the enabled plugins).
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Balancer and health state, for the health endpoints.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -246,7 +255,7 @@ impl Control {
                 .map(|i| format!("{kind}[{}]", i + 1))
         });
         let loaded = load_value_with(&doc, &self.options).map_err(|e| load_error(e, target_path.as_deref()))?;
-        let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert)
+        let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert, &self.upstreams)
             .map_err(|e| ApiError::entity(&e.to_string()))?;
         if dry_run {
             return Ok(Applied { current: old, target });

@@ -161,7 +161,9 @@ impl Raw<'_> {
         match self {
             Raw::File(toml::Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| format!("expected strings, found {}", v.type_str())))
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| format!("expected strings, found {}", v.type_str()))
+                })
                 .collect(),
             _ => Ok(self.text()?.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
         }

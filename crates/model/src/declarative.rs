@@ -1512,9 +1512,9 @@ fn hash_rules(f: &mut Fields<'_>, on: HashOn, fallback: HashOn) {
         f.err(then_field, msg);
         f.err(ENTITY, format!("failed conditional validation given value of field '{if_field}'"));
     };
-    if on == HashOn::None && fallback != HashOn::None {
-        conditional(f, "hash_on", "hash_fallback", "expected one of: none".into());
-    } else if on == HashOn::Cookie && fallback != HashOn::None {
+    // With nothing to hash, or with a cookie (which Kong always sets), there
+    // is nothing to fall back from.
+    if matches!(on, HashOn::None | HashOn::Cookie) && fallback != HashOn::None {
         conditional(f, "hash_on", "hash_fallback", "expected one of: none".into());
     } else if on == fallback && !matches!(on, HashOn::None | HashOn::Header | HashOn::QueryArg | HashOn::UriCapture) {
         let others: Vec<&str> = HashOn::NAMES.iter().copied().filter(|n| *n != on.as_str()).collect();

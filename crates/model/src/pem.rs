@@ -86,3 +86,18 @@ pub fn ca_certificate(pem: &str) -> Result<CertificateDer<'static>, String> {
     }
     Ok(der)
 }
+
+/// Checks that a certificate is within its validity period now (used by TLS
+/// health probes, which may not verify the chain but still catch expiry).
+pub fn check_validity(der: &CertificateDer<'_>) -> Result<(), String> {
+    let (_, x509) = X509Certificate::from_der(der.as_ref()).map_err(|e| format!("invalid certificate: {e}"))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let v = x509.validity();
+    if v.not_after.timestamp() < now {
+        return Err(format!("certificate expired at {}", v.not_after));
+    }
+    if v.not_before.timestamp() > now {
+        return Err(format!("certificate not valid before {}", v.not_before));
+    }
+    Ok(())
+}

@@ -57,6 +57,18 @@ impl CloseReason {
     }
 }
 
+/// One attempt to reach the upstream (Kong's `tries`).
+#[derive(Debug, Clone)]
+pub struct Try {
+    pub addr: SocketAddr,
+    /// When the attempt started.
+    pub started: SystemTime,
+    /// How long the attempt took (connect, and TLS when the service says `tls`).
+    pub took: Duration,
+    /// Why it failed; `None` for the attempt that connected.
+    pub error: Option<String>,
+}
+
 /// Everything known about a session when it closes.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
@@ -70,7 +82,7 @@ pub struct SessionRecord {
     pub service: Option<String>,
     pub upstream: Option<SocketAddr>,
     pub sni: Option<String>,
-    pub tries: u32,
+    pub tries: Vec<Try>,
     /// Bytes sent to the client.
     pub bytes_sent: u64,
     /// Bytes received from the client.
@@ -106,9 +118,20 @@ impl SessionRecord {
             dash(&self.service),
             self.upstream.map_or_else(|| "-".into(), |a| a.to_string()),
             dash(&self.sni),
-            self.tries,
+            self.tries.len(),
             self.reason.as_str()
         );
+        let failed: Vec<String> = self
+            .tries
+            .iter()
+            .filter_map(|t| {
+                let e = t.error.as_deref()?;
+                Some(format!("{} {} after {:.1}ms", t.addr, e.replace('"', "'"), t.took.as_secs_f64() * 1000.0))
+            })
+            .collect();
+        if !failed.is_empty() {
+            let _ = write!(s, " failed_tries=\"{}\"", failed.join("; "));
+        }
         if let Some(d) = &self.detail {
             let _ = write!(s, " detail=\"{}\"", d.replace('"', "'"));
         }
@@ -243,7 +266,15 @@ mod tests {
             service: None,
             upstream: Some("127.0.0.1:6379".parse().unwrap()),
             sni: Some("a.test".into()),
-            tries: 1,
+            tries: vec![
+                Try {
+                    addr: "127.0.0.1:6380".parse().unwrap(),
+                    started: UNIX_EPOCH,
+                    took: Duration::from_micros(250),
+                    error: Some("Connection refused (os error 111)".into()),
+                },
+                Try { addr: "127.0.0.1:6379".parse().unwrap(), started: UNIX_EPOCH, took: Duration::ZERO, error: None },
+            ],
             bytes_sent: 10,
             bytes_received: 20,
             reason: CloseReason::ClientClosed,
@@ -252,7 +283,8 @@ mod tests {
         assert_eq!(
             r.line(),
             "127.0.0.1:5000 [01/Jan/1970:00:00:00 +0000] TCP 200 10 20 1.500 listener=127.0.0.1:9000 \
-             protocol=tls route=r1 service=- upstream=127.0.0.1:6379 sni=a.test tries=1 reason=\"client closed\""
+             protocol=tls route=r1 service=- upstream=127.0.0.1:6379 sni=a.test tries=2 reason=\"client closed\" \
+             failed_tries=\"127.0.0.1:6380 Connection refused (os error 111) after 0.2ms\""
         );
     }
 }

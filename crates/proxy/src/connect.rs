@@ -1,26 +1,24 @@
-//! Reaching the upstream: resolve the service's destination, connect with
-//! `connect_timeout`, complete the upstream TLS handshake when the service is
-//! `tls`, and on any failure move on, up to the service's `retries` extra
-//! attempts. A failed TLS handshake counts as a failed attempt, as nginx's
-//! `proxy_next_upstream` does.
-//!
-//! Host names are resolved lazily, when an attempt first needs them, so a
-//! target whose DNS hangs delays only the attempt that uses it. Weighted
-//! balancing, health checks and a DNS cache belong to upstreams proper; until
-//! then an upstream's targets are tried in turn, starting one further on for
-//! each session.
+//! Reaching the upstream: choose an address (the service's IP, or one picked
+//! by the upstream's balancer), connect with `connect_timeout`, complete the
+//! upstream TLS handshake when the service is `tls`, and on any failure move
+//! to another address, up to the service's `retries` extra attempts. A failed
+//! TLS handshake counts as a failed attempt, as nginx's `proxy_next_upstream`
+//! does. Every attempt is recorded for the log, and balanced attempts feed
+//! the upstream's passive health checks.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use crate::access_log::Try;
 use crate::snapshot::{Destination, Snapshot};
+use crate::upstream::{self, Event, InUse};
 
 pub(crate) enum UpstreamStream {
     Plain(TcpStream),
@@ -38,39 +36,27 @@ pub(crate) struct UpstreamTls<'a> {
 pub(crate) struct Connected {
     pub(crate) stream: UpstreamStream,
     pub(crate) addr: SocketAddr,
-    pub(crate) tries: u32,
+    pub(crate) tries: Vec<Try>,
+    /// The session's hold on a balanced address, released when it ends.
+    pub(crate) _in_use: Option<InUse>,
 }
 
-/// Every attempt failed.
+/// No attempt succeeded.
 #[derive(Debug)]
 pub(crate) struct ConnectFailed {
-    pub(crate) tries: u32,
-    pub(crate) last_addr: Option<SocketAddr>,
+    pub(crate) tries: Vec<Try>,
+    /// 502 when attempts failed, 503 when there was nothing to attempt.
+    pub(crate) status: u16,
     pub(crate) error: String,
     /// The last attempt connected but its TLS handshake failed.
     pub(crate) tls: bool,
 }
 
-/// One host to try, and what resolving it gave.
-struct Host<'a> {
-    name: &'a str,
-    port: u16,
-    resolved: Option<Result<Vec<SocketAddr>, String>>,
-    next: usize,
-}
-
-async fn resolve(host: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, String> {
-    if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
-        Ok(Ok(addrs)) => {
-            let v: Vec<_> = addrs.collect();
-            if v.is_empty() { Err(format!("name resolution failed for '{host}': no addresses")) } else { Ok(v) }
-        }
-        Ok(Err(e)) => Err(format!("name resolution failed for '{host}': {e}")),
-        Err(_) => Err(format!("name resolution timed out for '{host}'")),
-    }
+/// Why one attempt failed.
+struct AttemptError {
+    event: Event,
+    error: String,
+    tls: bool,
 }
 
 /// The name sent as SNI and verified, in Kong's order: the client's SNI when
@@ -93,91 +79,100 @@ pub(crate) fn upstream_server_name(
 pub(crate) async fn connect(
     snap: &Snapshot,
     service: usize,
+    client: IpAddr,
     tls: Option<UpstreamTls<'_>>,
 ) -> Result<Connected, ConnectFailed> {
     let svc = &snap.config.services[service];
-    let rt = &snap.services[service];
     let timeout = svc.connect_timeout;
-    let mut hosts: Vec<Host<'_>> = match &rt.destination {
-        Destination::Addr(a) => {
-            vec![Host { name: "", port: a.port(), resolved: Some(Ok(vec![*a])), next: 0 }]
-        }
-        Destination::Name(name, port) => vec![Host { name, port: *port, resolved: None, next: 0 }],
-        Destination::Upstream(u) => {
-            let targets: Vec<_> = snap.config.targets.iter().filter(|t| t.upstream == *u && t.weight > 0).collect();
-            if targets.is_empty() {
-                return Err(ConnectFailed {
-                    tries: 0,
-                    last_addr: None,
-                    error: format!("upstream '{}' has no targets", snap.config.upstreams[u.0].name),
-                    tls: false,
-                });
+    let attempts = u32::from(svc.retries) + 1;
+    let mut tries = Vec::new();
+    let mut last = None;
+    match &snap.services[service].destination {
+        Destination::Addr(addr) => {
+            for _ in 0..attempts {
+                let started = SystemTime::now();
+                let t0 = Instant::now();
+                match attempt(*addr, None, tls.as_ref(), timeout).await {
+                    Ok(stream) => {
+                        tries.push(Try { addr: *addr, started, took: t0.elapsed(), error: None });
+                        return Ok(Connected { stream, addr: *addr, tries, _in_use: None });
+                    }
+                    Err(e) => {
+                        tries.push(Try { addr: *addr, started, took: t0.elapsed(), error: Some(e.error.clone()) });
+                        last = Some(e);
+                    }
+                }
             }
-            let start = rt.next.fetch_add(1, Ordering::Relaxed) % targets.len();
-            targets
-                .iter()
-                .cycle()
-                .skip(start)
-                .take(targets.len())
-                .map(|t| Host { name: &t.host, port: t.port, resolved: None, next: 0 })
-                .collect()
+        }
+        Destination::Balanced(b) => {
+            b.ready(timeout).await;
+            let mut picker = b.picker(client).map_err(|why| ConnectFailed {
+                tries: Vec::new(),
+                status: 503,
+                error: format!("failure to get a peer from the ring-balancer ('{}'): {}", b.name(), why.0),
+                tls: false,
+            })?;
+            for _ in 0..attempts {
+                let Some((ep, in_use)) = picker.next() else {
+                    break;
+                };
+                let started = SystemTime::now();
+                let t0 = Instant::now();
+                match attempt(ep.addr, ep.hostname.as_deref(), tls.as_ref(), timeout).await {
+                    Ok(stream) => {
+                        let took = t0.elapsed();
+                        upstream::connected(&ep, took);
+                        b.observe(&ep, Event::Success, "connected");
+                        tries.push(Try { addr: ep.addr, started, took, error: None });
+                        return Ok(Connected { stream, addr: ep.addr, tries, _in_use: Some(in_use) });
+                    }
+                    Err(e) => {
+                        b.observe(&ep, e.event, &e.error);
+                        tries.push(Try { addr: ep.addr, started, took: t0.elapsed(), error: Some(e.error.clone()) });
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+    }
+    let (error, tls) = last.map_or_else(|| ("no address to try".to_owned(), false), |e| (e.error, e.tls));
+    Err(ConnectFailed { tries, status: 502, error, tls })
+}
+
+/// One attempt: TCP, then TLS when the service says so.
+async fn attempt(
+    addr: SocketAddr,
+    hostname: Option<&str>,
+    tls: Option<&UpstreamTls<'_>>,
+    timeout: Duration,
+) -> Result<UpstreamStream, AttemptError> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "upstream connect failed");
+            return Err(AttemptError { event: Event::TcpFailure, error: e.to_string(), tls: false });
+        }
+        Err(_) => {
+            return Err(AttemptError {
+                event: Event::Timeout,
+                error: format!("connect timed out after {} ms", timeout.as_millis()),
+                tls: false,
+            });
         }
     };
-
-    let attempts = u32::from(svc.retries) + 1;
-    let mut last = ConnectFailed { tries: 0, last_addr: None, error: String::new(), tls: false };
-    let host_count = hosts.len();
-    for attempt in 0..attempts {
-        let tries = attempt + 1;
-        let host = &mut hosts[attempt as usize % host_count];
-        if host.resolved.is_none() {
-            host.resolved = Some(resolve(host.name, host.port, timeout).await);
-        }
-        let addr = match &host.resolved {
-            Some(Ok(addrs)) => {
-                let a = addrs[host.next % addrs.len()];
-                host.next += 1;
-                a
-            }
-            Some(Err(e)) => {
-                last = ConnectFailed { tries, last_addr: None, error: e.clone(), tls: false };
-                continue;
-            }
-            None => continue,
-        };
-        let hostname = (!host.name.is_empty() && host.name.parse::<IpAddr>().is_err()).then_some(host.name);
-        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, tries, error = %e, "upstream connect failed");
-                last = ConnectFailed { tries, last_addr: Some(addr), error: e.to_string(), tls: false };
-                continue;
-            }
-            Err(_) => {
-                last = ConnectFailed {
-                    tries,
-                    last_addr: Some(addr),
-                    error: format!("connect timed out after {} ms", timeout.as_millis()),
-                    tls: false,
-                };
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let Some(tls) = &tls else {
-            return Ok(Connected { stream: UpstreamStream::Plain(tcp), addr, tries });
-        };
-        let name = upstream_server_name(tls.client_sni, tls.host_header, hostname, addr);
-        let connector = TlsConnector::from(tls.config.clone());
-        let error = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
-            Ok(Ok(s)) => return Ok(Connected { stream: UpstreamStream::Tls(Box::new(s)), addr, tries }),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("upstream TLS handshake timed out after {} ms", timeout.as_millis()),
-        };
-        tracing::debug!(%addr, tries, %error, "upstream TLS handshake failed");
-        last = ConnectFailed { tries, last_addr: Some(addr), error, tls: true };
-    }
-    Err(last)
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = tls else {
+        return Ok(UpstreamStream::Plain(tcp));
+    };
+    let name = upstream_server_name(tls.client_sni, tls.host_header, hostname, addr);
+    let connector = TlsConnector::from(tls.config.clone());
+    let (event, error) = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => return Ok(UpstreamStream::Tls(Box::new(s))),
+        Ok(Err(e)) => (Event::TcpFailure, e.to_string()),
+        Err(_) => (Event::Timeout, format!("upstream TLS handshake timed out after {} ms", timeout.as_millis())),
+    };
+    tracing::debug!(%addr, %error, "upstream TLS handshake failed");
+    Err(AttemptError { event, error, tls: true })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod relay;
 mod rewind;
 mod session;
 pub mod snapshot;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 pub use access_log::{AccessLogWriter, AccessLogger, CloseReason, SessionRecord};
 pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
 pub use snapshot::{CompileError, Snapshot};
+pub use upstream::{AddressHealth, SetHealthError, TargetHealth, UpstreamHealth, Upstreams};
 
 /// Timeouts that apply to every session, from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +62,7 @@ pub struct Swapper(Arc<ArcSwap<Snapshot>>);
 
 impl Swapper {
     pub fn swap(&self, snapshot: Snapshot) {
+        snapshot.activate();
         self.0.store(Arc::new(snapshot));
     }
 }
@@ -122,6 +125,7 @@ impl Proxy {
         let (force_close, force_rx) = watch::channel(false);
         let force_close = Arc::new(force_close);
         let (alive_tx, alive_rx) = mpsc::channel(1);
+        snapshot.activate();
         let shared = Arc::new(Shared {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             stats: Arc::new(Stats::default()),
@@ -161,6 +165,7 @@ impl Proxy {
 
     /// Publishes a new configuration for sessions accepted from now on.
     pub fn swap(&self, snapshot: Snapshot) {
+        snapshot.activate();
         self.shared.snapshot.store(Arc::new(snapshot));
     }
 

@@ -24,6 +24,7 @@ use crate::connect::{UpstreamStream, UpstreamTls, connect};
 use crate::relay::{RelayEnd, Side, relay};
 use crate::rewind::Rewind;
 use crate::snapshot::Snapshot;
+use crate::upstream::InUse;
 use crate::{ListenerInfo, Shared};
 
 /// Bytes buffered while looking for a ClientHello, at most: enough for the
@@ -67,6 +68,8 @@ struct Ready {
     client: ClientStream,
     upstream: UpstreamStream,
     idle: Duration,
+    /// Counts this session against its upstream address until it ends.
+    _in_use: Option<InUse>,
 }
 
 /// Runs one session to its end and writes its log line.
@@ -94,7 +97,7 @@ pub(crate) async fn serve(
         service: None,
         upstream: None,
         sni: None,
-        tries: 0,
+        tries: Vec::new(),
         bytes_sent: 0,
         bytes_received: 0,
         reason: CloseReason::ClientClosed,
@@ -255,17 +258,21 @@ async fn prepare(
         }),
         _ => None,
     };
-    let connected = connect(snap, si, tls).await.map_err(|f| {
+    let connected = connect(snap, si, client.ip(), tls).await.map_err(|f| {
+        rec.upstream = f.tries.last().map(|t| t.addr);
         rec.tries = f.tries;
-        rec.upstream = f.last_addr;
         let reason = if f.tls { CloseReason::UpstreamTlsFailed } else { CloseReason::ConnectFailed };
-        Fail::new(502, reason, f.error)
+        Fail::new(f.status, reason, f.error)
     })?;
     rec.tries = connected.tries;
     rec.upstream = Some(connected.addr);
-    let upstream = connected.stream;
 
-    Ok(Ready { client: client_stream, upstream, idle: svc.idle_timeout() })
+    Ok(Ready {
+        client: client_stream,
+        upstream: connected.stream,
+        idle: svc.idle_timeout(),
+        _in_use: connected._in_use,
+    })
 }
 
 /// Reads client bytes until they show a ClientHello, show something else,

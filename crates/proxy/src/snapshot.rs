@@ -4,23 +4,23 @@
 //! it with one atomic swap; each session loads it once at accept and keeps it
 //! to the end, so a configuration change never disturbs an open session.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 use rustls::{ClientConfig, ServerConfig};
 use strait_model::{Config, KeyPair, Protocol, UpstreamIdx};
 use strait_router::Router;
 use strait_tls::{CertStore, UpstreamTlsOptions};
 
+use crate::upstream::{Balanced, Upstreams};
+
 /// Where a service's sessions go.
 #[derive(Debug, Clone)]
 pub enum Destination {
     Addr(SocketAddr),
-    /// A DNS name, resolved per session.
-    Name(String, u16),
-    /// An upstream entity: its targets, tried in turn.
-    Upstream(UpstreamIdx),
+    /// An upstream entity, or a host name balanced over its addresses.
+    Balanced(Arc<Balanced>),
 }
 
 /// Per-service data compiled for the data path.
@@ -31,8 +31,6 @@ pub struct ServiceRuntime {
     pub tls: Option<Arc<ClientConfig>>,
     /// The upstream's `host_header`, used as upstream SNI after `preserve_host`.
     pub host_header: Option<String>,
-    /// Rotates the first target tried for upstream destinations.
-    pub next: AtomicUsize,
 }
 
 /// Why a configuration could not be compiled.
@@ -40,6 +38,8 @@ pub struct ServiceRuntime {
 pub enum CompileError {
     #[error("service '{service}': {reason}")]
     Service { service: String, reason: String },
+    #[error("upstream '{upstream}': {reason}")]
+    Upstream { upstream: String, reason: String },
     #[error("certificates: {0}")]
     Certificates(String),
 }
@@ -51,23 +51,67 @@ pub struct Snapshot {
     pub tls_server: Arc<ServerConfig>,
     /// Indexed like `config.services`.
     pub services: Vec<ServiceRuntime>,
+    /// Every balanced destination (upstreams, then service host names).
+    balancers: Vec<Arc<Balanced>>,
+    upstreams: Arc<Upstreams>,
 }
 
 impl Snapshot {
-    /// Compiles `config`. `default_cert` serves clients whose SNI matches no certificate.
-    pub fn compile(config: Config, default_cert: &KeyPair) -> Result<Snapshot, CompileError> {
+    /// Compiles `config`. `default_cert` serves clients whose SNI matches no
+    /// certificate; `upstreams` keeps balancer and health state across
+    /// snapshots. Nothing starts running until [`Snapshot::activate`].
+    pub fn compile(
+        config: Config,
+        default_cert: &KeyPair,
+        upstreams: &Arc<Upstreams>,
+    ) -> Result<Snapshot, CompileError> {
         let store = CertStore::new(&config, default_cert).map_err(|e| CompileError::Certificates(e.to_string()))?;
         let tls_server =
             strait_tls::server_config(Arc::new(store)).map_err(|e| CompileError::Certificates(e.to_string()))?;
+        let upstream_of = |host: &str| config.upstreams.iter().position(|u| u.name.eq_ignore_ascii_case(host));
+
+        let mut balancers = Vec::with_capacity(config.upstreams.len());
+        for (i, up) in config.upstreams.iter().enumerate() {
+            let hc = &up.healthchecks;
+            let probe_tls = if hc.active_enabled() && hc.active.kind.is_tls() {
+                // The trust of the services that use this upstream, plus the
+                // system's roots when they name no CA.
+                let cas = config
+                    .services
+                    .iter()
+                    .filter(|s| upstream_of(&s.host) == Some(i))
+                    .flat_map(|s| s.ca_certificates.iter().map(|c| &config.ca_certificates[c.0].cert))
+                    .collect();
+                let opts = UpstreamTlsOptions {
+                    verify: hc.active.https_verify_certificate,
+                    verify_depth: None,
+                    ca_certificates: cas,
+                    client_certificate: up.client_certificate.map(|c| &config.certificates[c.0].pair),
+                };
+                Some(
+                    strait_tls::client_config(&opts)
+                        .map_err(|e| CompileError::Upstream { upstream: up.name.clone(), reason: e.to_string() })?,
+                )
+            } else {
+                None
+            };
+            balancers.push(upstreams.prepare(&config, UpstreamIdx(i), probe_tls));
+        }
+        let mut by_host: HashMap<(String, u16), Arc<Balanced>> = HashMap::new();
+
         let mut services = Vec::with_capacity(config.services.len());
         for svc in &config.services {
             // Host names are case-insensitive; service hosts are stored lower case.
-            let upstream =
-                config.upstreams.iter().position(|u| u.name.eq_ignore_ascii_case(&svc.host)).map(UpstreamIdx);
+            let upstream = upstream_of(&svc.host).map(UpstreamIdx);
             let destination = match (upstream, svc.host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>()) {
-                (Some(u), _) => Destination::Upstream(u),
+                (Some(u), _) => Destination::Balanced(balancers[u.0].clone()),
                 (None, Ok(ip)) => Destination::Addr(SocketAddr::new(ip, svc.port)),
-                (None, Err(_)) => Destination::Name(svc.host.clone(), svc.port),
+                (None, Err(_)) => Destination::Balanced(
+                    by_host
+                        .entry((svc.host.clone(), svc.port))
+                        .or_insert_with(|| upstreams.prepare_host(&svc.host, svc.port))
+                        .clone(),
+                ),
             };
             let host_header = upstream.and_then(|u| config.upstreams[u.0].host_header.clone());
             let tls = if svc.protocol == Protocol::Tls {
@@ -89,9 +133,17 @@ impl Snapshot {
             } else {
                 None
             };
-            services.push(ServiceRuntime { destination, tls, host_header, next: AtomicUsize::new(0) });
+            services.push(ServiceRuntime { destination, tls, host_header });
         }
+        balancers.extend(by_host.into_values());
         let router = Router::new(&config);
-        Ok(Snapshot { config, router, tls_server, services })
+        Ok(Snapshot { config, router, tls_server, services, balancers, upstreams: upstreams.clone() })
+    }
+
+    /// Makes this snapshot's upstreams live: their background tasks start
+    /// (DNS, active probes) and upstreams it no longer has are retired. Call
+    /// it right before publishing the snapshot.
+    pub fn activate(&self) {
+        self.upstreams.activate(&self.balancers);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use strait_admin::{AdminState, Control, NodeInfo};
 use strait_config::{Database, LogLevel, Settings};
 use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
-use strait_proxy::{AccessLogger, Proxy, Snapshot, Timeouts};
+use strait_proxy::{AccessLogger, Proxy, Snapshot, Timeouts, Upstreams};
 use strait_store::Store;
 
 /// Everything `start` needs, validated; also what `check` validates.
@@ -100,7 +100,9 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     let report = rt.block_on(async {
         let store = open_store(&settings).await?;
         let admin_tls = admin_tls(&settings, &default_cert)?;
-        let (control, snapshot) = Control::start(store, loaded.config, default_cert, options(&settings)).await?;
+        let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
+        let (control, snapshot) =
+            Control::start(store, loaded.config, default_cert, options(&settings), upstreams).await?;
         let counts = summary(&control.current().config);
         let proxy = Proxy::start(
             listeners,
@@ -257,7 +259,7 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
         println!("warning: {w}");
     }
     let counts = summary(&loaded.config);
-    Snapshot::compile(loaded.config, &default_cert)?;
+    Snapshot::compile(loaded.config, &default_cert, &Arc::new(Upstreams::new(settings.dns.clone())))?;
     println!("configuration OK: {} stream listener(s); {counts}", settings.stream_listen.len());
     Ok(())
 }
@@ -325,8 +327,14 @@ pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let store = open_store(&settings).await?;
-        let (control, _) =
-            Control::start(store, strait_model::Config::default(), throwaway_cert()?, options(&settings)).await?;
+        let (control, _) = Control::start(
+            store,
+            strait_model::Config::default(),
+            throwaway_cert()?,
+            options(&settings),
+            Arc::new(Upstreams::new(settings.dns.clone())),
+        )
+        .await?;
         let doc = strait_model::export::to_declarative(&loaded.config);
         control
             .apply(|d| strait_admin::control::replace_all(d, doc))
@@ -346,8 +354,14 @@ pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let text = rt.block_on(async {
         let store = open_store(&settings).await?;
-        let (control, _) =
-            Control::start(store, strait_model::Config::default(), throwaway_cert()?, options(&settings)).await?;
+        let (control, _) = Control::start(
+            store,
+            strait_model::Config::default(),
+            throwaway_cert()?,
+            options(&settings),
+            Arc::new(Upstreams::new(settings.dns.clone())),
+        )
+        .await?;
         let text = serde_json::to_string_pretty(&control.current().doc)?;
         anyhow::Ok(text)
     })?;
