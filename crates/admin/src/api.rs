@@ -4,7 +4,8 @@
 //! Collections: `GET/POST /{kind}`; entities: `GET/PUT/PATCH/DELETE
 //! /{kind}/{id or key}`; nested: `/{parent}/{key}/{child}[/{key}]` for the
 //! foreign keys Kong exposes; plus `/`, `/status`, `/config`,
-//! `/plugins/enabled`, `/upstreams/{u}/targets/all`.
+//! `/plugins/enabled`, `/upstreams/{u}/targets/all`, and the upstream
+//! health endpoints (see `health.rs`).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use strait_model::export;
 
 use crate::control::{Control, Current, KINDS, config_hash, now, replace_all};
 use crate::error::ApiError;
+use crate::health;
 use crate::{AdminState, form};
 
 /// The field other than `id` that addresses an entity in a path.
@@ -39,7 +41,7 @@ fn nested_fk(parent: &str, child: &str) -> Option<&'static str> {
     }
 }
 
-type Reply = Result<Response, ApiError>;
+pub(crate) type Reply = Result<Response, ApiError>;
 
 fn json_reply(status: StatusCode, v: Value) -> Reply {
     Ok((status, axum::Json(v)).into_response())
@@ -152,6 +154,32 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
         // their upstream; an SNI's certificate is reached via /certificates.
         ["targets"] | ["targets", _] | ["targets", _, "upstream"] | ["snis", _, "certificate"] => {
             Err(ApiError::not_found())
+        }
+        ["upstreams", u, "health"] => {
+            only(m, &[Method::GET])?;
+            let cur = req.control().current();
+            let up = find(&cur, "upstreams", u, None).and_then(health::uuid_of).ok_or_else(ApiError::not_found)?;
+            let h = req.control().upstreams().health(up).ok_or_else(ApiError::not_found)?;
+            let balancer = req.q("balancer_health").is_some_and(|v| v == "1" || v == "true");
+            json_reply(StatusCode::OK, health::report(&h, &req.state.info.node_id, balancer))
+        }
+        ["upstreams", u, "targets", t, rest @ ..]
+            if matches!(rest, ["healthy"] | ["unhealthy"] | [_, "healthy"] | [_, "unhealthy"]) =>
+        {
+            // Kong 3 uses PUT; older Kong used POST, still accepted.
+            only(m, &[Method::PUT, Method::POST])?;
+            let cur = req.control().current();
+            let up_doc = find(&cur, "upstreams", u, None).ok_or_else(ApiError::not_found)?;
+            let up = health::uuid_of(up_doc).ok_or_else(ApiError::not_found)?;
+            let target = find(&cur, "targets", t, Some(("upstream", id_of(up_doc))))
+                .and_then(health::uuid_of)
+                .ok_or_else(ApiError::not_found)?;
+            let (address, healthy) = match rest {
+                [state] => (None, *state == "healthy"),
+                [addr, state] => (Some(*addr), *state == "healthy"),
+                _ => return Err(ApiError::not_found()),
+            };
+            health::set(req.control().upstreams().set_health(up, &target.to_string(), address, healthy))
         }
         ["upstreams", u, "targets", "all"] => {
             only(m, &[Method::GET])?;

@@ -7,6 +7,7 @@ pub mod api;
 pub mod control;
 pub mod error;
 mod form;
+mod health;
 pub mod schema;
 
 use std::sync::Arc;

@@ -470,6 +470,7 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
             .replace("{ca_certificate}", &ca_id)
             .replace("{upstream}", "up")
             .replace("{target}", "127.0.0.1:9000")
+            .replace("{address}", "127.0.0.1:9000")
             .replace("{entity}", "services");
         for method in ops.as_object().unwrap().keys() {
             let method = method.to_ascii_uppercase();

@@ -35,12 +35,18 @@ impl Drop for Backend {
 impl Backend {
     /// A plain TCP backend on 127.0.0.1.
     pub async fn plain(name: &str) -> Backend {
-        Backend::spawn(name, None).await
+        Backend::spawn(name, "127.0.0.1:0", None).await
+    }
+
+    /// A plain TCP backend on a chosen address (e.g. to restart one on the
+    /// same port, or to serve one port on several loopback addresses).
+    pub async fn plain_at(name: &str, addr: SocketAddr) -> Backend {
+        Backend::spawn(name, &addr.to_string(), None).await
     }
 
     /// A TLS backend on 127.0.0.1 serving `config`.
     pub async fn tls(name: &str, config: Arc<ServerConfig>) -> Backend {
-        Backend::spawn(name, Some(TlsAcceptor::from(config))).await
+        Backend::spawn(name, "127.0.0.1:0", Some(TlsAcceptor::from(config))).await
     }
 
     /// Sessions accepted so far.
@@ -48,8 +54,8 @@ impl Backend {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    async fn spawn(name: &str, tls: Option<TlsAcceptor>) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    async fn spawn(name: &str, bind: &str, tls: Option<TlsAcceptor>) -> Backend {
+        let listener = TcpListener::bind(bind).await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let accepted = Arc::new(AtomicUsize::new(0));
         let (n, count) = (name.to_owned(), accepted.clone());

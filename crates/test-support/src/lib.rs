@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod certs;
+pub mod dns;
 pub mod gateway;
 pub mod http;
 
