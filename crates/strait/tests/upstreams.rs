@@ -498,7 +498,7 @@ services:
 "#
     );
     let admin_port = test_support::free_port();
-    let _gw = Gateway::start(
+    let gw = Gateway::start(
         bin(),
         GatewayConfig::new(format!("127.0.0.1:{port}, 127.0.0.1:{srv_port}, 127.0.0.1:{svc_port}"), yaml)
             .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\""))
@@ -515,6 +515,7 @@ services:
     assert!(missing["data"]["dns_error"].as_str().unwrap_or_default().contains("missing.test"), "{missing}");
     let pool_t = report["data"].as_array().unwrap().iter().find(|t| t["target"] == format!("pool.test:{port_a}"));
     assert_eq!(pool_t.unwrap()["data"]["dns"], "A");
+    assert!(gw.stderr().contains("missing.test"), "the unresolvable target is logged:\n{}", gw.stderr());
 
     // The name moves; after its 1 s TTL new sessions follow it.
     dns.set("pool.test", "A", 1, vec![Answer::Ip("127.0.0.2".parse().unwrap())]);
@@ -535,4 +536,99 @@ services:
     let two = n.get("srv2").copied().unwrap_or(0);
     assert!((25..=35).contains(&two), "srv2 has weight 30 of 40: {n:?}");
     assert!(dns.queries().iter().any(|q| q == "_db._tcp.srv.test SRV"), "{:?}", dns.queries());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_prefers_the_target_that_connects_faster() {
+    let ca = TestCa::new("latency CA");
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let fast = Backend::tls("fast", server_config(&leaf, None)).await;
+    let slow = Backend::tls_slow("slow", server_config(&leaf, None), Duration::from_millis(150)).await;
+    let port = test_support::free_port();
+    // A `tls` service: an attempt's time includes the upstream handshake.
+    let yaml = pool(port, "latency", &[(fast.addr, 100), (slow.addr, 100)], "")
+        .replace("  protocol: tcp\n", "  protocol: tls\n  tls_verify: false\n");
+    let (_gw, _) = start(port, yaml, &[]);
+    // Each address is measured once first, then the faster one wins.
+    let mut names = Vec::new();
+    for _ in 0..12 {
+        names.push(banner(port).await);
+    }
+    let n = count(&names[2..]);
+    assert!(n.get("fast").copied().unwrap_or(0) >= 9, "{names:?}");
+    assert!(slow.accepted() >= 1, "the slow target was never measured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_probes_judge_the_status_line() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // A health endpoint whose status the test sets.
+    let status = Arc::new(AtomicU16::new(200));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let st = status.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let code = st.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut req = vec![0u8; 1024];
+                let n = tokio::time::timeout(WAIT, s.read(&mut req)).await.ok().and_then(Result::ok).unwrap_or(0);
+                let req = String::from_utf8_lossy(&req[..n]).into_owned();
+                let code = if req.starts_with("GET /healthz HTTP/1.0\r\n") && req.contains("X-Probe: yes") {
+                    code
+                } else {
+                    400
+                };
+                let _ = s.write_all(format!("HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            });
+        }
+    });
+    let port = test_support::free_port();
+    let checks = r#"  healthchecks:
+    active:
+      type: http
+      http_path: /healthz
+      headers: {X-Probe: ["yes"]}
+      healthy: {interval: 0.2, successes: 1}
+      unhealthy: {interval: 0.2, http_failures: 1}"#;
+    let (_gw, admin) = start(port, pool(port, "round-robin", &[(addr, 100)], checks), &[]);
+    let target = addr.to_string();
+    wait_health(admin, "pool", &target, "HEALTHY").await;
+    status.store(503, Ordering::SeqCst);
+    let report = wait_health(admin, "pool", &target, "UNHEALTHY").await;
+    assert!(report.to_string().contains("HTTP 503"), "{report:#}");
+    status.store(200, Ordering::SeqCst);
+    wait_health(admin, "pool", &target, "HEALTHY").await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_threshold_or_with_nothing_healthy_sessions_get_503() {
+    let (a, b) = (Backend::plain("a").await, Backend::plain("b").await);
+    let port = test_support::free_port();
+    let yaml = pool(port, "round-robin", &[(a.addr, 100), (b.addr, 100)], "  healthchecks: {threshold: 60}");
+    let (gw, admin) = start(port, yaml, &[]);
+    assert!(["a", "b"].contains(&banner(port).await.as_str()));
+    let put = |t: SocketAddr, state: &'static str| async move {
+        let r = request(admin, "PUT", &format!("/upstreams/pool/targets/{t}/{state}"), None, &[]).await;
+        assert_eq!(r.status, 204);
+    };
+    // Half the weight is healthy, below 60%: the whole upstream refuses.
+    put(a.addr, "unhealthy").await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut byte = [0u8; 1];
+    assert!(matches!(tokio::time::timeout(WAIT, s.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_))));
+    let line = gw.wait_log(&[" 503 ", "threshold"]).await;
+    assert!(line.contains("tries=0"), "{line}");
+    let r = get(admin, "/upstreams/pool/health?balancer_health=1").await.json();
+    assert_eq!(r["data"]["health"], "UNHEALTHY", "{r}");
+    assert_eq!(r["data"]["details"]["weight"]["available"], 100, "{r}");
+    put(b.addr, "unhealthy").await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(matches!(tokio::time::timeout(WAIT, s.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_))));
+    gw.wait_log(&[" 503 ", "every target is unhealthy"]).await;
+    put(a.addr, "healthy").await;
+    put(b.addr, "healthy").await;
+    assert!(["a", "b"].contains(&banner(port).await.as_str()));
 }

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls_pki_types::ServerName;
@@ -35,18 +36,24 @@ impl Drop for Backend {
 impl Backend {
     /// A plain TCP backend on 127.0.0.1.
     pub async fn plain(name: &str) -> Backend {
-        Backend::spawn(name, "127.0.0.1:0", None).await
+        Backend::spawn(name, "127.0.0.1:0", None, Duration::ZERO).await
     }
 
     /// A plain TCP backend on a chosen address (e.g. to restart one on the
     /// same port, or to serve one port on several loopback addresses).
     pub async fn plain_at(name: &str, addr: SocketAddr) -> Backend {
-        Backend::spawn(name, &addr.to_string(), None).await
+        Backend::spawn(name, &addr.to_string(), None, Duration::ZERO).await
     }
 
     /// A TLS backend on 127.0.0.1 serving `config`.
     pub async fn tls(name: &str, config: Arc<ServerConfig>) -> Backend {
-        Backend::spawn(name, "127.0.0.1:0", Some(TlsAcceptor::from(config))).await
+        Backend::spawn(name, "127.0.0.1:0", Some(TlsAcceptor::from(config)), Duration::ZERO).await
+    }
+
+    /// A TLS backend that waits `delay` before answering each handshake: a
+    /// slow upstream, for latency-based balancing.
+    pub async fn tls_slow(name: &str, config: Arc<ServerConfig>, delay: Duration) -> Backend {
+        Backend::spawn(name, "127.0.0.1:0", Some(TlsAcceptor::from(config)), delay).await
     }
 
     /// Sessions accepted so far.
@@ -54,7 +61,7 @@ impl Backend {
         self.accepted.load(Ordering::SeqCst)
     }
 
-    async fn spawn(name: &str, bind: &str, tls: Option<TlsAcceptor>) -> Backend {
+    async fn spawn(name: &str, bind: &str, tls: Option<TlsAcceptor>, delay: Duration) -> Backend {
         let listener = TcpListener::bind(bind).await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -67,6 +74,7 @@ impl Backend {
                     match tls {
                         None => announce_and_echo(stream, &n).await,
                         Some(acc) => {
+                            tokio::time::sleep(delay).await;
                             if let Ok(Ok(s)) = tokio::time::timeout(WAIT, acc.accept(stream)).await {
                                 announce_and_echo(s, &n).await;
                             }

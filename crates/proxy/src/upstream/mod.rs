@@ -169,6 +169,8 @@ pub struct Balanced {
     plan: ArcSwap<Plan>,
     rebuilding: AtomicBool,
     rr: AtomicUsize,
+    /// Every target has been resolved once: sessions need not wait.
+    resolved: AtomicBool,
 }
 
 /// The balancing tables for one epoch: only healthy addresses of targets
@@ -434,6 +436,7 @@ impl Balanced {
             plan: ArcSwap::from_pointee(Plan::default()),
             rebuilding: AtomicBool::new(false),
             rr: AtomicUsize::new(0),
+            resolved: AtomicBool::new(false),
         };
         b.plan.store(Arc::new(b.build_plan()));
         Arc::new(b)
@@ -489,6 +492,9 @@ impl Balanced {
     /// Waits (at most `timeout`) until every target with a weight has been
     /// resolved once, so the first sessions after a change see all addresses.
     pub(crate) async fn ready(&self, timeout: Duration) {
+        if self.resolved.load(Ordering::Acquire) {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         for t in self.targets.iter().filter(|t| t.weight > 0 && !t.state.literal) {
             let mut rx = t.state.resolved.subscribe();
@@ -499,6 +505,7 @@ impl Balanced {
                 return;
             }
         }
+        self.resolved.store(true, Ordering::Release);
     }
 
     /// Starts choosing addresses for one session.
@@ -529,7 +536,7 @@ impl Balanced {
                 IpAddr::V4(v4) => balancer::hash64(&v4.octets()),
                 IpAddr::V6(v6) => balancer::hash64(&v6.octets()),
             });
-        Ok(Picker { b: self, plan, hash, pos: None, tried: Vec::new() })
+        Ok(Picker { b: self, plan, hash, pos: None, tried: Tried::default() })
     }
 
     /// A session's connect attempt ended; passive checks count it.
@@ -616,12 +623,14 @@ impl Balanced {
         UpstreamHealth {
             id: self.id.unwrap_or_default(),
             name: self.name.clone(),
-            health: if !enabled {
-                "HEALTHCHECKS_OFF"
-            } else if healthy {
-                "HEALTHY"
-            } else {
+            // Refusing sessions is reported even when no checks run (after
+            // manual overrides).
+            health: if !healthy {
                 "UNHEALTHY"
+            } else if !enabled {
+                "HEALTHCHECKS_OFF"
+            } else {
+                "HEALTHY"
             },
             threshold: self.hc.threshold,
             total_weight: plan.total_weight,
@@ -657,7 +666,31 @@ pub(crate) struct Picker<'a> {
     hash: Option<u64>,
     /// Position in the schedule or ring of the last pick.
     pos: Option<usize>,
-    tried: Vec<usize>,
+    tried: Tried,
+}
+
+/// The entries a session already tried: inline for the usual few retries,
+/// so a pick allocates nothing.
+#[derive(Debug, Default)]
+struct Tried {
+    inline: [usize; 8],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = i;
+            self.len += 1;
+        } else {
+            self.more.push(i);
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.inline[..self.len].contains(&i) || self.more.contains(&i)
+    }
 }
 
 impl Picker<'_> {
@@ -679,7 +712,7 @@ impl Picker<'_> {
     }
 
     fn usable(&self, i: usize, allow_tried: bool) -> bool {
-        self.plan.entries[i].0.health.is_healthy() && (allow_tried || !self.tried.contains(&i))
+        self.plan.entries[i].0.health.is_healthy() && (allow_tried || !self.tried.contains(i))
     }
 
     /// Round-robin over the schedule, or a walk along the ring from the
