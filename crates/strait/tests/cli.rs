@@ -46,6 +46,16 @@ fn config_init_writes_a_valid_file_and_never_overwrites() {
 }
 
 #[test]
+fn the_quick_start_example_is_valid() {
+    let dir = TempDir::new();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let o = strait(&["config", "parse", &format!("{examples}/strait.yml")], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("parse successful"), "{t}");
+}
+
+#[test]
 fn config_parse_names_the_bad_field() {
     let dir = TempDir::new();
     dir.write(
