@@ -104,8 +104,23 @@ impl Dns {
     pub(crate) async fn resolve(&self, name: &str, port: u16) -> Result<Answer, Failure> {
         let key = name.trim_end_matches('.').to_ascii_lowercase();
         if let Some(ips) = self.hosts.get(&key) {
-            let addrs = ips.iter().map(|ip| Resolved { addr: SocketAddr::new(*ip, port), weight: None }).collect();
-            return Ok(Answer { addrs, ttl: HOSTS_TTL, source: "hosts" });
+            // Typed like DNS answers: `localhost` gives 127.0.0.1 alone when
+            // A comes before AAAA in dns_order, as in Kong.
+            for t in &self.settings.order {
+                let want_v4 = match t {
+                    DnsType::A => true,
+                    DnsType::Aaaa => false,
+                    _ => continue,
+                };
+                let addrs: Vec<Resolved> = ips
+                    .iter()
+                    .filter(|ip| ip.is_ipv4() == want_v4)
+                    .map(|ip| Resolved { addr: SocketAddr::new(*ip, port), weight: None })
+                    .collect();
+                if !addrs.is_empty() {
+                    return Ok(Answer { addrs, ttl: HOSTS_TTL, source: "hosts" });
+                }
+            }
         }
         let client = self.client().map_err(Failure::Error)?;
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).get(&key).copied();
@@ -274,5 +289,19 @@ mod tests {
         assert_eq!(h["localhost"], vec!["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
         assert!(h.contains_key("pool.local"));
         assert!(!h.contains_key("gone"));
+    }
+
+    #[tokio::test]
+    async fn hosts_answers_follow_dns_order() {
+        let file = std::env::temp_dir().join(format!("strait-hosts-{}", std::process::id()));
+        std::fs::write(&file, "127.0.0.1 db.local\n::1 db.local\n").unwrap();
+        let mut settings = DnsSettings { hostsfile: file.clone(), ..DnsSettings::default() };
+        let a = Dns::new(settings.clone()).resolve("DB.local.", 5432).await.unwrap();
+        assert_eq!(a.addrs, vec![Resolved { addr: "127.0.0.1:5432".parse().unwrap(), weight: None }]);
+        assert_eq!(a.source, "hosts");
+        settings.order = vec![DnsType::Aaaa, DnsType::A];
+        let a = Dns::new(settings).resolve("db.local", 5432).await.unwrap();
+        assert_eq!(a.addrs[0].addr, "[::1]:5432".parse::<SocketAddr>().unwrap());
+        std::fs::remove_file(file).unwrap();
     }
 }
