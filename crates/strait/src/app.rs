@@ -317,6 +317,20 @@ pub fn migrations(conf: Option<&Path>, up: bool) -> Result<()> {
     })
 }
 
+/// The control plane over the store, for commands that run no proxy.
+async fn offline_control(settings: &Settings) -> Result<Arc<Control>> {
+    let store = open_store(settings).await?;
+    let (control, _) = Control::start(
+        store,
+        strait_model::Config::default(),
+        throwaway_cert()?,
+        options(settings),
+        Arc::new(Upstreams::new(settings.dns.clone())),
+    )
+    .await?;
+    Ok(control)
+}
+
 /// `strait config db_import FILE`: replaces the stored configuration.
 pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
     let settings = Settings::load(conf)?;
@@ -326,15 +340,7 @@ pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let store = open_store(&settings).await?;
-        let (control, _) = Control::start(
-            store,
-            strait_model::Config::default(),
-            throwaway_cert()?,
-            options(&settings),
-            Arc::new(Upstreams::new(settings.dns.clone())),
-        )
-        .await?;
+        let control = offline_control(&settings).await?;
         let doc = strait_model::export::to_declarative(&loaded.config);
         control
             .apply(|d| strait_admin::control::replace_all(d, doc))
@@ -353,15 +359,7 @@ pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let text = rt.block_on(async {
-        let store = open_store(&settings).await?;
-        let (control, _) = Control::start(
-            store,
-            strait_model::Config::default(),
-            throwaway_cert()?,
-            options(&settings),
-            Arc::new(Upstreams::new(settings.dns.clone())),
-        )
-        .await?;
+        let control = offline_control(&settings).await?;
         let text = serde_json::to_string_pretty(&control.current().doc)?;
         anyhow::Ok(text)
     })?;

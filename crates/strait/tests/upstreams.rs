@@ -34,6 +34,17 @@ fn start(port: u16, yaml: String, settings: &[(&str, String)]) -> (Gateway, Sock
     (gw, format!("127.0.0.1:{admin_port}").parse().expect("admin address"))
 }
 
+/// An empty gateway with the embedded store, written through the Admin API.
+fn start_with_store(port: u16) -> (TempDir, Gateway, SocketAddr) {
+    let prefix = TempDir::new();
+    let (gw, admin) = start(
+        port,
+        "_format_version: \"3.0\"\n".into(),
+        &[("database", "\"sqlite\"".into()), ("prefix", format!("{:?}", prefix.path()))],
+    );
+    (prefix, gw, admin)
+}
+
 /// One short session from `from`: the serving backend's name, then a clean close.
 async fn banner_from(from: &str, port: u16) -> String {
     let mut s = connect_from(from, format!("127.0.0.1:{port}").parse().expect("addr")).await;
@@ -344,12 +355,7 @@ async fn passive_checks_eject_a_target_that_refuses_connections() {
 async fn manual_overrides_and_health_that_survives_other_changes() {
     let (a, b) = (Backend::plain("a").await, Backend::plain("b").await);
     let port = test_support::free_port();
-    let prefix = TempDir::new();
-    let (_gw, admin) = start(
-        port,
-        "_format_version: \"3.0\"\n".into(),
-        &[("database", "\"sqlite\"".into()), ("prefix", format!("{:?}", prefix.path()))],
-    );
+    let (_prefix, _gw, admin) = start_with_store(port);
     let ok = |r: test_support::http::Response| {
         assert!(r.status == 201 || r.status == 200, "{} {:?}", r.status, r.json());
     };
@@ -413,12 +419,7 @@ async fn manual_overrides_and_health_that_survives_other_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upstream_and_target_input_names_the_field() {
     let port = test_support::free_port();
-    let prefix = TempDir::new();
-    let (_gw, admin) = start(
-        port,
-        "_format_version: \"3.0\"\n".into(),
-        &[("database", "\"sqlite\"".into()), ("prefix", format!("{:?}", prefix.path()))],
-    );
+    let (_prefix, _gw, admin) = start_with_store(port);
     let r = send_json(
         admin,
         "POST",
