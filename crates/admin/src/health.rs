@@ -70,10 +70,13 @@ pub(crate) fn report(h: &UpstreamHealth, node_id: &str, balancer: bool) -> Value
 }
 
 /// Answers a manual override: 204, or 404 when the address is not one of
-/// the target's.
+/// the target's (or the target has none yet: its name does not resolve).
 pub(crate) fn set(result: Result<(), SetHealthError>) -> Reply {
     match result {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(SetHealthError::NoAddress) => {
+            Err(ApiError::message(StatusCode::NOT_FOUND, "the target has no resolved address to set"))
+        }
         Err(_) => Err(ApiError::not_found()),
     }
 }

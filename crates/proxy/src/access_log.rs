@@ -126,7 +126,15 @@ impl SessionRecord {
             .iter()
             .filter_map(|t| {
                 let e = t.error.as_deref()?;
-                Some(format!("{} {} after {:.1}ms", t.addr, e.replace('"', "'"), t.took.as_secs_f64() * 1000.0))
+                // When the try started, from the session's start, and how long it took.
+                let at = t.started.duration_since(self.started).unwrap_or_default();
+                Some(format!(
+                    "{} {} at +{:.1}ms after {:.1}ms",
+                    t.addr,
+                    e.replace('"', "'"),
+                    at.as_secs_f64() * 1000.0,
+                    t.took.as_secs_f64() * 1000.0
+                ))
             })
             .collect();
         if !failed.is_empty() {
@@ -284,7 +292,7 @@ mod tests {
             r.line(),
             "127.0.0.1:5000 [01/Jan/1970:00:00:00 +0000] TCP 200 10 20 1.500 listener=127.0.0.1:9000 \
              protocol=tls route=r1 service=- upstream=127.0.0.1:6379 sni=a.test tries=2 reason=\"client closed\" \
-             failed_tries=\"127.0.0.1:6380 Connection refused (os error 111) after 0.2ms\""
+             failed_tries=\"127.0.0.1:6380 Connection refused (os error 111) at +0.0ms after 0.2ms\""
         );
     }
 }

@@ -118,7 +118,7 @@ pub(crate) async fn connect(
                 };
                 let started = SystemTime::now();
                 let t0 = Instant::now();
-                match attempt(ep.addr, ep.hostname.as_deref(), tls.as_ref(), timeout).await {
+                match attempt(ep.addr, ep.sni_name(b.use_srv_name()), tls.as_ref(), timeout).await {
                     Ok(stream) => {
                         let took = t0.elapsed();
                         upstream::connected(&ep, took);
@@ -127,6 +127,7 @@ pub(crate) async fn connect(
                         return Ok(Connected { stream, addr: ep.addr, tries, _in_use: Some(in_use) });
                     }
                     Err(e) => {
+                        upstream::failed(&ep, timeout);
                         b.observe(&ep, e.event, &e.error);
                         tries.push(Try { addr: ep.addr, started, took: t0.elapsed(), error: Some(e.error.clone()) });
                         last = Some(e);
@@ -135,8 +136,16 @@ pub(crate) async fn connect(
             }
         }
     }
-    let (error, tls) = last.map_or_else(|| ("no address to try".to_owned(), false), |e| (e.error, e.tls));
-    Err(ConnectFailed { tries, status: 502, error, tls })
+    match last {
+        Some(e) => Err(ConnectFailed { tries, status: 502, error: e.error, tls: e.tls }),
+        // Every address turned unhealthy between the tables and the pick.
+        None => Err(ConnectFailed {
+            tries,
+            status: 503,
+            error: "failure to get a peer from the ring-balancer: no healthy address".to_owned(),
+            tls: false,
+        }),
+    }
 }
 
 /// One attempt: TCP, then TLS when the service says so.

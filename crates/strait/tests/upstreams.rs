@@ -301,7 +301,8 @@ async fn active_checks_eject_a_stopped_backend_and_restore_it() {
     }
 
     let _a = Backend::plain_at("a", a_addr).await;
-    wait_health(admin, "pool", &target, "HEALTHY").await;
+    let report = wait_health(admin, "pool", &target, "HEALTHY").await;
+    assert!(report.to_string().contains("1 successes"), "restored by a probe: {report:#}");
     let mut names = Vec::new();
     for _ in 0..8 {
         names.push(banner(port).await);
@@ -349,6 +350,67 @@ async fn passive_checks_eject_a_target_that_refuses_connections() {
     wait_lines(&gw, seen + 6).await;
     let fresh = &gw.log_lines()[seen..];
     assert!(fresh.iter().all(|l| !l.contains("failed_tries")), "ejected target still tried: {fresh:#?}");
+
+    // A change to the same upstream (its passive thresholds) keeps the
+    // session-derived state: nothing here could eject it again.
+    let changed = "  healthchecks:\n    passive:\n      type: tcp\n      unhealthy: {tcp_failures: 3}";
+    let r = send_json(
+        admin,
+        "POST",
+        "/config",
+        &json!({"config": pool(port, "round-robin", &[(dead, 100), (live.addr, 100)], changed)}),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let report = health(admin, "pool").await;
+    assert_eq!(health_in(&report, &target, None), "UNHEALTHY", "{report:#}");
+    assert!(report.to_string().contains("2 TCP failures"), "{report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_of_unhealthy_targets_undo_a_passive_ejection() {
+    let live = Backend::plain("live").await;
+    let flaky: SocketAddr = format!("127.0.0.1:{}", test_support::free_port()).parse().unwrap();
+    let port = test_support::free_port();
+    // Healthy targets are not probed (interval 0); unhealthy ones are.
+    let checks = r#"  healthchecks:
+    active:
+      type: tcp
+      healthy: {interval: 0, successes: 1}
+      unhealthy: {interval: 0.2}
+    passive:
+      unhealthy: {tcp_failures: 1}"#;
+    let (_gw, admin) = start(port, pool(port, "round-robin", &[(flaky, 100), (live.addr, 100)], checks), &[]);
+    let target = flaky.to_string();
+    while health_in(&health(admin, "pool").await, &target, None) == "HEALTHY" {
+        assert_eq!(banner(port).await, "live");
+    }
+    let _back = Backend::plain_at("flaky", flaky).await;
+    let report = wait_health(admin, "pool", &target, "HEALTHY").await;
+    assert!(report.to_string().contains("1 successes"), "{report:#}");
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(banner(port).await);
+    }
+    assert!(names.iter().any(|n| n == "flaky"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_avoids_a_target_that_refuses() {
+    let live = Backend::plain("live").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", test_support::free_port()).parse().unwrap();
+    let port = test_support::free_port();
+    let (gw, _) = start(port, pool(port, "latency", &[(dead, 100), (live.addr, 100)], ""), &[]);
+    for _ in 0..2 {
+        assert_eq!(banner(port).await, "live");
+    }
+    wait_lines(&gw, 2).await;
+    for _ in 0..8 {
+        assert_eq!(banner(port).await, "live");
+    }
+    wait_lines(&gw, 10).await;
+    let later = &gw.log_lines()[2..];
+    assert!(later.iter().all(|l| !l.contains("failed_tries")), "a refusing target counted as fast: {later:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,6 +588,24 @@ services:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(moved.accepted() >= 1);
+
+    // The name stops resolving: the last addresses keep serving (dns_stale_ttl).
+    dns.remove("pool.test");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let report = health(admin, "pool").await;
+        let t = report["data"].as_array().unwrap().iter().find(|t| t["target"] == format!("pool.test:{port_a}"));
+        if t.is_some_and(|t| t["data"]["dns_error"].is_string()) {
+            assert_eq!(t.unwrap()["health"], "HEALTHCHECKS_OFF", "{report:#}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the failed refresh never showed: {report:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(banner(port).await, "moved");
+    // A target without an address has nothing to mark.
+    let r = request(admin, "PUT", "/upstreams/pool/targets/missing.test:1/unhealthy", None, &[]).await;
+    assert_eq!(r.status, 404);
 
     // SRV: ports and weights from the records, lowest priority only.
     let mut names = Vec::new();

@@ -107,6 +107,11 @@ impl DnsServer {
         self.zone.lock().expect("zone").insert((key(name), rt), (ttl, answers));
     }
 
+    /// Forgets every record of `name`: it answers NXDOMAIN from now on.
+    pub fn remove(&self, name: &str) {
+        self.zone.lock().expect("zone").retain(|(n, _), _| *n != key(name));
+    }
+
     /// The queries received so far, as `name TYPE`.
     pub fn queries(&self) -> Vec<String> {
         self.queries.lock().map(|q| q.clone()).unwrap_or_default()

@@ -25,8 +25,8 @@ use super::{Balanced, Endpoint, Event, Shared, TargetState};
 const IDLE: Duration = Duration::from_secs(3600);
 
 pub(super) async fn run(shared: Arc<Shared>, dns: Arc<Dns>) {
-    // Next probe time per address, keyed by the address's allocation.
-    let mut due: HashMap<usize, Instant> = HashMap::new();
+    // When each address was last probed, keyed by the address's allocation.
+    let mut last_probe: HashMap<usize, Instant> = HashMap::new();
     loop {
         if shared.retired.load(Ordering::Acquire) {
             return;
@@ -36,23 +36,31 @@ pub(super) async fn run(shared: Arc<Shared>, dns: Arc<Dns>) {
         };
         let mut wake_at = Instant::now() + IDLE;
 
-        // DNS.
+        // DNS: each due name in its own task, so a slow name server delays
+        // neither the probes nor the other names. A finished refresh wakes us.
         for t in &b.targets {
-            if t.state.literal || t.weight == 0 && !b.hc.active_enabled() {
+            if t.state.literal {
                 continue;
             }
             let refresh_at = t.state.dns.lock().map(|d| d.refresh_at).unwrap_or_default();
-            let at = match refresh_at {
-                Some(at) if Instant::from_std(at) > Instant::now() => Instant::from_std(at),
+            match refresh_at {
+                Some(at) if Instant::from_std(at) > Instant::now() => wake_at = wake_at.min(Instant::from_std(at)),
                 _ => {
-                    refresh(&shared, &t.state, &dns).await;
-                    t.state.dns.lock().ok().and_then(|d| d.refresh_at).map_or(wake_at, Instant::from_std)
+                    if !t.state.refreshing.swap(true, Ordering::AcqRel) {
+                        let (shared, state, dns) = (shared.clone(), t.state.clone(), dns.clone());
+                        tokio::spawn(async move {
+                            refresh(&shared, &state, &dns).await;
+                            state.refreshing.store(false, Ordering::Release);
+                            shared.wake.notify_one();
+                        });
+                    }
                 }
-            };
-            wake_at = wake_at.min(at);
+            }
         }
 
-        // Active probes.
+        // Active probes: every healthy address each `healthy.interval`, every
+        // unhealthy one each `unhealthy.interval`, counted from its last probe,
+        // so an address that changes state moves to the other timer at once.
         if b.hc.active_enabled() {
             let now = Instant::now();
             let mut batch = Vec::new();
@@ -64,20 +72,26 @@ pub(super) async fn run(shared: Arc<Shared>, dns: Arc<Dns>) {
                     let a = &b.hc.active;
                     let interval = if ep.health.is_healthy() { a.healthy.interval } else { a.unhealthy.interval };
                     if interval <= 0.0 {
-                        due.remove(&key);
                         continue;
                     }
-                    let next = due.entry(key).or_insert(now);
-                    if *next <= now {
+                    let next = last_probe.get(&key).map_or(now, |l| *l + Duration::from_secs_f64(interval));
+                    if next <= now {
                         batch.push(ep.clone());
-                        *next = now + Duration::from_secs_f64(interval);
+                        last_probe.insert(key, now);
+                        wake_at = wake_at.min(now + Duration::from_secs_f64(interval));
+                    } else {
+                        wake_at = wake_at.min(next);
                     }
-                    wake_at = wake_at.min(*next);
                 }
             }
-            due.retain(|k, _| live.contains(k));
+            last_probe.retain(|k, _| live.contains(k));
             probe_all(&b, batch).await;
         }
+
+        // Tables for the sessions, off the session path. Large rings take a
+        // while: build them on the blocking pool.
+        let plan_of = b.clone();
+        let _ = tokio::task::spawn_blocking(move || plan_of.refresh_plan()).await;
         drop(b);
         tokio::select! {
             _ = tokio::time::sleep_until(wake_at) => {}

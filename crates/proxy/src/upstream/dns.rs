@@ -16,11 +16,13 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use strait_config::{DnsSettings, DnsType};
 
-/// One resolved address; `weight` is set for SRV answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One resolved address; `weight` and `name` (the SRV target) are set for
+/// SRV answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Resolved {
     pub addr: SocketAddr,
     pub weight: Option<u16>,
+    pub name: Option<String>,
 }
 
 /// A successful resolution.
@@ -54,7 +56,7 @@ impl Failure {
 pub struct Dns {
     settings: DnsSettings,
     hosts: HashMap<String, Vec<IpAddr>>,
-    client: OnceLock<Result<TokioResolver, String>>,
+    client: OnceLock<TokioResolver>,
     /// The record type that last answered, per name (`LAST`).
     last: Mutex<HashMap<String, DnsType>>,
 }
@@ -78,26 +80,27 @@ impl Dns {
         &self.settings
     }
 
+    /// The DNS client, created on first use; a failure (say, an unreadable
+    /// `/etc/resolv.conf`) is retried on the next resolution.
     fn client(&self) -> Result<&TokioResolver, String> {
-        self.client
-            .get_or_init(|| {
-                let (config, mut opts) = if self.settings.resolver.is_empty() {
-                    hickory_resolver::system_conf::read_system_conf()
-                        .map_err(|e| format!("cannot read /etc/resolv.conf ({e}); set dns_resolver"))?
-                } else {
-                    let servers = self.settings.resolver.iter().map(|a| name_server(*a)).collect();
-                    (ResolverConfig::from_name_servers(servers), ResolverOpts::default())
-                };
-                opts.timeout = Duration::from_secs(2);
-                opts.attempts = 2;
-                opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-                hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default())
-                    .with_options(opts)
-                    .build()
-                    .map_err(|e| format!("cannot create the DNS client: {e}"))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let (config, mut opts) = if self.settings.resolver.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| format!("cannot read /etc/resolv.conf ({e}); set dns_resolver"))?
+        } else {
+            let servers = self.settings.resolver.iter().map(|a| name_server(*a)).collect();
+            (ResolverConfig::from_name_servers(servers), ResolverOpts::default())
+        };
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 2;
+        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        let client = hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(opts)
+            .build()
+            .map_err(|e| format!("cannot create the DNS client: {e}"))?;
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// Resolves `name`; `port` is used unless SRV records give their own.
@@ -115,7 +118,7 @@ impl Dns {
                 let addrs: Vec<Resolved> = ips
                     .iter()
                     .filter(|ip| ip.is_ipv4() == want_v4)
-                    .map(|ip| Resolved { addr: SocketAddr::new(*ip, port), weight: None })
+                    .map(|ip| Resolved { addr: SocketAddr::new(*ip, port), weight: None, name: None })
                     .collect();
                 if !addrs.is_empty() {
                     return Ok(Answer { addrs, ttl: HOSTS_TTL, source: "hosts" });
@@ -171,43 +174,54 @@ impl Dns {
                 _ => None,
             })
             .collect();
-        let Some(best) = records.iter().map(|s| s.priority).min() else {
-            return Ok(Answer { addrs: Vec::new(), ttl, source: "SRV" });
-        };
+        let mut priorities: Vec<u16> = records.iter().map(|s| s.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
         let mut addrs = Vec::new();
-        for s in records.iter().filter(|s| s.priority == best) {
-            let target = s.target.to_ascii();
-            // Addresses in the additional section save a round trip.
-            let mut ips: Vec<IpAddr> = lookup
-                .additionals()
-                .iter()
-                .filter(|r| r.name == s.target)
-                .filter_map(|r| match &r.data {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })
-                .collect();
-            if ips.is_empty() {
+        // The lowest priority whose records give addresses (RFC 2782: higher
+        // values are backups).
+        for priority in priorities {
+            for s in records.iter().filter(|s| s.priority == priority) {
+                let target = s.target.to_ascii();
+                // Addresses in the additional section save a round trip.
+                let mut ips: Vec<IpAddr> = lookup
+                    .additionals()
+                    .iter()
+                    .filter(|r| r.name == s.target)
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect();
                 let host = target.trim_end_matches('.').to_ascii_lowercase();
-                if let Some(h) = self.hosts.get(&host) {
-                    ips.clone_from(h);
-                } else {
-                    for rt in [RecordType::A, RecordType::AAAA] {
-                        if let Ok(a) = ip_lookup(client, &target, rt, s.port).await {
-                            ttl = ttl.min(a.ttl);
-                            ips.extend(a.addrs.iter().map(|r| r.addr.ip()));
-                            break;
+                if ips.is_empty() {
+                    if let Some(h) = self.hosts.get(&host) {
+                        ips.clone_from(h);
+                    } else {
+                        for rt in [RecordType::A, RecordType::AAAA] {
+                            if let Ok(a) = ip_lookup(client, &target, rt, s.port).await {
+                                if !a.addrs.is_empty() {
+                                    ttl = ttl.min(a.ttl);
+                                    ips.extend(a.addrs.iter().map(|r| r.addr.ip()));
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
+                if ips.is_empty() {
+                    tracing::warn!(name = fqdn, target = %target, "SRV target has no address; skipped");
+                }
+                addrs.extend(ips.into_iter().map(|ip| Resolved {
+                    addr: SocketAddr::new(ip, s.port),
+                    weight: Some(s.weight.max(1)),
+                    name: Some(host.clone()),
+                }));
             }
-            if ips.is_empty() {
-                tracing::warn!(name = fqdn, target = %target, "SRV target has no address; skipped");
+            if !addrs.is_empty() {
+                break;
             }
-            addrs.extend(
-                ips.into_iter().map(|ip| Resolved { addr: SocketAddr::new(ip, s.port), weight: Some(s.weight.max(1)) }),
-            );
         }
         Ok(Answer { addrs, ttl, source: "SRV" })
     }
@@ -240,7 +254,7 @@ async fn ip_lookup(client: &TokioResolver, name: &str, rt: RecordType, port: u16
             RData::AAAA(a) if rt == RecordType::AAAA => Some(IpAddr::V6(a.0)),
             _ => None,
         })
-        .map(|ip| Resolved { addr: SocketAddr::new(ip, port), weight: None })
+        .map(|ip| Resolved { addr: SocketAddr::new(ip, port), weight: None, name: None })
         .collect();
     let source = if rt == RecordType::A { "A" } else { "AAAA" };
     Ok(Answer { addrs, ttl: ttl_of(lookup.valid_until()), source })
@@ -297,7 +311,7 @@ mod tests {
         std::fs::write(&file, "127.0.0.1 db.local\n::1 db.local\n").unwrap();
         let mut settings = DnsSettings { hostsfile: file.clone(), ..DnsSettings::default() };
         let a = Dns::new(settings.clone()).resolve("DB.local.", 5432).await.unwrap();
-        assert_eq!(a.addrs, vec![Resolved { addr: "127.0.0.1:5432".parse().unwrap(), weight: None }]);
+        assert_eq!(a.addrs, vec![Resolved { addr: "127.0.0.1:5432".parse().unwrap(), weight: None, name: None }]);
         assert_eq!(a.source, "hosts");
         settings.order = vec![DnsType::Aaaa, DnsType::A];
         let a = Dns::new(settings).resolve("db.local", 5432).await.unwrap();

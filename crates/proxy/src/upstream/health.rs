@@ -55,6 +55,9 @@ struct Counters {
 #[derive(Debug)]
 pub(crate) struct Health {
     healthy: AtomicBool,
+    /// Some counter is not zero. A success on a healthy address with clean
+    /// counters changes nothing, so it skips the mutex.
+    dirty: AtomicBool,
     counters: Mutex<Counters>,
 }
 
@@ -68,7 +71,11 @@ pub(crate) struct HealthView {
 
 impl Default for Health {
     fn default() -> Self {
-        Health { healthy: AtomicBool::new(true), counters: Mutex::new(Counters::default()) }
+        Health {
+            healthy: AtomicBool::new(true),
+            dirty: AtomicBool::new(false),
+            counters: Mutex::new(Counters::default()),
+        }
     }
 }
 
@@ -84,6 +91,9 @@ impl Health {
 
     /// Counts one event; returns the new state when it changed.
     pub(crate) fn report(&self, event: Event, t: &Thresholds, detail: &str) -> Option<bool> {
+        if event == Event::Success && self.is_healthy() && !self.dirty.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let healthy = self.is_healthy();
         let flip = match event {
@@ -114,6 +124,8 @@ impl Health {
             }
         };
         if !flip {
+            let dirty = c.successes + c.tcp_failures + c.timeouts + c.http_failures > 0;
+            self.dirty.store(dirty, Ordering::Relaxed);
             return None;
         }
         let now_healthy = !healthy;
@@ -144,6 +156,7 @@ impl Health {
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         let changed = self.is_healthy() != healthy;
         *c = Counters { reason: Some(reason), since: Some(SystemTime::now()), ..Default::default() };
+        self.dirty.store(false, Ordering::Relaxed);
         self.healthy.store(healthy, Ordering::Relaxed);
         changed
     }

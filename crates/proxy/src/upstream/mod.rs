@@ -10,11 +10,13 @@
 //!   counters, and the one background task that re-resolves names and runs
 //!   active probes. A change that leaves a target alone leaves its state alone.
 //! - [`Balanced`], one per upstream per snapshot: the upstream's settings and
-//!   weights as that snapshot says, and the balancing tables, rebuilt lazily
-//!   when the shared state's epoch moves (an address or a health change).
+//!   weights as that snapshot says, and the balancing tables, rebuilt by the
+//!   background task when the shared state's epoch moves (an address or a
+//!   health change).
 //!
-//! A pick reads one atomic epoch and the current tables; no lock, no
-//! allocation beyond the retry bookkeeping.
+//! A pick loads the current tables and walks them; no lock, no allocation.
+//! Addresses that turned unhealthy since the tables were built are skipped,
+//! and a session is never refused on the word of tables that are behind.
 
 mod balancer;
 mod checker;
@@ -72,6 +74,8 @@ pub(crate) struct TargetState {
     dns: Mutex<DnsState>,
     /// Turns true after the first resolution attempt.
     resolved: watch::Sender<bool>,
+    /// A resolution is running.
+    refreshing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -90,8 +94,10 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     /// The target's host name (for upstream SNI), unless it is an IP address.
     pub(crate) hostname: Option<Arc<str>>,
-    /// Set when the address came from an SRV record.
-    srv_weight: Option<u16>,
+    /// The SRV record's target name, used as SNI with `use_srv_name`.
+    srv_name: Option<Arc<str>>,
+    /// The SRV record's weight; 0 when the address did not come from SRV.
+    srv_weight: AtomicU32,
     health: Health,
     /// Sessions open on this address now.
     active: AtomicU32,
@@ -102,16 +108,31 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, hostname: Option<Arc<str>>, srv_weight: Option<u16>) -> Endpoint {
+    fn new(addr: SocketAddr, hostname: Option<Arc<str>>, srv: Option<(u16, Arc<str>)>) -> Endpoint {
         Endpoint {
             addr,
             hostname,
-            srv_weight,
+            srv_weight: AtomicU32::new(srv.as_ref().map_or(0, |(w, _)| u32::from(*w))),
+            srv_name: srv.map(|(_, n)| n),
             health: Health::default(),
             active: AtomicU32::new(0),
             sessions: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
         }
+    }
+
+    /// The address's weight: the SRV record's, else the target's.
+    fn weight(&self, target: u16) -> u32 {
+        match self.srv_weight.load(Ordering::Relaxed) {
+            0 => u32::from(target),
+            w => w,
+        }
+    }
+
+    /// The name to send as SNI: the SRV target with `use_srv_name`, else the
+    /// target's host name.
+    pub(crate) fn sni_name(&self, use_srv_name: bool) -> Option<&str> {
+        if use_srv_name { self.srv_name.as_deref().or(self.hostname.as_deref()) } else { self.hostname.as_deref() }
     }
 
     fn record_connect(&self, took: Duration) {
@@ -129,7 +150,6 @@ pub(crate) struct InUse(Arc<Endpoint>);
 impl InUse {
     fn new(ep: Arc<Endpoint>) -> InUse {
         ep.active.fetch_add(1, Ordering::Relaxed);
-        ep.sessions.fetch_add(1, Ordering::Relaxed);
         InUse(ep)
     }
 }
@@ -160,6 +180,7 @@ pub struct Balanced {
     slots: u32,
     hash_on: HashOn,
     hash_fallback: HashOn,
+    use_srv_name: bool,
     hc: Healthchecks,
     active_thresholds: Thresholds,
     passive_thresholds: Thresholds,
@@ -167,7 +188,6 @@ pub struct Balanced {
     /// TLS for `tls`/`https` probes.
     probe_tls: Option<Arc<ClientConfig>>,
     plan: ArcSwap<Plan>,
-    rebuilding: AtomicBool,
     rr: AtomicUsize,
     /// Every target has been resolved once: sessions need not wait.
     resolved: AtomicBool,
@@ -316,6 +336,9 @@ impl Upstreams {
         let b = self.find(upstream).ok_or(SetHealthError::UpstreamNotFound)?;
         let entry = b.find_target(target).ok_or(SetHealthError::TargetNotFound)?;
         let endpoints = entry.state.endpoints.load();
+        if endpoints.is_empty() {
+            return Err(SetHealthError::NoAddress);
+        }
         let chosen: Vec<&Arc<Endpoint>> = match address {
             None => endpoints.iter().collect(),
             Some(a) => {
@@ -342,6 +365,18 @@ impl Upstreams {
     }
 }
 
+impl Drop for Upstreams {
+    /// Ends every background task and breaks the `Shared` ⇄ `Balanced` links.
+    fn drop(&mut self) {
+        let registry = self.registry.get_mut().unwrap_or_else(|p| p.into_inner());
+        for shared in registry.values() {
+            shared.retired.store(true, Ordering::Release);
+            shared.current.store(None);
+            shared.wake.notify_one();
+        }
+    }
+}
+
 /// `ip:port` or `[ipv6]:port`.
 fn parse_address(s: &str) -> Option<SocketAddr> {
     s.parse().ok()
@@ -356,6 +391,8 @@ pub enum SetHealthError {
     TargetNotFound,
     #[error("address not found")]
     AddressNotFound,
+    #[error("the target has no resolved address")]
+    NoAddress,
 }
 
 impl Shared {
@@ -378,6 +415,7 @@ impl Shared {
             endpoints: ArcSwap::from_pointee(endpoints),
             dns: Mutex::new(DnsState::default()),
             resolved,
+            refreshing: AtomicBool::new(false),
         })
     }
 
@@ -388,21 +426,34 @@ impl Shared {
 }
 
 impl TargetState {
-    /// Installs a new set of addresses, keeping the state of those that stay.
-    /// Returns whether the set changed.
+    /// Installs a new set of addresses, keeping the state of those that stay
+    /// (matched by address alone, so a new SRV weight keeps the health).
+    /// Returns whether the set or a weight changed; the order of a DNS answer
+    /// does not count.
     fn set_endpoints(&self, addrs: &[dns::Resolved]) -> bool {
         let old = self.endpoints.load();
         let hostname: Arc<str> = Arc::from(self.host.as_str());
-        let next: Vec<Arc<Endpoint>> = addrs
+        let mut sorted: Vec<&dns::Resolved> = addrs.iter().collect();
+        sorted.sort_by_key(|r| r.addr);
+        sorted.dedup_by_key(|r| r.addr);
+        let mut changed = sorted.len() != old.len();
+        let next: Vec<Arc<Endpoint>> = sorted
             .iter()
-            .map(|r| {
-                old.iter()
-                    .find(|e| e.addr == r.addr && e.srv_weight == r.weight)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(r.addr, Some(hostname.clone()), r.weight)))
+            .map(|r| match old.iter().find(|e| e.addr == r.addr) {
+                Some(e) => {
+                    let w = r.weight.map_or(0, u32::from);
+                    if e.srv_weight.swap(w, Ordering::Relaxed) != w {
+                        changed = true;
+                    }
+                    e.clone()
+                }
+                None => {
+                    changed = true;
+                    let srv = r.weight.map(|w| (w, Arc::from(r.name.as_deref().unwrap_or(self.host.as_str()))));
+                    Arc::new(Endpoint::new(r.addr, Some(hostname.clone()), srv))
+                }
             })
             .collect();
-        let changed = next.len() != old.len() || next.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed {
             self.endpoints.store(Arc::new(next));
         }
@@ -430,11 +481,11 @@ impl Balanced {
             slots: up.slots,
             hash_on: up.hash_on,
             hash_fallback: up.hash_fallback,
+            use_srv_name: up.use_srv_name,
             hc,
             targets,
             probe_tls,
             plan: ArcSwap::from_pointee(Plan::default()),
-            rebuilding: AtomicBool::new(false),
             rr: AtomicUsize::new(0),
             resolved: AtomicBool::new(false),
         };
@@ -446,12 +497,16 @@ impl Balanced {
         &self.name
     }
 
+    pub(crate) fn use_srv_name(&self) -> bool {
+        self.use_srv_name
+    }
+
     fn build_plan(&self) -> Plan {
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let mut plan = Plan { epoch, ..Plan::default() };
         for t in self.targets.iter().filter(|t| t.weight > 0) {
             for ep in t.state.endpoints.load().iter() {
-                let w = u32::from(ep.srv_weight.unwrap_or(t.weight));
+                let w = ep.weight(t.weight);
                 plan.total_weight += u64::from(w);
                 if ep.health.is_healthy() {
                     plan.healthy_weight += u64::from(w);
@@ -472,21 +527,13 @@ impl Balanced {
         plan
     }
 
-    /// The tables for the current epoch, rebuilt by the first session that
-    /// notices a change; others meanwhile use the previous ones (and skip
-    /// addresses that turned unhealthy).
-    fn plan(&self) -> Arc<Plan> {
-        let plan = self.plan.load_full();
-        if plan.epoch == self.shared.epoch.load(Ordering::Acquire) {
-            return plan;
+    /// Rebuilds the tables if an address or a health state changed since
+    /// they were built. Called by the upstream's background task, never by
+    /// a session on its way to a pick.
+    pub(crate) fn refresh_plan(&self) {
+        if self.plan.load().epoch != self.shared.epoch.load(Ordering::Acquire) {
+            self.plan.store(Arc::new(self.build_plan()));
         }
-        if self.rebuilding.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-            return plan;
-        }
-        let fresh = Arc::new(self.build_plan());
-        self.plan.store(fresh.clone());
-        self.rebuilding.store(false, Ordering::Release);
-        fresh
     }
 
     /// Waits (at most `timeout`) until every target with a weight has been
@@ -502,7 +549,8 @@ impl Balanced {
                 continue;
             }
             if tokio::time::timeout_at(deadline, rx.wait_for(|v| *v)).await.is_err() {
-                return;
+                // A slow name server: later sessions do not wait again.
+                break;
             }
         }
         self.resolved.store(true, Ordering::Release);
@@ -510,7 +558,14 @@ impl Balanced {
 
     /// Starts choosing addresses for one session.
     pub(crate) fn picker(&self, client: IpAddr) -> Result<Picker<'_>, NoPeer> {
-        let plan = self.plan();
+        let mut plan = self.plan.load_full();
+        let mut stale = plan.epoch != self.shared.epoch.load(Ordering::Acquire);
+        if stale && self.refuses(&plan) {
+            // The tables are behind (a target just resolved or recovered):
+            // never refuse a session on their word alone.
+            plan = Arc::new(self.build_plan());
+            stale = false;
+        }
         if plan.entries.is_empty() {
             let why = if self.targets.iter().all(|t| t.weight == 0) {
                 "the upstream has no targets with a weight".to_owned()
@@ -523,12 +578,16 @@ impl Balanced {
             };
             return Err(NoPeer(why));
         }
-        let threshold = self.hc.threshold;
-        if threshold > 0.0 && (plan.healthy_weight as f64) * 100.0 < threshold * plan.total_weight as f64 {
-            return Err(NoPeer(format!(
-                "healthy weight {} of {} is below the upstream's threshold of {threshold}%",
-                plan.healthy_weight, plan.total_weight
-            )));
+        if self.hc.threshold > 0.0 {
+            // Health may have changed since the tables were built: the
+            // threshold is judged on the weights as they are now.
+            let (healthy, total) = if stale { self.weights() } else { (plan.healthy_weight, plan.total_weight) };
+            if !self.above_threshold(healthy, total) {
+                return Err(NoPeer(format!(
+                    "healthy weight {healthy} of {total} is below the upstream's threshold of {}%",
+                    self.hc.threshold
+                )));
+            }
         }
         let hash = (self.algorithm == Algorithm::ConsistentHashing
             && (self.hash_on == HashOn::Ip || self.hash_fallback == HashOn::Ip))
@@ -537,6 +596,31 @@ impl Balanced {
                 IpAddr::V6(v6) => balancer::hash64(&v6.octets()),
             });
         Ok(Picker { b: self, plan, hash, pos: None, tried: Tried::default() })
+    }
+
+    /// Healthy and total weight as of now (the tables may be behind).
+    fn weights(&self) -> (u64, u64) {
+        let (mut healthy, mut total) = (0u64, 0u64);
+        for t in self.targets.iter().filter(|t| t.weight > 0) {
+            for ep in t.state.endpoints.load().iter() {
+                let w = u64::from(ep.weight(t.weight));
+                total += w;
+                if ep.health.is_healthy() {
+                    healthy += w;
+                }
+            }
+        }
+        (healthy, total)
+    }
+
+    /// The tables would refuse a session: nothing in them is healthy now.
+    fn refuses(&self, plan: &Plan) -> bool {
+        !plan.entries.iter().any(|(e, _)| e.health.is_healthy())
+            || !self.above_threshold(plan.healthy_weight, plan.total_weight)
+    }
+
+    fn above_threshold(&self, healthy: u64, total: u64) -> bool {
+        self.hc.threshold <= 0.0 || (healthy as f64) * 100.0 >= self.hc.threshold * total as f64
     }
 
     /// A session's connect attempt ended; passive checks count it.
@@ -568,7 +652,7 @@ impl Balanced {
 
     fn report(&self) -> UpstreamHealth {
         let enabled = self.hc.enabled();
-        let plan = self.build_plan();
+        let (healthy_weight, total_weight) = self.weights();
         let mut targets = Vec::with_capacity(self.targets.len());
         for t in &self.targets {
             let dns = t.state.dns.lock().unwrap_or_else(|p| p.into_inner());
@@ -581,7 +665,7 @@ impl Balanced {
                     let view = ep.health.view();
                     AddressHealth {
                         addr: ep.addr,
-                        weight: u32::from(ep.srv_weight.unwrap_or(t.weight)),
+                        weight: ep.weight(t.weight),
                         health: match (view.healthy, enabled) {
                             (true, false) => "HEALTHCHECKS_OFF",
                             (true, true) => "HEALTHY",
@@ -595,11 +679,11 @@ impl Balanced {
                     }
                 })
                 .collect();
-            let health = if addresses.is_empty() && (dns.error.is_some() || !t.state.literal) {
+            let health = if addresses.is_empty() && dns.error.is_some() {
                 "DNS_ERROR"
             } else if addresses.iter().any(|a| a.health == "HEALTHY") {
                 "HEALTHY"
-            } else if addresses.iter().any(|a| a.health == "HEALTHCHECKS_OFF") {
+            } else if addresses.iter().any(|a| a.health == "HEALTHCHECKS_OFF") || addresses.is_empty() && !enabled {
                 "HEALTHCHECKS_OFF"
             } else {
                 "UNHEALTHY"
@@ -617,9 +701,8 @@ impl Balanced {
                 addresses,
             });
         }
-        let healthy = plan.total_weight == 0
-            || (plan.healthy_weight > 0
-                && (plan.healthy_weight as f64) * 100.0 >= self.hc.threshold * plan.total_weight as f64);
+        // No weight at all refuses sessions too.
+        let healthy = healthy_weight > 0 && self.above_threshold(healthy_weight, total_weight);
         UpstreamHealth {
             id: self.id.unwrap_or_default(),
             name: self.name.clone(),
@@ -633,8 +716,8 @@ impl Balanced {
                 "HEALTHY"
             },
             threshold: self.hc.threshold,
-            total_weight: plan.total_weight,
-            available_weight: plan.healthy_weight,
+            total_weight,
+            available_weight: healthy_weight,
             targets,
         }
     }
@@ -726,7 +809,7 @@ impl Picker<'_> {
         let start = match (self.pos, self.hash) {
             (Some(p), _) => p + 1,
             (None, Some(h)) if ring => (h % len as u64) as usize,
-            (None, _) => self.b.rr.fetch_add(1, Ordering::Relaxed),
+            (None, _) => self.b.rr.fetch_add(1, Ordering::Relaxed) % len,
         };
         for allow_tried in [false, true] {
             for k in 0..len {
@@ -744,7 +827,7 @@ impl Picker<'_> {
     /// The usable entry with the lowest `cost / weight`; ties go round-robin.
     fn least(&mut self, cost: impl Fn(&Endpoint, u32) -> f64) -> Option<usize> {
         let n = self.plan.entries.len();
-        let start = self.b.rr.fetch_add(1, Ordering::Relaxed);
+        let start = self.b.rr.fetch_add(1, Ordering::Relaxed) % n.max(1);
         for allow_tried in [false, true] {
             let mut best: Option<(f64, usize)> = None;
             for k in 0..n {
@@ -766,9 +849,16 @@ impl Picker<'_> {
     }
 }
 
-/// Records a connect attempt's outcome on the address.
+/// A connect attempt succeeded: one more session, one latency sample.
 pub(crate) fn connected(ep: &Endpoint, took: Duration) {
+    ep.sessions.fetch_add(1, Ordering::Relaxed);
     ep.record_connect(took);
+}
+
+/// A connect attempt failed: for the latency algorithm it cost `penalty`
+/// (the connect timeout), so a refusing address is not taken for a fast one.
+pub(crate) fn failed(ep: &Endpoint, penalty: Duration) {
+    ep.record_connect(penalty);
 }
 
 /// An upstream's health, as `GET /upstreams/{u}/health` shows it.
@@ -811,4 +901,72 @@ pub struct AddressHealth {
     pub active_sessions: u32,
     pub sessions: u64,
     pub connect_time_ewma: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(algorithm: &str) -> Config {
+        let yaml = format!(
+            "_format_version: \"3.0\"\nupstreams:\n- name: pool\n  algorithm: {algorithm}\n  targets:\n  - {{target: 10.0.0.1:80, weight: 100}}\n  - {{target: 10.0.0.2:80, weight: 300}}\n  - {{target: 10.0.0.3:80, weight: 0}}\n"
+        );
+        strait_model::load_str(&yaml).unwrap().config
+    }
+
+    fn upstreams() -> Arc<Upstreams> {
+        Arc::new(Upstreams::new(DnsSettings { hostsfile: "/dev/null".into(), ..DnsSettings::default() }))
+    }
+
+    #[tokio::test]
+    async fn picks_follow_health_and_retries_try_each_address_once() {
+        let ups = upstreams();
+        let config = config("round-robin");
+        let b = ups.prepare(&config, UpstreamIdx(0), None);
+        ups.activate(std::slice::from_ref(&b));
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut p = b.picker(client).unwrap();
+        let first = p.next().unwrap().0.addr;
+        let second = p.next().unwrap().0.addr;
+        assert_ne!(first, second, "a retry moves to another address");
+        // Weight 0 is never picked; with both tried, retries repeat.
+        assert!(p.next().unwrap().0.addr.port() == 80);
+
+        // The metrics hook and the Admin API see the same state.
+        let id = config.upstreams[0].meta.id;
+        ups.set_health(id, "10.0.0.2:80", None, false).unwrap();
+        assert_eq!(ups.set_health(id, "10.0.0.9:80", None, false), Err(SetHealthError::TargetNotFound));
+        assert_eq!(ups.set_health(id, "10.0.0.1:80", Some("10.0.0.1:81"), false), Err(SetHealthError::AddressNotFound));
+        let all = ups.all_health();
+        assert_eq!(all.len(), 1);
+        let h = &all[0];
+        assert_eq!((h.total_weight, h.available_weight), (400, 100));
+        let health: Vec<&str> = h.targets.iter().map(|t| t.health).collect();
+        assert_eq!(health, ["HEALTHCHECKS_OFF", "UNHEALTHY", "HEALTHCHECKS_OFF"]);
+        for _ in 0..10 {
+            let mut p = b.picker(client).unwrap();
+            assert_eq!(p.next().unwrap().0.addr, "10.0.0.1:80".parse().unwrap(), "the unhealthy address is skipped");
+        }
+        ups.set_health(id, "10.0.0.1:80", None, false).unwrap();
+        assert!(b.picker(client).is_err(), "nothing healthy: no peer");
+    }
+
+    #[tokio::test]
+    async fn consistent_hashing_is_stable_per_client_and_least_connections_counts_sessions() {
+        let ups = upstreams();
+        let b = ups.prepare(&config("consistent-hashing"), UpstreamIdx(0), None);
+        let b_ip = ups.prepare(&config("least-connections"), UpstreamIdx(0), None);
+        drop(ups);
+        // hash_on none: no hash, so round-robin over the ring.
+        assert!(b.picker("192.0.2.1".parse().unwrap()).unwrap().hash.is_none());
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (ep, hold) = b_ip.picker("192.0.2.1".parse().unwrap()).unwrap().next().unwrap();
+            held.push((ep.addr, hold));
+        }
+        // Weights 100 and 300: least-connections per unit of weight puts
+        // three of four open sessions on the heavier address.
+        let heavy = held.iter().filter(|(a, _)| a.ip().to_string() == "10.0.0.2").count();
+        assert_eq!(heavy, 3, "{:?}", held.iter().map(|(a, _)| a).collect::<Vec<_>>());
+    }
 }
