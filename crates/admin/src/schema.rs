@@ -73,6 +73,7 @@ fn fields(kind: &str) -> Option<(Vec<FieldSpec>, &'static [&'static str])> {
                 ("ca_certificates", "array", Value::Null),
                 ("client_certificate", "foreign", Value::Null),
                 ("enabled", "boolean", json!(true)),
+                ("proxy_protocol", "string", json!("off")),
                 ("tags", "set", Value::Null),
             ],
             &["host"],

@@ -51,6 +51,8 @@ pub struct ListenEntry {
     pub port: u16,
     /// Only TLS is accepted on this listener.
     pub ssl: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
     pub reuseport: bool,
     pub bind: bool,
     pub backlog: Option<u32>,
@@ -162,6 +164,7 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
         host,
         port,
         ssl: false,
+        proxy_protocol: false,
         reuseport: false,
         bind: false,
         backlog: None,
@@ -180,9 +183,7 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
             ("udp", None) => {
                 return Err(ListenError::NotSupported { entry: raw.to_owned(), flag: "udp" });
             }
-            ("proxy_protocol", None) => {
-                return Err(ListenError::NotSupported { entry: raw.to_owned(), flag: "proxy_protocol" });
-            }
+            ("proxy_protocol", None) => entry.proxy_protocol = true,
             ("backlog", Some(v)) => {
                 let n: u32 = v
                     .parse()
@@ -337,11 +338,11 @@ mod tests {
     }
 
     #[test]
-    fn udp_and_proxy_protocol_are_refused_for_now() {
+    fn udp_is_refused_for_now_and_proxy_protocol_is_a_flag() {
         let err = parse_stream_listen("127.0.0.1:53 udp").unwrap_err();
         assert!(err.to_string().contains("'udp' flag is not supported yet"), "{err}");
-        let err = parse_stream_listen("127.0.0.1:53 proxy_protocol").unwrap_err();
-        assert!(err.to_string().contains("proxy_protocol"), "{err}");
+        let e = parse_stream_listen("127.0.0.1:9000 ssl proxy_protocol").unwrap();
+        assert!(e[0].proxy_protocol && e[0].ssl);
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct Settings {
     pub tls_detect_timeout: Duration,
     /// Kong's `dns_*` keys.
     pub dns: DnsSettings,
+    /// Peers allowed to send a PROXY protocol header (Kong's `trusted_ips`).
+    pub trusted_ips: Vec<ipnet::IpNet>,
 }
 
 /// One refused setting.
@@ -134,6 +136,7 @@ pub const KEYS: &[&str] = &[
     "dns_stale_ttl",
     "dns_not_found_ttl",
     "dns_error_ttl",
+    "trusted_ips",
 ];
 
 /// A value before parsing: from the TOML file or from the environment.
@@ -313,6 +316,7 @@ impl Settings {
                     "dns_stale_ttl" => s.dns.stale_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     "dns_not_found_ttl" => s.dns.not_found_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     "dns_error_ttl" => s.dns.error_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
+                    "trusted_ips" => s.trusted_ips = parse_trusted_ips(&raw.list()?)?,
                     _ => {}
                 }
                 Ok(())
@@ -361,6 +365,16 @@ impl Settings {
             }),
         }
 
+        if s.stream_listen.iter().any(|e| e.proxy_protocol) && s.trusted_ips.is_empty() {
+            errors.push(SettingError {
+                key: "trusted_ips".into(),
+                source: "file or environment".into(),
+                reason: "a stream_listen entry has proxy_protocol but no peer is trusted to send it: list the \
+                         load balancers' addresses (e.g. \"10.0.0.0/8\"), or \"0.0.0.0/0,::/0\" to trust every peer"
+                    .into(),
+            });
+        }
+
         if errors.is_empty() { Ok(s) } else { Err(SettingsError::Invalid(errors)) }
     }
 
@@ -382,8 +396,26 @@ impl Settings {
             preread_timeout: Duration::from_secs(10),
             tls_detect_timeout: Duration::from_secs(1),
             dns: DnsSettings::default(),
+            trusted_ips: Vec::new(),
         }
     }
+}
+
+/// Kong's `trusted_ips`: IPs and CIDRs; `unix:` (trust UNIX sockets) is
+/// accepted and has nothing to apply to.
+fn parse_trusted_ips(items: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    let mut out = Vec::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty() && *s != "unix:") {
+        let net = match item.parse::<ipnet::IpNet>() {
+            Ok(n) => n.trunc(),
+            Err(_) => match item.parse::<std::net::IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => return Err(format!("'{item}' is not an IP address or CIDR")),
+            },
+        };
+        out.push(net);
+    }
+    Ok(out)
 }
 
 fn nonzero(d: Duration) -> Result<Duration, String> {
@@ -538,5 +570,23 @@ dns_hostsfile = "hosts""#,
         assert_eq!(s.dns.hostsfile, Path::new("/etc/strait/hosts"));
         let err = load(r#"dns_resolver = "resolver.internal""#, &[]).unwrap_err().to_string();
         assert!(err.contains("dns_resolver (from file): 'resolver.internal' is not an IP address"), "{err}");
+    }
+
+    #[test]
+    fn trusted_ips_and_proxy_protocol() {
+        let s = load(
+            r#"stream_listen = "127.0.0.1:9000 proxy_protocol"
+trusted_ips = ["10.0.0.0/8", "192.0.2.7", "unix:"]"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.trusted_ips.len(), 2);
+        assert!(s.stream_listen[0].proxy_protocol);
+        let s = load("", &[("STRAIT_TRUSTED_IPS", "0.0.0.0/0,::/0")]).unwrap();
+        assert_eq!(s.trusted_ips.len(), 2);
+        let err = load(r#"stream_listen = "127.0.0.1:9000 proxy_protocol""#, &[]).unwrap_err().to_string();
+        assert!(err.contains("trusted_ips") && err.contains("proxy_protocol"), "{err}");
+        let err = load(r#"trusted_ips = "10.0.0.0/33""#, &[]).unwrap_err().to_string();
+        assert!(err.contains("trusted_ips (from file): '10.0.0.0/33' is not an IP address or CIDR"), "{err}");
     }
 }

@@ -365,6 +365,7 @@ impl Builder {
             "ca_certificates",
             "client_certificate",
             "enabled",
+            "proxy_protocol",
             "tags",
             "created_at",
             "updated_at",
@@ -462,6 +463,18 @@ impl Builder {
             }
         }
         let enabled = f.bool("enabled").unwrap_or(true);
+        let proxy_protocol = match f.str("proxy_protocol") {
+            None | Some("off") => ProxyProtocolOut::Off,
+            Some("v1") => ProxyProtocolOut::V1,
+            Some("v2") => ProxyProtocolOut::V2,
+            Some(_) => {
+                f.err("proxy_protocol", "expected one of: off, v1, v2");
+                ProxyProtocolOut::Off
+            }
+        };
+        if proxy_protocol != ProxyProtocolOut::Off && !protocol.is_stream() {
+            f.err("proxy_protocol", "only stream services (tcp, tls, udp) can send a PROXY protocol header");
+        }
         let routes = f.array("routes").cloned();
         let plugins = f.array("plugins").cloned();
         let errors = std::mem::take(&mut f.errors);
@@ -484,6 +497,7 @@ impl Builder {
             ca_certificates: Vec::new(),
             client_certificate: None,
             enabled,
+            proxy_protocol,
         });
         if !cas.is_empty() {
             self.service_cas.push((idx, cas));

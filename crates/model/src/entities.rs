@@ -165,6 +165,29 @@ pub struct Service {
     pub ca_certificates: Vec<CaCertificateIdx>,
     pub client_certificate: Option<CertificateIdx>,
     pub enabled: bool,
+    /// Strait extension: send the client's addresses to the upstream in a
+    /// PROXY protocol header.
+    pub proxy_protocol: ProxyProtocolOut,
+}
+
+/// A service's `proxy_protocol` (Strait extension; Kong can only send PROXY
+/// protocol globally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocolOut {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+impl ProxyProtocolOut {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocolOut::Off => "off",
+            ProxyProtocolOut::V1 => "v1",
+            ProxyProtocolOut::V2 => "v2",
+        }
+    }
 }
 
 impl Service {

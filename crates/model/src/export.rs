@@ -34,9 +34,7 @@ fn obj(v: Value) -> Map<String, Value> {
 
 pub fn service(c: &Config, s: &Service) -> Value {
     let tls = matches!(s.protocol, Protocol::Tls | Protocol::Https);
-    with_meta(
-        &s.meta,
-        obj(json!({
+    let mut m = obj(json!({
             "name": s.name,
             "protocol": s.protocol.as_str(),
             "host": s.host,
@@ -55,8 +53,13 @@ pub fn service(c: &Config, s: &Service) -> Value {
             },
             "client_certificate": s.client_certificate.map_or(Value::Null, |i| id_ref(c.certificates[i.0].meta.id)),
             "enabled": s.enabled,
-        })),
-    )
+    }));
+    // Strait's extension is written only when used, so an export stays
+    // readable by Kong's tools.
+    if s.proxy_protocol != ProxyProtocolOut::Off {
+        m.insert("proxy_protocol".into(), json!(s.proxy_protocol.as_str()));
+    }
+    with_meta(&s.meta, m)
 }
 
 fn endpoints(list: &[Endpoint]) -> Value {

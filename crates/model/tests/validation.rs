@@ -314,6 +314,23 @@ fn upstream_hashing_and_healthchecks() {
 }
 
 #[test]
+fn service_proxy_protocol_extension() {
+    expect(
+        &file(
+            "services:\n- name: s\n  url: tcp://10.0.0.1:1\n  proxy_protocol: v3\n- name: h\n  url: http://10.0.0.1\n  proxy_protocol: v1\n",
+        ),
+        &[
+            "service services[1] (name 's'): proxy_protocol: expected one of: off, v1, v2",
+            "service services[2] (name 'h'): proxy_protocol: only stream services",
+        ],
+    );
+    let ok = load_str(&file("services:\n- name: s\n  url: tls://10.0.0.1:1\n  proxy_protocol: v2\n")).unwrap();
+    assert_eq!(ok.config.services[0].proxy_protocol, strait_model::ProxyProtocolOut::V2);
+    let exported = strait_model::export::to_declarative(&ok.config);
+    assert_eq!(exported["services"][0]["proxy_protocol"], "v2");
+}
+
+#[test]
 fn duplicate_targets_are_refused() {
     expect(
         &file(

@@ -34,6 +34,8 @@ pub enum CloseReason {
     ClientError,
     UpstreamError,
     Shutdown,
+    /// A missing, malformed or untrusted PROXY protocol header.
+    BadProxyHeader,
 }
 
 impl CloseReason {
@@ -53,6 +55,7 @@ impl CloseReason {
             CloseReason::ClientError => "client error",
             CloseReason::UpstreamError => "upstream error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::BadProxyHeader => "bad proxy header",
         }
     }
 }
@@ -72,7 +75,12 @@ pub struct Try {
 /// Everything known about a session when it closes.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
+    /// The client: the peer, or the source a PROXY protocol header gave.
     pub client: SocketAddr,
+    /// The peer that sent a PROXY protocol header (the load balancer).
+    pub proxied_by: Option<SocketAddr>,
+    /// What that header said, TLVs included (for log plugins).
+    pub proxy_header: Option<std::sync::Arc<crate::proxy_protocol::Header>>,
     pub listener: std::sync::Arc<str>,
     pub started: SystemTime,
     pub duration: Duration,
@@ -139,6 +147,9 @@ impl SessionRecord {
             .collect();
         if !failed.is_empty() {
             let _ = write!(s, " failed_tries=\"{}\"", failed.join("; "));
+        }
+        if let Some(p) = self.proxied_by {
+            let _ = write!(s, " proxied_by={p}");
         }
         if let Some(d) = &self.detail {
             let _ = write!(s, " detail=\"{}\"", d.replace('"', "'"));
@@ -265,6 +276,8 @@ mod tests {
     fn line_has_basic_prefix_and_fields() {
         let r = SessionRecord {
             client: "127.0.0.1:5000".parse().unwrap(),
+            proxied_by: None,
+            proxy_header: None,
             listener: "127.0.0.1:9000".into(),
             started: UNIX_EPOCH,
             duration: Duration::from_millis(1500),

@@ -6,7 +6,7 @@
 //! does. Every attempt is recorded for the log, and balanced attempts feed
 //! the upstream's passive health checks.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +16,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use strait_model::ProxyProtocolOut;
+use tokio::io::AsyncWriteExt;
+
 use crate::access_log::Try;
+use crate::proxy_protocol;
 use crate::snapshot::{Destination, Snapshot};
 use crate::upstream::{self, Event, InUse};
 
@@ -52,6 +56,14 @@ pub(crate) struct ConnectFailed {
     pub(crate) tls: bool,
 }
 
+/// The session's two ends as the upstream should learn them (PROXY
+/// protocol out), and the client's SNI.
+pub(crate) struct Ends<'a> {
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) sni: Option<&'a str>,
+}
+
 /// Why one attempt failed.
 struct AttemptError {
     event: Event,
@@ -79,11 +91,19 @@ pub(crate) fn upstream_server_name(
 pub(crate) async fn connect(
     snap: &Snapshot,
     service: usize,
-    client: IpAddr,
+    ends: Ends<'_>,
     tls: Option<UpstreamTls<'_>>,
 ) -> Result<Connected, ConnectFailed> {
     let svc = &snap.config.services[service];
     let timeout = svc.connect_timeout;
+    let client = ends.client.ip();
+    // Sent first on every attempt, before any upstream TLS.
+    let pp = match svc.proxy_protocol {
+        ProxyProtocolOut::Off => None,
+        ProxyProtocolOut::V1 => Some(proxy_protocol::encode_v1(ends.client, ends.local)),
+        ProxyProtocolOut::V2 => Some(proxy_protocol::encode_v2(ends.client, ends.local, ends.sni)),
+    };
+    let pp = pp.as_deref();
     let attempts = u32::from(svc.retries) + 1;
     let mut tries = Vec::new();
     let mut last = None;
@@ -92,7 +112,7 @@ pub(crate) async fn connect(
             for _ in 0..attempts {
                 let started = SystemTime::now();
                 let t0 = Instant::now();
-                match attempt(*addr, None, tls.as_ref(), timeout).await {
+                match attempt(*addr, None, pp, tls.as_ref(), timeout).await {
                     Ok(stream) => {
                         tries.push(Try { addr: *addr, started, took: t0.elapsed(), error: None });
                         return Ok(Connected { stream, addr: *addr, tries, _in_use: None });
@@ -118,7 +138,7 @@ pub(crate) async fn connect(
                 };
                 let started = SystemTime::now();
                 let t0 = Instant::now();
-                match attempt(ep.addr, ep.sni_name(b.use_srv_name()), tls.as_ref(), timeout).await {
+                match attempt(ep.addr, ep.sni_name(b.use_srv_name()), pp, tls.as_ref(), timeout).await {
                     Ok(stream) => {
                         let took = t0.elapsed();
                         upstream::connected(&ep, took);
@@ -152,10 +172,11 @@ pub(crate) async fn connect(
 async fn attempt(
     addr: SocketAddr,
     hostname: Option<&str>,
+    proxy_header: Option<&[u8]>,
     tls: Option<&UpstreamTls<'_>>,
     timeout: Duration,
 ) -> Result<UpstreamStream, AttemptError> {
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let mut tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "upstream connect failed");
@@ -170,6 +191,25 @@ async fn attempt(
         }
     };
     let _ = tcp.set_nodelay(true);
+    if let Some(header) = proxy_header {
+        match tokio::time::timeout(timeout, tcp.write_all(header)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(AttemptError {
+                    event: Event::TcpFailure,
+                    error: format!("sending the PROXY header: {e}"),
+                    tls: false,
+                });
+            }
+            Err(_) => {
+                return Err(AttemptError {
+                    event: Event::Timeout,
+                    error: "sending the PROXY header timed out".to_owned(),
+                    tls: false,
+                });
+            }
+        }
+    }
     let Some(tls) = tls else {
         return Ok(UpstreamStream::Plain(tcp));
     };

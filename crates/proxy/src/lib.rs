@@ -8,6 +8,7 @@
 pub mod access_log;
 mod connect;
 mod listener;
+pub mod proxy_protocol;
 pub mod relay;
 mod rewind;
 mod session;
@@ -34,6 +35,13 @@ pub struct Timeouts {
     pub tls_detect: Duration,
 }
 
+/// Session settings that are not timeouts.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Peers allowed to send a PROXY protocol header (`trusted_ips`).
+    pub trusted_ips: Vec<ipnet::IpNet>,
+}
+
 /// State shared by every session of a proxy.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -42,6 +50,7 @@ pub(crate) struct Shared {
     log: AccessLogger,
     preread_timeout: Duration,
     tls_detect_timeout: Duration,
+    trusted_ips: Vec<ipnet::IpNet>,
     force_close: watch::Receiver<bool>,
 }
 
@@ -120,6 +129,7 @@ impl Proxy {
         snapshot: Snapshot,
         log: AccessLogger,
         timeouts: Timeouts,
+        options: SessionOptions,
     ) -> std::io::Result<Proxy> {
         let (stop_accept, stop_rx) = watch::channel(false);
         let (force_close, force_rx) = watch::channel(false);
@@ -132,6 +142,7 @@ impl Proxy {
             log,
             preread_timeout: timeouts.preread,
             tls_detect_timeout: timeouts.tls_detect,
+            trusted_ips: options.trusted_ips,
             force_close: force_rx,
         });
         let mut accept_tasks = Vec::new();

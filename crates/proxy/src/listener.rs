@@ -24,6 +24,8 @@ pub struct ListenerInfo {
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
     pub ssl: bool,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
     keepalive: Option<Keepalive>,
 }
 
@@ -80,6 +82,7 @@ fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
             label: entry.addr_label().into(),
             addr: bound,
             ssl: entry.ssl,
+            proxy_protocol: entry.proxy_protocol,
             keepalive: entry.so_keepalive,
         },
     })

@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::{CloseReason, SessionRecord};
-use crate::connect::{UpstreamStream, UpstreamTls, connect};
+use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
+use crate::proxy_protocol::{self, Parsed};
 use crate::relay::{RelayEnd, Side, relay};
 use crate::rewind::Rewind;
 use crate::snapshot::Snapshot;
@@ -88,6 +89,8 @@ pub(crate) async fn serve(
     let snap = shared.snapshot.load_full();
     let mut rec = SessionRecord {
         client,
+        proxied_by: None,
+        proxy_header: None,
         listener: listener.label.clone(),
         started,
         duration: Duration::ZERO,
@@ -160,8 +163,13 @@ async fn prepare(
     shared: &Shared,
     snap: &Snapshot,
 ) -> Result<Ready, Fail> {
-    let client = rec.client;
     let mut buf = Vec::new();
+    // Behind a load balancer: the header's addresses are the session's.
+    let (client, local) = if listener.proxy_protocol {
+        read_proxy_header(rec, &mut stream, &mut buf, local, shared).await?
+    } else {
+        (rec.client, local)
+    };
 
     // Classify. Wait for client bytes only when they could change the route,
     // so that protocols where the server speaks first are never stalled.
@@ -258,7 +266,8 @@ async fn prepare(
         }),
         _ => None,
     };
-    let connected = connect(snap, si, client.ip(), tls).await.map_err(|f| {
+    let ends = Ends { client, local, sni: rec.sni.as_deref() };
+    let connected = connect(snap, si, ends, tls).await.map_err(|f| {
         rec.upstream = f.tries.last().map(|t| t.addr);
         rec.tries = f.tries;
         let reason = if f.tls { CloseReason::UpstreamTlsFailed } else { CloseReason::ConnectFailed };
@@ -273,6 +282,63 @@ async fn prepare(
         idle: svc.idle_timeout(),
         _in_use: connected._in_use,
     })
+}
+
+/// Reads the PROXY protocol header a trusted peer must send first. Returns
+/// the client and destination it names (the connection's own for `LOCAL`),
+/// and leaves any bytes after it in `buf`.
+async fn read_proxy_header(
+    rec: &mut SessionRecord,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    local: SocketAddr,
+    shared: &Shared,
+) -> Result<(SocketAddr, SocketAddr), Fail> {
+    let peer = rec.client;
+    if !shared.trusted_ips.iter().any(|net| net.contains(&peer.ip())) {
+        return Err(Fail::new(
+            400,
+            CloseReason::BadProxyHeader,
+            format!("{} may not send a PROXY protocol header: not in trusted_ips", peer.ip()),
+        ));
+    }
+    let deadline = Instant::now() + shared.preread_timeout;
+    loop {
+        match proxy_protocol::parse(buf) {
+            Parsed::Header(header, len) => {
+                buf.drain(..len);
+                let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+                let (client, dst) = header.addrs.map_or((peer, local), |(src, dst)| (canonical(src), canonical(dst)));
+                rec.proxied_by = Some(peer);
+                rec.client = client;
+                rec.proxy_header = Some(Arc::from(header));
+                return Ok((client, dst));
+            }
+            Parsed::Invalid(why) => return Err(Fail::new(400, CloseReason::BadProxyHeader, why)),
+            Parsed::NeedMore => {}
+        }
+        let room = proxy_protocol::V2_MAX.saturating_sub(buf.len()).clamp(1, 4096);
+        buf.reserve(room);
+        let mut limited = (&mut *stream).take(room as u64);
+        match tokio::time::timeout_at(deadline, limited.read_buf(buf)).await {
+            Ok(Ok(0)) => {
+                return Err(Fail::new(
+                    400,
+                    CloseReason::BadProxyHeader,
+                    "the connection closed before a complete PROXY protocol header".to_owned(),
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Fail::new(400, CloseReason::ClientError, e.to_string())),
+            Err(_) => {
+                return Err(Fail::new(
+                    400,
+                    CloseReason::BadProxyHeader,
+                    "no complete PROXY protocol header before preread_timeout".to_owned(),
+                ));
+            }
+        }
+    }
 }
 
 /// Reads client bytes until they show a ClientHello, show something else,

@@ -26,6 +26,7 @@ fn service(enabled: bool) -> Service {
         ca_certificates: Vec::new(),
         client_certificate: None,
         enabled,
+        proxy_protocol: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use strait_admin::{AdminState, Control, NodeInfo};
 use strait_config::{Database, LogLevel, Settings};
 use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
-use strait_proxy::{AccessLogger, Proxy, Snapshot, Timeouts, Upstreams};
+use strait_proxy::{AccessLogger, Proxy, SessionOptions, Snapshot, Timeouts, Upstreams};
 use strait_store::Store;
 
 /// Everything `start` needs, validated; also what `check` validates.
@@ -109,6 +109,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
             snapshot,
             logger,
             Timeouts { preread: settings.preread_timeout, tls_detect: settings.tls_detect_timeout },
+            SessionOptions { trusted_ips: settings.trusted_ips.clone() },
         )?;
         let swapper = proxy.swapper();
         control.set_publisher(move |s| swapper.swap(s));
