@@ -134,22 +134,24 @@ fn start_fails_on_a_busy_port() {
 }
 
 #[test]
-fn proxy_protocol_and_udp_flags_are_not_supported_yet() {
+fn udp_is_not_supported_yet_and_proxy_protocol_needs_trusted_ips() {
     let dir = TempDir::new();
-    for flag in ["udp", "proxy_protocol"] {
-        let o = Command::new(env!("CARGO_BIN_EXE_strait"))
+    let check = |listen: &str| {
+        Command::new(env!("CARGO_BIN_EXE_strait"))
             .args(["check"])
             .current_dir(dir.path())
-            .env("STRAIT_STREAM_LISTEN", format!("127.0.0.1:9000 {flag}"))
+            .env("STRAIT_STREAM_LISTEN", listen)
             .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(1));
-        let t = text(&o);
-        assert!(
-            t.contains(&format!("'{flag}' flag is not supported yet")) && t.contains("STRAIT_STREAM_LISTEN"),
-            "{t}"
-        );
-    }
+            .expect("run strait")
+    };
+    let o = check("127.0.0.1:9000 udp");
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("'udp' flag is not supported yet") && t.contains("STRAIT_STREAM_LISTEN"), "{t}");
+    let o = check("127.0.0.1:9000 proxy_protocol");
+    assert_eq!(o.status.code(), Some(1));
+    let t = text(&o);
+    assert!(t.contains("trusted_ips") && t.contains("no peer is trusted"), "{t}");
 }
 
 #[test]
