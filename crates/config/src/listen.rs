@@ -53,6 +53,8 @@ pub struct ListenEntry {
     pub ssl: bool,
     /// Every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// A UDP listener instead of TCP.
+    pub udp: bool,
     pub reuseport: bool,
     pub bind: bool,
     pub backlog: Option<u32>,
@@ -72,8 +74,6 @@ impl ListenEntry {
 pub enum ListenError {
     #[error("entry '{entry}': {reason}; {STREAM_LISTEN_FORM}")]
     Malformed { entry: String, reason: String },
-    #[error("entry '{entry}': the '{flag}' flag is not supported yet")]
-    NotSupported { entry: String, flag: &'static str },
 }
 
 /// The form of `admin_listen`, shown when an entry cannot be parsed.
@@ -109,10 +109,7 @@ pub fn parse_admin_listen(value: &str) -> Result<Vec<AdminListen>, String> {
         let bad = |reason: String| format!("entry '{raw}': {reason}; {ADMIN_LISTEN_FORM}");
         let mut words = raw.split_whitespace();
         let addr = words.next().ok_or_else(|| bad("empty entry".into()))?;
-        let (host, port) = parse_addr(raw, addr).map_err(|e| match e {
-            ListenError::Malformed { reason, .. } => bad(reason),
-            other => other.to_string(),
-        })?;
+        let (host, port) = parse_addr(raw, addr).map_err(|ListenError::Malformed { reason, .. }| bad(reason))?;
         let mut entry = AdminListen { host, port, ssl: false, reuseport: false, backlog: None };
         for flag in words {
             match flag.split_once('=') {
@@ -165,6 +162,7 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
         port,
         ssl: false,
         proxy_protocol: false,
+        udp: false,
         reuseport: false,
         bind: false,
         backlog: None,
@@ -180,9 +178,7 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
             ("ssl", None) => entry.ssl = true,
             ("reuseport", None) => entry.reuseport = true,
             ("bind", None) => entry.bind = true,
-            ("udp", None) => {
-                return Err(ListenError::NotSupported { entry: raw.to_owned(), flag: "udp" });
-            }
+            ("udp", None) => entry.udp = true,
             ("proxy_protocol", None) => entry.proxy_protocol = true,
             ("backlog", Some(v)) => {
                 let n: u32 = v
@@ -207,6 +203,12 @@ fn parse_entry(raw: &str) -> Result<ListenEntry, ListenError> {
     }
     if entry.ipv6only.is_some() && !matches!(entry.host, ListenHost::Ip(IpAddr::V6(_))) {
         return Err(malformed(raw, "ipv6only applies to IPv6 addresses only"));
+    }
+    if entry.udp && entry.ssl {
+        return Err(malformed(raw, "'udp' cannot be combined with 'ssl' (DTLS is not supported)"));
+    }
+    if entry.udp && entry.proxy_protocol {
+        return Err(malformed(raw, "'udp' cannot be combined with 'proxy_protocol'"));
     }
     Ok(entry)
 }
@@ -338,11 +340,12 @@ mod tests {
     }
 
     #[test]
-    fn udp_is_refused_for_now_and_proxy_protocol_is_a_flag() {
-        let err = parse_stream_listen("127.0.0.1:53 udp").unwrap_err();
-        assert!(err.to_string().contains("'udp' flag is not supported yet"), "{err}");
-        let e = parse_stream_listen("127.0.0.1:9000 ssl proxy_protocol").unwrap();
-        assert!(e[0].proxy_protocol && e[0].ssl);
+    fn udp_and_proxy_protocol_flags() {
+        let e = parse_stream_listen("127.0.0.1:53 udp reuseport, 127.0.0.1:9000 ssl proxy_protocol").unwrap();
+        assert!(e[0].udp && e[0].reuseport && !e[0].ssl);
+        assert!(e[1].proxy_protocol && e[1].ssl && !e[1].udp);
+        assert!(parse_stream_listen("127.0.0.1:53 udp ssl").unwrap_err().to_string().contains("DTLS"));
+        assert!(parse_stream_listen("127.0.0.1:53 udp proxy_protocol").is_err());
     }
 
     #[test]

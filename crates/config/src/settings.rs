@@ -81,6 +81,8 @@ pub struct Settings {
     pub dns: DnsSettings,
     /// Peers allowed to send a PROXY protocol header (Kong's `trusted_ips`).
     pub trusted_ips: Vec<ipnet::IpNet>,
+    /// Most UDP sessions one `udp` listener keeps at once (Strait extension).
+    pub udp_max_sessions: usize,
 }
 
 /// One refused setting.
@@ -137,6 +139,7 @@ pub const KEYS: &[&str] = &[
     "dns_not_found_ttl",
     "dns_error_ttl",
     "trusted_ips",
+    "udp_max_sessions",
 ];
 
 /// A value before parsing: from the TOML file or from the environment.
@@ -317,6 +320,14 @@ impl Settings {
                     "dns_not_found_ttl" => s.dns.not_found_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     "dns_error_ttl" => s.dns.error_ttl = parse_duration_str(&raw.text()?, Unit::Seconds)?,
                     "trusted_ips" => s.trusted_ips = parse_trusted_ips(&raw.list()?)?,
+                    "udp_max_sessions" => {
+                        let v = raw.text()?;
+                        s.udp_max_sessions = v
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=10_000_000).contains(n))
+                            .ok_or_else(|| format!("expected a number from 1 to 10000000, found '{v}'"))?;
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -397,6 +408,7 @@ impl Settings {
             tls_detect_timeout: Duration::from_secs(1),
             dns: DnsSettings::default(),
             trusted_ips: Vec::new(),
+            udp_max_sessions: 10_000,
         }
     }
 }

@@ -95,6 +95,8 @@ pub struct SessionRecord {
     pub bytes_sent: u64,
     /// Bytes received from the client.
     pub bytes_received: u64,
+    /// UDP: datagrams from the client and to it.
+    pub datagrams: Option<(u64, u64)>,
     pub reason: CloseReason,
     /// Extra detail for failures (an error message), never secret material.
     pub detail: Option<String>,
@@ -147,6 +149,9 @@ impl SessionRecord {
             .collect();
         if !failed.is_empty() {
             let _ = write!(s, " failed_tries=\"{}\"", failed.join("; "));
+        }
+        if let Some((from, to)) = self.datagrams {
+            let _ = write!(s, " datagrams={from}/{to}");
         }
         if let Some(p) = self.proxied_by {
             let _ = write!(s, " proxied_by={p}");
@@ -298,6 +303,7 @@ mod tests {
             ],
             bytes_sent: 10,
             bytes_received: 20,
+            datagrams: None,
             reason: CloseReason::ClientClosed,
             detail: None,
         };

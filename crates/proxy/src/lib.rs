@@ -13,6 +13,7 @@ pub mod relay;
 mod rewind;
 mod session;
 pub mod snapshot;
+mod udp;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ pub struct Timeouts {
 pub struct SessionOptions {
     /// Peers allowed to send a PROXY protocol header (`trusted_ips`).
     pub trusted_ips: Vec<ipnet::IpNet>,
+    /// Most UDP sessions one listener keeps at once.
+    pub udp_max_sessions: usize,
 }
 
 /// State shared by every session of a proxy.
@@ -51,6 +54,7 @@ pub(crate) struct Shared {
     preread_timeout: Duration,
     tls_detect_timeout: Duration,
     trusted_ips: Vec<ipnet::IpNet>,
+    udp_max_sessions: usize,
     force_close: watch::Receiver<bool>,
 }
 
@@ -143,6 +147,7 @@ impl Proxy {
             preread_timeout: timeouts.preread,
             tls_detect_timeout: timeouts.tls_detect,
             trusted_ips: options.trusted_ips,
+            udp_max_sessions: options.udp_max_sessions.max(1),
             force_close: force_rx,
         });
         let mut accept_tasks = Vec::new();
@@ -150,15 +155,24 @@ impl Proxy {
         for bound in listeners {
             let info = Arc::new(bound.info);
             addrs.push(info.addr);
-            let listener = tokio::net::TcpListener::from_std(bound.socket)?;
-            tracing::info!(listener = %info.label, addr = %info.addr, ssl = info.ssl, "stream listener ready");
-            accept_tasks.push(tokio::spawn(listener::accept_loop(
-                listener,
-                info,
-                shared.clone(),
-                stop_rx.clone(),
-                alive_tx.clone(),
-            )));
+            tracing::info!(listener = %info.label, addr = %info.addr, ssl = info.ssl, udp = info.udp, "stream listener ready");
+            let task = match bound.socket {
+                listener::BoundSocket::Tcp(l) => tokio::spawn(listener::accept_loop(
+                    tokio::net::TcpListener::from_std(l)?,
+                    info,
+                    shared.clone(),
+                    stop_rx.clone(),
+                    alive_tx.clone(),
+                )),
+                listener::BoundSocket::Udp(s) => tokio::spawn(udp::run(
+                    Arc::new(tokio::net::UdpSocket::from_std(s)?),
+                    info,
+                    shared.clone(),
+                    stop_rx.clone(),
+                    alive_tx.clone(),
+                )),
+            };
+            accept_tasks.push(task);
         }
         Ok(Proxy { shared, stop_accept, force_close, accept_tasks, alive_rx, addrs })
     }

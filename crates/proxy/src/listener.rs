@@ -26,14 +26,22 @@ pub struct ListenerInfo {
     pub ssl: bool,
     /// Connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    pub udp: bool,
     keepalive: Option<Keepalive>,
 }
 
 /// A bound, listening socket, not yet accepting.
 #[derive(Debug)]
 pub struct BoundListener {
-    pub(crate) socket: std::net::TcpListener,
+    pub(crate) socket: BoundSocket,
     pub info: ListenerInfo,
+}
+
+/// A bound socket: a listening TCP socket, or a UDP socket (`udp` entries).
+#[derive(Debug)]
+pub(crate) enum BoundSocket {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +66,9 @@ fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
             .next()
             .ok_or_else(|| err(io::Error::new(io::ErrorKind::NotFound, "host name has no address")))?,
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
+    let (kind, proto) =
+        if entry.udp { (Type::DGRAM, socket2::Protocol::UDP) } else { (Type::STREAM, socket2::Protocol::TCP) };
+    let socket = Socket::new(Domain::for_address(addr), kind, Some(proto)).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
     if entry.reuseport {
         socket.set_reuse_port(true).map_err(err)?;
@@ -71,11 +81,18 @@ fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
     }
     // `bind` asks nginx for a separate bind() per address; Strait always binds each entry on its own.
     socket.bind(&addr.into()).map_err(err)?;
-    let backlog = entry.backlog.map_or(DEFAULT_BACKLOG, |b| b.min(i32::MAX as u32) as i32);
-    socket.listen(backlog).map_err(err)?;
     socket.set_nonblocking(true).map_err(err)?;
-    let socket: std::net::TcpListener = socket.into();
-    let bound = socket.local_addr().map_err(err)?;
+    let (socket, bound) = if entry.udp {
+        let socket: std::net::UdpSocket = socket.into();
+        let bound = socket.local_addr().map_err(err)?;
+        (BoundSocket::Udp(socket), bound)
+    } else {
+        let backlog = entry.backlog.map_or(DEFAULT_BACKLOG, |b| b.min(i32::MAX as u32) as i32);
+        socket.listen(backlog).map_err(err)?;
+        let socket: std::net::TcpListener = socket.into();
+        let bound = socket.local_addr().map_err(err)?;
+        (BoundSocket::Tcp(socket), bound)
+    };
     Ok(BoundListener {
         socket,
         info: ListenerInfo {
@@ -83,6 +100,7 @@ fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
             addr: bound,
             ssl: entry.ssl,
             proxy_protocol: entry.proxy_protocol,
+            udp: entry.udp,
             keepalive: entry.so_keepalive,
         },
     })

@@ -103,6 +103,7 @@ pub(crate) async fn serve(
         tries: Vec::new(),
         bytes_sent: 0,
         bytes_received: 0,
+        datagrams: None,
         reason: CloseReason::ClientClosed,
         detail: None,
     };

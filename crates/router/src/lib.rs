@@ -32,6 +32,8 @@ pub enum ConnKind {
     /// A ClientHello arrived on an `ssl` listener: only `tls` and
     /// `tls_passthrough` routes apply, as in Kong.
     TlsOnSsl,
+    /// A datagram on a `udp` listener: only `udp` routes apply.
+    Udp,
 }
 
 /// The facts a route is matched against.
@@ -104,6 +106,7 @@ pub fn serves(route: &Route, kind: ConnKind) -> bool {
         ConnKind::Plain => p.contains(Protocol::Tcp) && route.snis.is_empty(),
         ConnKind::TlsOnPlain => p.contains(Protocol::Tcp) || p.wants_tls(),
         ConnKind::TlsOnSsl => p.wants_tls(),
+        ConnKind::Udp => p.contains(Protocol::Udp),
     }
 }
 
@@ -305,6 +308,7 @@ pub struct Router {
     plain: Table,
     tls_on_plain: Table,
     tls_on_ssl: Table,
+    udp: Table,
     /// Routes that want TLS, with their SNIs dropped: "could a TLS route
     /// match this source and destination, whatever the client's SNI?"
     tls_any: Table,
@@ -329,6 +333,7 @@ impl Router {
                     (ConnKind::Plain, &mut r.plain),
                     (ConnKind::TlsOnPlain, &mut r.tls_on_plain),
                     (ConnKind::TlsOnSsl, &mut r.tls_on_ssl),
+                    (ConnKind::Udp, &mut r.udp),
                 ] {
                     if serves(route, kind) {
                         table.insert(s, d, n, cand);
@@ -353,6 +358,7 @@ impl Router {
             ConnKind::Plain => &self.plain,
             ConnKind::TlsOnPlain => &self.tls_on_plain,
             ConnKind::TlsOnSsl => &self.tls_on_ssl,
+            ConnKind::Udp => &self.udp,
         };
         let normalised;
         let sni = match facts.sni {

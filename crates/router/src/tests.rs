@@ -232,7 +232,7 @@ fn arb_endpoint() -> impl Strategy<Value = Endpoint> {
 
 fn arb_route() -> impl Strategy<Value = Route> {
     (
-        0..5usize,
+        0..7usize,
         prop::collection::vec(arb_endpoint(), 0..3),
         prop::collection::vec(arb_endpoint(), 0..3),
         prop::collection::vec(0..NAMES.len(), 0..3),
@@ -244,10 +244,15 @@ fn arb_route() -> impl Strategy<Value = Route> {
                 1 => &[Protocol::Tls],
                 2 => &[Protocol::Tcp, Protocol::Tls],
                 3 => &[Protocol::TlsPassthrough],
+                4 => &[Protocol::Udp],
+                5 => &[Protocol::Tcp, Protocol::Udp],
                 _ => &[Protocol::Http],
             };
-            let names: Vec<&str> =
-                if protos.contains(&Protocol::Tcp) { vec![] } else { snis.iter().map(|i| NAMES[*i]).collect() };
+            let names: Vec<&str> = if protos.contains(&Protocol::Tcp) || protos.contains(&Protocol::Udp) {
+                vec![]
+            } else {
+                snis.iter().map(|i| NAMES[*i]).collect()
+            };
             let mut r = route(protos, sources, destinations, &names);
             if disabled {
                 r.service = Some(ServiceIdx(1));
@@ -274,7 +279,7 @@ proptest! {
         let router = Router::new(&cfg);
         for (src, dst, sni) in sessions {
             let f = Facts { src, dst, sni: sni.map(|i| QUERY_NAMES[i]) };
-            for kind in [ConnKind::Plain, ConnKind::TlsOnPlain, ConnKind::TlsOnSsl] {
+            for kind in [ConnKind::Plain, ConnKind::TlsOnPlain, ConnKind::TlsOnSsl, ConnKind::Udp] {
                 let kind_facts = if kind == ConnKind::Plain { Facts { sni: None, ..f } } else { f };
                 prop_assert_eq!(router.find_ranked(kind, &kind_facts), naive(&cfg, kind, &kind_facts));
             }

@@ -109,7 +109,10 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
             snapshot,
             logger,
             Timeouts { preread: settings.preread_timeout, tls_detect: settings.tls_detect_timeout },
-            SessionOptions { trusted_ips: settings.trusted_ips.clone() },
+            SessionOptions {
+                trusted_ips: settings.trusted_ips.clone(),
+                udp_max_sessions: settings.udp_max_sessions,
+            },
         )?;
         let swapper = proxy.swapper();
         control.set_publisher(move |s| swapper.swap(s));

@@ -154,3 +154,33 @@ pub async fn closed_without_data<S: AsyncRead + Unpin>(s: &mut S) -> bool {
         Err(_) => panic!("peer neither closed nor sent anything within {WAIT:?}"),
     }
 }
+
+/// A UDP backend on 127.0.0.1 that answers each datagram with `<name>:`
+/// followed by the datagram; stops when dropped.
+#[derive(Debug)]
+pub struct UdpBackend {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl UdpBackend {
+    pub async fn start(name: &str) -> UdpBackend {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind udp backend");
+        let addr = socket.local_addr().expect("udp backend addr");
+        let prefix = format!("{name}:").into_bytes();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                let reply = [prefix.as_slice(), &buf[..n]].concat();
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+        UdpBackend { addr, task }
+    }
+}

@@ -1,0 +1,320 @@
+//! UDP proxying: datagrams from one client address form a session with its
+//! own upstream socket; replies go back to that client from the listener's
+//! socket; a session ends after `read_timeout` without a datagram either way.
+//!
+//! One task per listener owns the session table (no lock): it reads every
+//! datagram, and for a known client sends it straight on the session's
+//! connected upstream socket (no allocation). A new client's first datagrams
+//! are queued while its session task routes, picks an upstream address and
+//! connects. Each session task waits for replies and writes them through a
+//! per-thread buffer, so an idle session holds no buffer. The table is capped
+//! (`udp_max_sessions`): datagrams from new clients beyond it are dropped
+//! and counted in a warning.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use strait_model::{Protocol, RouteIdx};
+use strait_router::{ConnKind, Facts};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::access_log::{CloseReason, SessionRecord, Try};
+use crate::snapshot::{Destination, Snapshot};
+use crate::{ListenerInfo, Shared};
+
+/// Largest UDP payload (65,535 − 8 byte UDP header − 20 byte IPv4 header),
+/// plus room so a larger IPv6 jumbogram is seen as too large, not cut.
+const MAX_DATAGRAM: usize = 65_536;
+
+/// Datagrams queued for a session still connecting; more are dropped.
+const SETUP_QUEUE: usize = 64;
+
+thread_local! {
+    /// One receive buffer per worker thread for every session's replies.
+    static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
+}
+
+/// What the listener task and a session task share.
+#[derive(Debug)]
+struct Link {
+    /// Set once the session is connected.
+    upstream: OnceLock<Arc<UdpSocket>>,
+    from_client: AtomicU64,
+    from_client_bytes: AtomicU64,
+    /// Milliseconds since the session began, at the last datagram either way.
+    last_active_ms: AtomicU64,
+    began: Instant,
+}
+
+impl Link {
+    fn touch(&self) {
+        self.last_active_ms.store(self.began.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+struct Entry {
+    link: Arc<Link>,
+    /// Datagrams that arrived before the upstream was connected.
+    queue: mpsc::Sender<Vec<u8>>,
+    generation: u64,
+}
+
+/// Serves one `udp` listener until `stop` turns true.
+pub(crate) async fn run(
+    socket: Arc<UdpSocket>,
+    info: Arc<ListenerInfo>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let mut sessions: HashMap<SocketAddr, Entry> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut generation = 0u64;
+    let mut refused = 0u64;
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let (n, client) = tokio::select! {
+            biased;
+            _ = stop.wait_for(|v| *v) => break,
+            Some((client, generation)) = ended_rx.recv() => {
+                if sessions.get(&client).is_some_and(|e| e.generation == generation) {
+                    sessions.remove(&client);
+                }
+                continue;
+            }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors for earlier replies surface here; carry on.
+                    tracing::debug!(listener = %info.label, error = %e, "udp receive failed");
+                    continue;
+                }
+            },
+        };
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+        if n >= MAX_DATAGRAM {
+            tracing::debug!(%client, "datagram larger than 65,535 bytes dropped");
+            continue;
+        }
+        let datagram = &buf[..n];
+        if let Some(entry) = sessions.get(&client) {
+            entry.link.touch();
+            entry.link.from_client.fetch_add(1, Ordering::Relaxed);
+            entry.link.from_client_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            match entry.link.upstream.get() {
+                // A full socket buffer drops the datagram, as the network would.
+                Some(up) => {
+                    let _ = up.try_send(datagram);
+                }
+                None => {
+                    let _ = entry.queue.try_send(datagram.to_vec());
+                }
+            }
+            continue;
+        }
+        if sessions.len() >= shared.udp_max_sessions {
+            refused += 1;
+            if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(listener = %info.label, refused, max = shared.udp_max_sessions, "udp_max_sessions reached: datagrams from new clients dropped");
+                last_warning = Some(Instant::now());
+                refused = 0;
+            }
+            continue;
+        }
+        generation += 1;
+        let link = Arc::new(Link {
+            upstream: OnceLock::new(),
+            from_client: AtomicU64::new(1),
+            from_client_bytes: AtomicU64::new(n as u64),
+            last_active_ms: AtomicU64::new(0),
+            began: Instant::now(),
+        });
+        let (queue, queued) = mpsc::channel(SETUP_QUEUE);
+        let first = datagram.to_vec();
+        sessions.insert(client, Entry { link: link.clone(), queue, generation });
+        let ctx = Ctx {
+            client,
+            local: info.addr,
+            listener: info.clone(),
+            socket: socket.clone(),
+            shared: shared.clone(),
+            link,
+            ended: ended_tx.clone(),
+            generation,
+        };
+        tokio::spawn(session(ctx, first, queued, alive.clone()));
+    }
+}
+
+struct Ctx {
+    client: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<ListenerInfo>,
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    generation: u64,
+}
+
+/// One client's session, from its first datagram to its idle expiry.
+async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, _alive: mpsc::Sender<()>) {
+    ctx.shared.stats.session_started();
+    let snap = ctx.shared.snapshot.load_full();
+    let mut rec = SessionRecord {
+        client: ctx.client,
+        proxied_by: None,
+        proxy_header: None,
+        listener: ctx.listener.label.clone(),
+        started: SystemTime::now(),
+        duration: Duration::ZERO,
+        protocol: "udp",
+        status: 200,
+        route: None,
+        service: None,
+        upstream: None,
+        sni: None,
+        tries: Vec::new(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        datagrams: None,
+        reason: CloseReason::IdleTimeout,
+        detail: None,
+    };
+    let mut to_client = (0u64, 0u64);
+    match open(&ctx, &snap, &mut rec).await {
+        Err((status, reason, detail)) => {
+            rec.status = status;
+            rec.reason = reason;
+            rec.detail = Some(detail);
+        }
+        Ok((upstream, idle, _in_use)) => {
+            let _ = ctx.link.upstream.set(upstream.clone());
+            let _ = upstream.send(&first).await;
+            while let Ok(d) = queued.try_recv() {
+                let _ = upstream.send(&d).await;
+            }
+            rec.reason = relay(&ctx, &upstream, idle, &mut to_client).await;
+        }
+    }
+    // Leave the table first, so a new datagram from this client opens a new session.
+    let _ = ctx.ended.send((ctx.client, ctx.generation));
+    rec.duration = ctx.link.began.elapsed();
+    rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
+    rec.bytes_sent = to_client.1;
+    rec.datagrams = Some((ctx.link.from_client.load(Ordering::Relaxed), to_client.0));
+    ctx.shared.log.log(&rec);
+    ctx.shared.stats.session_ended();
+}
+
+type Opened = (Arc<UdpSocket>, Duration, Option<crate::upstream::InUse>);
+
+/// Routes the session and connects its upstream socket.
+async fn open(ctx: &Ctx, snap: &Snapshot, rec: &mut SessionRecord) -> Result<Opened, (u16, CloseReason, String)> {
+    let facts = Facts { src: ctx.client, dst: ctx.local, sni: None };
+    let Some(RouteIdx(ri)) = snap.router.find(ConnKind::Udp, &facts) else {
+        return Err((500, CloseReason::NoRoute, "no Route found with those values".into()));
+    };
+    let route = &snap.config.routes[ri];
+    rec.route = Some(route.label());
+    let Some(si) = route.service.map(|s| s.0) else {
+        return Err((503, CloseReason::NoService, "no Service found with those values".into()));
+    };
+    let svc = &snap.config.services[si];
+    rec.service = Some(svc.label());
+    if svc.protocol != Protocol::Udp {
+        return Err((
+            503,
+            CloseReason::NoService,
+            format!("service with protocol '{}' cannot be used with a UDP session", svc.protocol),
+        ));
+    }
+    let (addr, in_use, ep) = match &snap.services[si].destination {
+        Destination::Addr(a) => (*a, None, None),
+        Destination::Balanced(b) => {
+            b.ready(svc.connect_timeout).await;
+            let mut picker = b.picker(ctx.client.ip()).map_err(|why| {
+                (503, CloseReason::ConnectFailed, format!("failure to get a peer from the ring-balancer: {}", why.0))
+            })?;
+            let (ep, hold) = picker.next().ok_or_else(|| {
+                (503, CloseReason::ConnectFailed, "failure to get a peer from the ring-balancer".to_owned())
+            })?;
+            (ep.addr, Some(hold), Some(ep))
+        }
+    };
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    rec.upstream = Some(addr);
+    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    let connected = async {
+        let s = UdpSocket::bind(bind).await?;
+        s.connect(addr).await?;
+        Ok::<_, std::io::Error>(s)
+    }
+    .await;
+    match connected {
+        Ok(s) => {
+            rec.tries.push(Try { addr, started, took: t0.elapsed(), error: None });
+            if let Some(ep) = &ep {
+                crate::upstream::connected(ep, t0.elapsed());
+            }
+            Ok((Arc::new(s), svc.read_timeout, in_use))
+        }
+        Err(e) => {
+            rec.tries.push(Try { addr, started, took: t0.elapsed(), error: Some(e.to_string()) });
+            Err((502, CloseReason::ConnectFailed, e.to_string()))
+        }
+    }
+}
+
+/// Sends replies back until the session has been idle for `idle` in both
+/// directions, or the proxy closes everything.
+async fn relay(ctx: &Ctx, upstream: &UdpSocket, idle: Duration, to_client: &mut (u64, u64)) -> CloseReason {
+    let mut force = ctx.shared.force_close.clone();
+    loop {
+        let last = Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
+        let deadline = ctx.link.began + last + idle;
+        if Instant::now() >= deadline {
+            return CloseReason::IdleTimeout;
+        }
+        tokio::select! {
+            biased;
+            _ = force.wait_for(|v| *v) => return CloseReason::Shutdown,
+            _ = tokio::time::sleep_until(deadline) => continue,
+            ready = upstream.readable() => {
+                if ready.is_err() {
+                    return CloseReason::UpstreamError;
+                }
+            }
+        }
+        let sent = REPLY_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match upstream.try_recv(&mut buf) {
+                Ok(n) => {
+                    let _ = ctx.socket.try_send_to(&buf[..n], ctx.client);
+                    Ok(Some(n))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        match sent {
+            Ok(Some(n)) => {
+                ctx.link.touch();
+                to_client.0 += 1;
+                to_client.1 += n as u64;
+            }
+            Ok(None) => {}
+            // ICMP port unreachable from the upstream: it is not listening.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(_) => return CloseReason::UpstreamError,
+        }
+    }
+}
