@@ -134,7 +134,7 @@ fn start_fails_on_a_busy_port() {
 }
 
 #[test]
-fn udp_is_not_supported_yet_and_proxy_protocol_needs_trusted_ips() {
+fn listener_flag_combinations_are_checked() {
     let dir = TempDir::new();
     let check = |listen: &str| {
         Command::new(env!("CARGO_BIN_EXE_strait"))
@@ -144,14 +144,15 @@ fn udp_is_not_supported_yet_and_proxy_protocol_needs_trusted_ips() {
             .output()
             .expect("run strait")
     };
-    let o = check("127.0.0.1:9000 udp");
+    let o = check("127.0.0.1:9000 udp ssl");
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
-    assert!(t.contains("'udp' flag is not supported yet") && t.contains("STRAIT_STREAM_LISTEN"), "{t}");
+    assert!(t.contains("DTLS is not supported") && t.contains("STRAIT_STREAM_LISTEN"), "{t}");
     let o = check("127.0.0.1:9000 proxy_protocol");
     assert_eq!(o.status.code(), Some(1));
     let t = text(&o);
     assert!(t.contains("trusted_ips") && t.contains("no peer is trusted"), "{t}");
+    assert!(check("127.0.0.1:9000 udp").status.success());
 }
 
 #[test]
