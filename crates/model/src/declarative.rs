@@ -645,11 +645,18 @@ impl Builder {
             }
         }
         if has_snis
-            && protocols
-                .iter()
-                .any(|p| !matches!(p, Protocol::Grpcs | Protocol::Https | Protocol::Tls | Protocol::TlsPassthrough))
+            && protocols.iter().any(|p| {
+                // `udp` with `snis` is Strait's QUIC routing (the SNI of the Initial).
+                !matches!(
+                    p,
+                    Protocol::Grpcs | Protocol::Https | Protocol::Tls | Protocol::TlsPassthrough | Protocol::Udp
+                )
+            })
         {
-            f.err(ENTITY, "'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls' or 'tls_passthrough'");
+            f.err(
+                ENTITY,
+                "'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls', 'tls_passthrough' or 'udp' (QUIC)",
+            );
             f.err("snis", "length must be 0");
         }
 

@@ -100,7 +100,7 @@ fn route_rules() {
         ),
         &[
             "route services[1].routes[1] (name 'mixed'): protocols: these sets are mutually exclusive",
-            "(name 'snis-on-tcp'): @entity: 'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls' or 'tls_passthrough'",
+            "(name 'snis-on-tcp'): @entity: 'snis' can only be set when 'protocols' is 'grpcs', 'https', 'tls', 'tls_passthrough' or 'udp' (QUIC)",
             "(name 'snis-on-tcp'): snis: length must be 0",
             "(name 'passthrough-without-snis'): @entity: must set snis when 'protocols' is 'tls_passthrough'",
             "sources[1].ip: invalid ip or cidr range: '10.0.0.300'",

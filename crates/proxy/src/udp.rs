@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use strait_model::{Protocol, RouteIdx};
 use strait_router::{ConnKind, Facts};
+use strait_tls::{InitialReader, QuicPeek};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -189,7 +190,8 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
         detail: None,
     };
     let mut to_client = (0u64, 0u64);
-    match open(&ctx, &snap, &mut rec).await {
+    let mut pending = vec![first];
+    match open(&ctx, &snap, &mut rec, &mut pending, &mut queued).await {
         Err((status, reason, detail)) => {
             rec.status = status;
             rec.reason = reason;
@@ -197,7 +199,9 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
         }
         Ok((upstream, idle, _in_use)) => {
             let _ = ctx.link.upstream.set(upstream.clone());
-            let _ = upstream.send(&first).await;
+            for d in &pending {
+                let _ = upstream.send(d).await;
+            }
             while let Ok(d) = queued.try_recv() {
                 let _ = upstream.send(&d).await;
             }
@@ -217,8 +221,19 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
 type Opened = (Arc<UdpSocket>, Duration, Option<crate::upstream::InUse>);
 
 /// Routes the session and connects its upstream socket.
-async fn open(ctx: &Ctx, snap: &Snapshot, rec: &mut SessionRecord) -> Result<Opened, (u16, CloseReason, String)> {
-    let facts = Facts { src: ctx.client, dst: ctx.local, sni: None };
+async fn open(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    rec: &mut SessionRecord,
+    pending: &mut Vec<Vec<u8>>,
+    queued: &mut mpsc::Receiver<Vec<u8>>,
+) -> Result<Opened, (u16, CloseReason, String)> {
+    // QUIC: when a route could be chosen by server name, read it from the
+    // client's Initial packets (never terminating QUIC).
+    if snap.router.quic_sni_possible(ctx.client, ctx.local) {
+        rec.sni = quic_sni(pending, queued, ctx.shared.preread_timeout).await;
+    }
+    let facts = Facts { src: ctx.client, dst: ctx.local, sni: rec.sni.as_deref() };
     let Some(RouteIdx(ri)) = snap.router.find(ConnKind::Udp, &facts) else {
         return Err((500, CloseReason::NoRoute, "no Route found with those values".into()));
     };
@@ -270,6 +285,38 @@ async fn open(ctx: &Ctx, snap: &Snapshot, rec: &mut SessionRecord) -> Result<Ope
         Err(e) => {
             rec.tries.push(Try { addr, started, took: t0.elapsed(), error: Some(e.to_string()) });
             Err((502, CloseReason::ConnectFailed, e.to_string()))
+        }
+    }
+}
+
+/// The server name in the client's first Initial packets, reading more
+/// datagrams (kept in `pending` for the upstream) while the ClientHello is
+/// incomplete, until `timeout`. `None` for anything that is not a readable
+/// QUIC Initial.
+async fn quic_sni(
+    pending: &mut Vec<Vec<u8>>,
+    queued: &mut mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
+) -> Option<String> {
+    let mut reader = InitialReader::new();
+    let deadline = Instant::now() + timeout;
+    let mut next = 0;
+    loop {
+        while let Some(d) = pending.get(next) {
+            next += 1;
+            match reader.push(d) {
+                QuicPeek::Hello(h) => return h.sni,
+                QuicPeek::NeedMore => {}
+                QuicPeek::NotQuic => return None,
+                QuicPeek::Invalid(why) => {
+                    tracing::debug!(reason = why, "unreadable QUIC Initial: routed without a server name");
+                    return None;
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, queued.recv()).await {
+            Ok(Some(d)) => pending.push(d),
+            _ => return None,
         }
     }
 }

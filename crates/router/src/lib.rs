@@ -312,6 +312,8 @@ pub struct Router {
     /// Routes that want TLS, with their SNIs dropped: "could a TLS route
     /// match this source and destination, whatever the client's SNI?"
     tls_any: Table,
+    /// The same for `udp` routes with `snis` (QUIC).
+    quic_any: Table,
 }
 
 impl Router {
@@ -341,6 +343,9 @@ impl Router {
                 }
                 if route.protocols.wants_tls() {
                     r.tls_any.insert(s, d, None, cand);
+                }
+                if route.protocols.contains(Protocol::Udp) && n.is_some() {
+                    r.quic_any.insert(s, d, None, cand);
                 }
             }
         }
@@ -386,6 +391,14 @@ impl Router {
             Some(_) => PrereadNeed::PlainFallback,
             None => PrereadNeed::TlsOnly,
         }
+    }
+}
+
+impl Router {
+    /// Whether a `udp` route with `snis` could serve datagrams from `src` to
+    /// `dst`, so the first datagrams are worth reading as a QUIC Initial.
+    pub fn quic_sni_possible(&self, src: SocketAddr, dst: SocketAddr) -> bool {
+        self.quic_any.find(&Facts { src, dst, sni: None }, None).is_some()
     }
 }
 

@@ -138,6 +138,26 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Parses a ClientHello handshake message carried without TLS records (as
+/// in QUIC's CRYPTO frames), given the bytes received so far.
+pub fn peek_handshake(hs: &[u8]) -> Peek {
+    if hs.len() < 4 {
+        return if hs.first().is_some_and(|t| *t != HANDSHAKE_CLIENT_HELLO) {
+            Peek::Invalid("first handshake message is not a ClientHello")
+        } else {
+            Peek::NeedMore
+        };
+    }
+    let len = u24(&hs[1..4]);
+    if len > MAX_HELLO_LEN {
+        return Peek::Invalid("ClientHello too large");
+    }
+    if hs.len() < 4 + len {
+        return Peek::NeedMore;
+    }
+    parse_handshake(&hs[..4 + len])
+}
+
 /// Parses one complete handshake message (type, 24-bit length, body).
 fn parse_handshake(msg: &[u8]) -> Peek {
     if msg[0] != HANDSHAKE_CLIENT_HELLO {

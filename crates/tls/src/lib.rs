@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod client_hello;
+pub mod quic;
 pub mod server;
 
 use std::sync::{Arc, OnceLock};
@@ -11,7 +12,8 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use client::{UpstreamTlsOptions, client_config};
-pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek};
+pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek, peek_handshake};
+pub use quic::{InitialReader, QuicPeek};
 pub use server::{CertStore, server_config};
 
 /// Errors building TLS configurations from validated entities.
