@@ -472,8 +472,8 @@ impl Builder {
                 ProxyProtocolOut::Off
             }
         };
-        if proxy_protocol != ProxyProtocolOut::Off && !protocol.is_stream() {
-            f.err("proxy_protocol", "only stream services (tcp, tls, udp) can send a PROXY protocol header");
+        if proxy_protocol != ProxyProtocolOut::Off && !matches!(protocol, Protocol::Tcp | Protocol::Tls) {
+            f.err("proxy_protocol", "only tcp and tls services can send a PROXY protocol header");
         }
         let routes = f.array("routes").cloned();
         let plugins = f.array("plugins").cloned();

@@ -321,7 +321,7 @@ fn service_proxy_protocol_extension() {
         ),
         &[
             "service services[1] (name 's'): proxy_protocol: expected one of: off, v1, v2",
-            "service services[2] (name 'h'): proxy_protocol: only stream services",
+            "service services[2] (name 'h'): proxy_protocol: only tcp and tls services",
         ],
     );
     let ok = load_str(&file("services:\n- name: s\n  url: tls://10.0.0.1:1\n  proxy_protocol: v2\n")).unwrap();

@@ -36,6 +36,17 @@ const MAX_DATAGRAM: usize = 65_536;
 /// Datagrams queued for a session still connecting; more are dropped.
 const SETUP_QUEUE: usize = 64;
 
+/// Bytes a session may hold before it is connected (queued datagrams, and
+/// those read for a QUIC server name): enough for a ClientHello spread over
+/// several Initials, small enough that a flood of new clients stays bounded
+/// (`udp_max_sessions` × this).
+const SETUP_BYTES: u64 = 16 * 1024;
+
+/// How long a client whose session could not open (no route, no service,
+/// no upstream) is remembered: its datagrams are dropped and counted in one
+/// log line, instead of a session and a line each.
+const HOLD_DOWN: Duration = Duration::from_secs(1);
+
 thread_local! {
     /// One receive buffer per worker thread for every session's replies.
     static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
@@ -51,6 +62,10 @@ struct Link {
     /// Milliseconds since the session began, at the last datagram either way.
     last_active_ms: AtomicU64,
     began: Instant,
+    /// Bytes buffered before the upstream was connected.
+    setup_bytes: AtomicU64,
+    /// The session has ended: a new datagram opens a new one.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Link {
@@ -74,6 +89,9 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
+    // UDP has no connection to drain: at shutdown sessions end at once
+    // (reason `shutdown`), and this tells them.
+    let (closing_tx, closing) = watch::channel(false);
     let mut sessions: HashMap<SocketAddr, Entry> = HashMap::new();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -83,7 +101,10 @@ pub(crate) async fn run(
     loop {
         let (n, client) = tokio::select! {
             biased;
-            _ = stop.wait_for(|v| *v) => break,
+            _ = stop.wait_for(|v| *v) => {
+                let _ = closing_tx.send(true);
+                break;
+            }
             Some((client, generation)) = ended_rx.recv() => {
                 if sessions.get(&client).is_some_and(|e| e.generation == generation) {
                     sessions.remove(&client);
@@ -105,17 +126,23 @@ pub(crate) async fn run(
             continue;
         }
         let datagram = &buf[..n];
+        if sessions.get(&client).is_some_and(|e| e.link.closed.load(Ordering::Acquire)) {
+            sessions.remove(&client);
+        }
         if let Some(entry) = sessions.get(&client) {
-            entry.link.touch();
-            entry.link.from_client.fetch_add(1, Ordering::Relaxed);
-            entry.link.from_client_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            match entry.link.upstream.get() {
-                // A full socket buffer drops the datagram, as the network would.
-                Some(up) => {
-                    let _ = up.try_send(datagram);
-                }
-                None => {
-                    let _ = entry.queue.try_send(datagram.to_vec());
+            let link = &entry.link;
+            link.touch();
+            link.from_client.fetch_add(1, Ordering::Relaxed);
+            link.from_client_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            // A full socket buffer drops the datagram, as the network would.
+            if let Some(up) = link.upstream.get() {
+                let _ = up.try_send(datagram);
+            } else if link.setup_bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64 <= SETUP_BYTES {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = entry.queue.try_send(datagram.to_vec()) {
+                    // Connected between the check and the send.
+                    if let Some(up) = link.upstream.get() {
+                        let _ = up.try_send(datagram);
+                    }
                 }
             }
             continue;
@@ -136,6 +163,8 @@ pub(crate) async fn run(
             from_client_bytes: AtomicU64::new(n as u64),
             last_active_ms: AtomicU64::new(0),
             began: Instant::now(),
+            setup_bytes: AtomicU64::new(n as u64),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let (queue, queued) = mpsc::channel(SETUP_QUEUE);
         let first = datagram.to_vec();
@@ -149,6 +178,7 @@ pub(crate) async fn run(
             link,
             ended: ended_tx.clone(),
             generation,
+            closing: closing.clone(),
         };
         tokio::spawn(session(ctx, first, queued, alive.clone()));
     }
@@ -163,6 +193,8 @@ struct Ctx {
     link: Arc<Link>,
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
     generation: u64,
+    /// Turns true when the listener stops.
+    closing: watch::Receiver<bool>,
 }
 
 /// One client's session, from its first datagram to its idle expiry.
@@ -191,24 +223,39 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     };
     let mut to_client = (0u64, 0u64);
     let mut pending = vec![first];
-    match open(&ctx, &snap, &mut rec, &mut pending, &mut queued).await {
+    let mut closing = ctx.closing.clone();
+    let opened = tokio::select! {
+        biased;
+        _ = closing.wait_for(|v| *v) => Err((503, CloseReason::Shutdown, "the listener is stopping".to_owned())),
+        r = open(&ctx, &snap, &mut rec, &mut pending, &mut queued) => r,
+    };
+    match opened {
         Err((status, reason, detail)) => {
             rec.status = status;
             rec.reason = reason;
             rec.detail = Some(detail);
+            // Stay in the table a moment, so the client's next datagrams are
+            // dropped here rather than each opening (and logging) a session.
+            if reason != CloseReason::Shutdown {
+                let _ = tokio::time::timeout(HOLD_DOWN, async { while queued.recv().await.is_some() {} }).await;
+            }
         }
         Ok((upstream, idle, _in_use)) => {
             let _ = ctx.link.upstream.set(upstream.clone());
+            // From now on the listener sends directly; what it queued before
+            // goes first, then the queue is closed and emptied.
             for d in &pending {
                 let _ = upstream.send(d).await;
             }
-            while let Ok(d) = queued.try_recv() {
+            queued.close();
+            while let Some(d) = queued.recv().await {
                 let _ = upstream.send(&d).await;
             }
             rec.reason = relay(&ctx, &upstream, idle, &mut to_client).await;
         }
     }
     // Leave the table first, so a new datagram from this client opens a new session.
+    ctx.link.closed.store(true, Ordering::Release);
     let _ = ctx.ended.send((ctx.client, ctx.generation));
     rec.duration = ctx.link.began.elapsed();
     rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
@@ -231,7 +278,7 @@ async fn open(
     // QUIC: when a route could be chosen by server name, read it from the
     // client's Initial packets (never terminating QUIC).
     if snap.router.quic_sni_possible(ctx.client, ctx.local) {
-        rec.sni = quic_sni(pending, queued, ctx.shared.preread_timeout).await;
+        rec.sni = quic_sni(pending, queued, ctx.shared.preread_timeout, &ctx.link).await;
     }
     let facts = Facts { src: ctx.client, dst: ctx.local, sni: rec.sni.as_deref() };
     let Some(RouteIdx(ri)) = snap.router.find(ConnKind::Udp, &facts) else {
@@ -277,8 +324,10 @@ async fn open(
     match connected {
         Ok(s) => {
             rec.tries.push(Try { addr, started, took: t0.elapsed(), error: None });
+            // A session on the address; no latency sample: a UDP "connect"
+            // measures nothing about the upstream.
             if let Some(ep) = &ep {
-                crate::upstream::connected(ep, t0.elapsed());
+                crate::upstream::session_opened(ep);
             }
             Ok((Arc::new(s), svc.read_timeout, in_use))
         }
@@ -297,6 +346,7 @@ async fn quic_sni(
     pending: &mut Vec<Vec<u8>>,
     queued: &mut mpsc::Receiver<Vec<u8>>,
     timeout: Duration,
+    link: &Link,
 ) -> Option<String> {
     let mut reader = InitialReader::new();
     let deadline = Instant::now() + timeout;
@@ -314,6 +364,10 @@ async fn quic_sni(
                 }
             }
         }
+        // The listener stops queueing at SETUP_BYTES, which bounds `pending` too.
+        if link.setup_bytes.load(Ordering::Relaxed) > SETUP_BYTES {
+            return None;
+        }
         match tokio::time::timeout_at(deadline, queued.recv()).await {
             Ok(Some(d)) => pending.push(d),
             _ => return None,
@@ -325,6 +379,7 @@ async fn quic_sni(
 /// directions, or the proxy closes everything.
 async fn relay(ctx: &Ctx, upstream: &UdpSocket, idle: Duration, to_client: &mut (u64, u64)) -> CloseReason {
     let mut force = ctx.shared.force_close.clone();
+    let mut closing = ctx.closing.clone();
     loop {
         let last = Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
         let deadline = ctx.link.began + last + idle;
@@ -334,6 +389,7 @@ async fn relay(ctx: &Ctx, upstream: &UdpSocket, idle: Duration, to_client: &mut 
         tokio::select! {
             biased;
             _ = force.wait_for(|v| *v) => return CloseReason::Shutdown,
+            _ = closing.wait_for(|v| *v) => return CloseReason::Shutdown,
             _ = tokio::time::sleep_until(deadline) => continue,
             ready = upstream.readable() => {
                 if ready.is_err() {
@@ -344,10 +400,8 @@ async fn relay(ctx: &Ctx, upstream: &UdpSocket, idle: Duration, to_client: &mut 
         let sent = REPLY_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             match upstream.try_recv(&mut buf) {
-                Ok(n) => {
-                    let _ = ctx.socket.try_send_to(&buf[..n], ctx.client);
-                    Ok(Some(n))
-                }
+                // Counted only when handed to the kernel.
+                Ok(n) => Ok(ctx.socket.try_send_to(&buf[..n], ctx.client).ok().map(|_| n)),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e),
             }

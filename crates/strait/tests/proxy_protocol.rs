@@ -217,14 +217,14 @@ async fn header_echo(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, tok
                 if first.starts_with(b"PROXY ") {
                     while !header.ends_with(b"\r\n") && header.len() < 108 {
                         let mut b = [0u8; 1];
-                        if s.read_exact(&mut b).await.is_err() {
+                        if !matches!(tokio::time::timeout(WAIT, s.read_exact(&mut b)).await, Ok(Ok(_))) {
                             return;
                         }
                         header.push(b[0]);
                     }
                 } else {
                     let mut rest = vec![0u8; usize::from(u16::from_be_bytes([first[14], first[15]]))];
-                    if s.read_exact(&mut rest).await.is_err() {
+                    if !matches!(tokio::time::timeout(WAIT, s.read_exact(&mut rest)).await, Ok(Ok(_))) {
                         return;
                     }
                     header.extend_from_slice(&rest);
@@ -236,7 +236,9 @@ async fn header_echo(tls: Option<Arc<rustls::ServerConfig>>) -> (SocketAddr, tok
                         let _ = s.write_all(reply.as_bytes()).await;
                     }
                     Some(cfg) => {
-                        if let Ok(mut t) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await {
+                        if let Ok(Ok(mut t)) =
+                            tokio::time::timeout(WAIT, tokio_rustls::TlsAcceptor::from(cfg).accept(s)).await
+                        {
                             let _ = t.write_all(reply.as_bytes()).await;
                             let _ = t.shutdown().await;
                         }

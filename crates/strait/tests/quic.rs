@@ -67,7 +67,7 @@ async fn ask(ca: &TestCa, gateway: SocketAddr, sni: &str) -> String {
         String::from_utf8(answer).expect("utf-8")
     };
     let answer = tokio::time::timeout(WAIT, run).await.expect("QUIC exchange in time");
-    endpoint.wait_idle().await;
+    let _ = tokio::time::timeout(WAIT, endpoint.wait_idle()).await;
     answer
 }
 

@@ -128,8 +128,9 @@ async fn large_datagrams_the_cap_and_unrouted_clients() {
     let gw = gateway(port, &body, &[("udp_max_sessions", "2")]);
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (c1, c2, c3) = (client().await, client().await, client().await);
-    // The largest IPv4 UDP payload the upstream can answer with its prefix.
-    let big: Vec<u8> = (0..65_000u32).map(|i| (i % 251) as u8).collect();
+    // The largest datagram whose answer (with the backend's 2-byte prefix)
+    // is still the largest IPv4 UDP payload, 65,507 bytes.
+    let big: Vec<u8> = (0..65_505u32).map(|i| (i % 251) as u8).collect();
     let reply = ask(&c1, to, &big).await;
     assert_eq!(&reply[..2], b"a:");
     assert_eq!(&reply[2..], big.as_slice());
@@ -143,4 +144,24 @@ async fn large_datagrams_the_cap_and_unrouted_clients() {
         assert!(tokio::time::Instant::now() < deadline, "no refusal logged:\n{}", gw.stderr());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_end_at_shutdown() {
+    let a = UdpBackend::start("a").await;
+    let port = test_support::free_port();
+    let body = format!(
+        "services:\n- name: s\n  url: udp://{}\n  routes: [{{protocols: [udp], sources: [{{ip: 127.0.0.1}}]}}]\n",
+        a.addr
+    );
+    let mut gw = gateway(port, &body, &[]);
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = client().await;
+    assert_eq!(ask(&c, to, b"hi").await, b"a:hi");
+    gw.terminate();
+    // The session (idle timeout 60 s) does not hold the drain (30 s).
+    let status = gw.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let lines = gw.log_lines();
+    assert!(lines.iter().any(|l| l.contains("UDP 200") && l.contains("reason=\"shutdown\"")), "{lines:#?}");
 }

@@ -60,7 +60,9 @@ impl InitialReader {
                 }
                 // A short-header packet or padding ends the long-header run.
                 Ok(None) => break,
-                Err(e) if saw_initial || !self.fragments.is_empty() => return QuicPeek::Invalid(e),
+                // Each coalesced packet stands alone (RFC 9000 §12.2): junk
+                // after a good Initial does not spoil it.
+                Err(_) if saw_initial || !self.fragments.is_empty() => break,
                 Err(_) => return QuicPeek::NotQuic,
             }
         }
@@ -207,9 +209,12 @@ impl InitialReader {
                     if end > MAX_CRYPTO as u64 {
                         return Err("ClientHello too large");
                     }
-                    if !data.is_empty() {
-                        self.held += data.len();
-                        self.fragments.entry(offset).or_insert_with(|| data.to_vec());
+                    // Retransmissions add nothing; a longer copy at the same
+                    // offset replaces a shorter one.
+                    let known = self.fragments.get(&offset).map_or(0, Vec::len);
+                    if data.len() > known {
+                        self.held += data.len() - known;
+                        self.fragments.insert(offset, data.to_vec());
                     }
                 }
                 0x1c => return Err("CONNECTION_CLOSE in the client's Initial"),
@@ -266,7 +271,7 @@ mod tests {
         }
         // A length past the datagram, and bytes that do not decrypt.
         assert!(matches!(InitialReader::new().push(&pkt[..40]), QuicPeek::NotQuic | QuicPeek::Invalid(_)));
-        assert!(matches!(InitialReader::new().push(&pkt), QuicPeek::Invalid(_)));
+        assert_eq!(InitialReader::new().push(&pkt), QuicPeek::Invalid("Initial does not decrypt"));
         assert_eq!(InitialReader::new().push(&pkt[..274]), QuicPeek::Invalid("Initial does not decrypt"));
     }
 }
@@ -317,6 +322,10 @@ mod quinn_tests {
             }
             other => panic!("{other:?}"),
         }
+        // Junk coalesced after the Initial, and the same datagram again
+        // (a retransmission), change nothing.
+        let mut r = InitialReader::new();
+        assert_eq!(r.push(&datagrams[0]), r.push(&[datagrams[0].as_slice(), &[0xff, 1, 2]].concat()));
         // Any change to the protected bytes fails authentication.
         let mut bad = datagrams[0].clone();
         let last = bad.len() - 1;

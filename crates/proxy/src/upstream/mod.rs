@@ -855,6 +855,11 @@ pub(crate) fn connected(ep: &Endpoint, took: Duration) {
     ep.record_connect(took);
 }
 
+/// A session opened on the address without a connect to time (UDP).
+pub(crate) fn session_opened(ep: &Endpoint) {
+    ep.sessions.fetch_add(1, Ordering::Relaxed);
+}
+
 /// A connect attempt failed: for the latency algorithm it cost `penalty`
 /// (the connect timeout), so a refusing address is not taken for a fast one.
 pub(crate) fn failed(ep: &Endpoint, penalty: Duration) {
