@@ -74,6 +74,7 @@ pub(crate) fn report(h: &UpstreamHealth, node_id: &str, balancer: bool) -> Value
 pub(crate) fn set(result: Result<(), SetHealthError>) -> Reply {
     match result {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e @ SetHealthError::NoHealthchecker(_)) => Err(ApiError::message(StatusCode::BAD_REQUEST, &e.to_string())),
         Err(SetHealthError::NoAddress) => {
             Err(ApiError::message(StatusCode::NOT_FOUND, "the target has no resolved address to set"))
         }

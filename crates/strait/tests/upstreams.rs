@@ -435,9 +435,15 @@ async fn manual_overrides_and_health_that_survives_other_changes() {
     )
     .await);
 
-    // No checks configured: Kong's HEALTHCHECKS_OFF.
+    // No checks configured: Kong's HEALTHCHECKS_OFF, and nothing to set by hand.
     let (ta, tb) = (a.addr.to_string(), b.addr.to_string());
     assert_eq!(health_in(&health(admin, "pool").await, &ta, None), "HEALTHCHECKS_OFF");
+    let r = request(admin, "PUT", &format!("/upstreams/pool/targets/{ta}/unhealthy"), None, &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["message"], "no healthchecker found for pool");
+    let checks = json!({"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 5}}}});
+    ok(send_json(admin, "PATCH", "/upstreams/pool", &checks).await);
+    assert_eq!(health_in(&health(admin, "pool").await, &ta, None), "HEALTHY");
 
     let r = request(admin, "PUT", &format!("/upstreams/pool/targets/{ta}/unhealthy"), None, &[]).await;
     assert_eq!(r.status, 204);
@@ -459,8 +465,7 @@ async fn manual_overrides_and_health_that_survives_other_changes() {
     // Back by address, then by target; unknown addresses and targets are 404.
     let r = request(admin, "PUT", &format!("/upstreams/pool/targets/{ta}/{ta}/healthy"), None, &[]).await;
     assert_eq!(r.status, 204);
-    // Healthy again; with no checks configured that reads HEALTHCHECKS_OFF.
-    assert_eq!(health_in(&health(admin, "pool").await, &ta, Some(a.addr)), "HEALTHCHECKS_OFF");
+    assert_eq!(health_in(&health(admin, "pool").await, &ta, Some(a.addr)), "HEALTHY");
     let r = request(admin, "PUT", &format!("/upstreams/pool/targets/{ta}/10.9.9.9:1/healthy"), None, &[]).await;
     assert_eq!(r.status, 404);
     let r = request(admin, "PUT", "/upstreams/pool/targets/10.9.9.9:1/healthy", None, &[]).await;
@@ -474,7 +479,7 @@ async fn manual_overrides_and_health_that_survives_other_changes() {
 
     // The balancer as a whole.
     let r = get(admin, "/upstreams/pool/health?balancer_health=1").await.json();
-    assert_eq!(r["data"]["health"], "HEALTHCHECKS_OFF", "{r}");
+    assert_eq!(r["data"]["health"], "HEALTHY", "{r}");
     assert_eq!(r["data"]["details"]["weight"]["total"], 150, "{r}");
 }
 
@@ -542,6 +547,7 @@ async fn targets_resolve_through_dns_and_follow_ttl_and_srv() {
         r#"_format_version: "3.0"
 upstreams:
 - name: pool
+  healthchecks: {{passive: {{unhealthy: {{tcp_failures: 5}}}}}}
   targets:
   - target: pool.test:{port_a}
   - target: missing.test:1
@@ -596,7 +602,7 @@ services:
         let report = health(admin, "pool").await;
         let t = report["data"].as_array().unwrap().iter().find(|t| t["target"] == format!("pool.test:{port_a}"));
         if t.is_some_and(|t| t["data"]["dns_error"].is_string()) {
-            assert_eq!(t.unwrap()["health"], "HEALTHCHECKS_OFF", "{report:#}");
+            assert_eq!(t.unwrap()["health"], "HEALTHY", "{report:#}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "the failed refresh never showed: {report:#}");
@@ -688,7 +694,8 @@ async fn http_probes_judge_the_status_line() {
 async fn below_the_threshold_or_with_nothing_healthy_sessions_get_503() {
     let (a, b) = (Backend::plain("a").await, Backend::plain("b").await);
     let port = test_support::free_port();
-    let yaml = pool(port, "round-robin", &[(a.addr, 100), (b.addr, 100)], "  healthchecks: {threshold: 60}");
+    let checks = "  healthchecks: {threshold: 60, passive: {unhealthy: {tcp_failures: 5}}}";
+    let yaml = pool(port, "round-robin", &[(a.addr, 100), (b.addr, 100)], checks);
     let (gw, admin) = start(port, yaml, &[]);
     assert!(["a", "b"].contains(&banner(port).await.as_str()));
     let put = |t: SocketAddr, state: &'static str| async move {

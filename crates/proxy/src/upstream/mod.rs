@@ -335,6 +335,10 @@ impl Upstreams {
     ) -> Result<(), SetHealthError> {
         let b = self.find(upstream).ok_or(SetHealthError::UpstreamNotFound)?;
         let entry = b.find_target(target).ok_or(SetHealthError::TargetNotFound)?;
+        // As Kong: without health checks there is no health to set.
+        if !b.hc.enabled() {
+            return Err(SetHealthError::NoHealthchecker(b.name.clone()));
+        }
         let endpoints = entry.state.endpoints.load();
         if endpoints.is_empty() {
             return Err(SetHealthError::NoAddress);
@@ -383,8 +387,11 @@ fn parse_address(s: &str) -> Option<SocketAddr> {
 }
 
 /// Why a manual health change was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SetHealthError {
+    /// The upstream has no active or passive health checks (Kong's 400).
+    #[error("no healthchecker found for {0}")]
+    NoHealthchecker(String),
     #[error("upstream not found")]
     UpstreamNotFound,
     #[error("target not found")]
@@ -914,7 +921,7 @@ mod tests {
 
     fn config(algorithm: &str) -> Config {
         let yaml = format!(
-            "_format_version: \"3.0\"\nupstreams:\n- name: pool\n  algorithm: {algorithm}\n  targets:\n  - {{target: 10.0.0.1:80, weight: 100}}\n  - {{target: 10.0.0.2:80, weight: 300}}\n  - {{target: 10.0.0.3:80, weight: 0}}\n"
+            "_format_version: \"3.0\"\nupstreams:\n- name: pool\n  algorithm: {algorithm}\n  healthchecks: {{passive: {{unhealthy: {{tcp_failures: 3}}}}}}\n  targets:\n  - {{target: 10.0.0.1:80, weight: 100}}\n  - {{target: 10.0.0.2:80, weight: 300}}\n  - {{target: 10.0.0.3:80, weight: 0}}\n"
         );
         strait_model::load_str(&yaml).unwrap().config
     }
@@ -947,13 +954,26 @@ mod tests {
         let h = &all[0];
         assert_eq!((h.total_weight, h.available_weight), (400, 100));
         let health: Vec<&str> = h.targets.iter().map(|t| t.health).collect();
-        assert_eq!(health, ["HEALTHCHECKS_OFF", "UNHEALTHY", "HEALTHCHECKS_OFF"]);
+        assert_eq!(health, ["HEALTHY", "UNHEALTHY", "HEALTHY"]);
         for _ in 0..10 {
             let mut p = b.picker(client).unwrap();
             assert_eq!(p.next().unwrap().0.addr, "10.0.0.1:80".parse().unwrap(), "the unhealthy address is skipped");
         }
         ups.set_health(id, "10.0.0.1:80", None, false).unwrap();
         assert!(b.picker(client).is_err(), "nothing healthy: no peer");
+
+        // Without health checks, Kong's refusal.
+        let plain = strait_model::load_str(
+            "_format_version: \"3.0\"\nupstreams:\n- name: bare\n  targets: [{target: 10.0.0.1:80}]\n",
+        )
+        .unwrap()
+        .config;
+        let bare = ups.prepare(&plain, UpstreamIdx(0), None);
+        ups.activate(&[bare]);
+        assert_eq!(
+            ups.set_health(plain.upstreams[0].meta.id, "10.0.0.1:80", None, false),
+            Err(SetHealthError::NoHealthchecker("bare".into()))
+        );
     }
 
     #[tokio::test]
