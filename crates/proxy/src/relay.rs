@@ -1,12 +1,17 @@
 //! The relay loop: copy bytes both ways until both sides have closed.
 //!
-//! This is the hot path. Each direction owns one fixed buffer, allocated once
-//! per session; no locks, no allocation per chunk. An end of stream on one
+//! This is the hot path: no locks, no allocation per chunk. A direction holds
+//! a buffer only while it has bytes to move: when its reader has nothing more
+//! for now and every byte read has been written, the buffer goes back to a
+//! per-thread pool, and the next read takes one from it. So an idle session
+//! holds no user-space buffer at all, and a busy one reuses pooled ones
+//! instead of allocating. An end of stream on one
 //! side is forwarded as a half-close (FIN, or close_notify for TLS) and the
 //! other direction keeps flowing. The idle timer is not re-armed on every
 //! chunk: progress only records the time, and the timer, when it fires,
 //! re-arms itself from the last activity or ends the session.
 
+use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
@@ -19,6 +24,28 @@ use tokio::time::Instant;
 
 /// Per-direction buffer size: one full TLS record.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// Buffers kept per worker thread for reuse (4 MiB at most per thread).
+const POOL_MAX: usize = 256;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer from this thread's pool, or a new one when the pool is empty.
+fn take_buf() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice())
+}
+
+/// Returns a buffer to this thread's pool (freed when the pool is full).
+fn give_buf(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(buf);
+        }
+    });
+}
 
 /// Which peer a relay outcome is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +81,8 @@ pub struct RelayOutcome {
 
 /// One direction: read from one side, write to the other.
 struct Half {
-    buf: Box<[u8]>,
+    /// Held only while bytes are in flight or a read is being made.
+    buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
     eof: bool,
@@ -66,6 +94,14 @@ struct Half {
     done: bool,
 }
 
+impl Drop for Half {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_buf(buf);
+        }
+    }
+}
+
 /// Which step of a direction failed.
 enum Failed {
     Read(io::Error),
@@ -74,16 +110,7 @@ enum Failed {
 
 impl Half {
     fn new() -> Self {
-        Half {
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            eof: false,
-            shut: false,
-            unflushed: false,
-            bytes: 0,
-            done: false,
-        }
+        Half { buf: None, start: 0, end: 0, eof: false, shut: false, unflushed: false, bytes: 0, done: false }
     }
 
     /// Drives this direction, reading from `from`'s peer and writing to the
@@ -135,7 +162,12 @@ impl Half {
     {
         loop {
             while self.start < self.end {
-                match writer.as_mut().poll_write(cx, &self.buf[self.start..self.end]) {
+                let Some(buf) = &self.buf else {
+                    // Bytes are only ever counted into a held buffer.
+                    self.start = self.end;
+                    break;
+                };
+                match writer.as_mut().poll_write(cx, &buf[self.start..self.end]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
                     }
@@ -150,6 +182,9 @@ impl Half {
                 }
             }
             if self.eof {
+                if let Some(buf) = self.buf.take() {
+                    give_buf(buf);
+                }
                 if !self.shut {
                     ready!(writer.as_mut().poll_shutdown(cx)).map_err(Failed::Write)?;
                     self.shut = true;
@@ -158,7 +193,8 @@ impl Half {
             }
             self.start = 0;
             self.end = 0;
-            let mut rb = ReadBuf::new(&mut self.buf);
+            let buf = self.buf.get_or_insert_with(take_buf);
+            let mut rb = ReadBuf::new(buf);
             match reader.as_mut().poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
@@ -173,6 +209,11 @@ impl Half {
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => self.eof = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
                 Poll::Pending => {
+                    // Nothing read and nothing left to write: a pending read
+                    // keeps no reference to the buffer, so it can go back.
+                    if let Some(buf) = self.buf.take() {
+                        give_buf(buf);
+                    }
                     if self.unflushed {
                         ready!(writer.as_mut().poll_flush(cx)).map_err(Failed::Write)?;
                         self.unflushed = false;
@@ -239,6 +280,21 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[test]
+    fn buffers_come_back_to_the_pool() {
+        let a = take_buf();
+        let ptr = a.as_ptr();
+        give_buf(a);
+        let b = take_buf();
+        assert_eq!(b.as_ptr(), ptr, "a returned buffer is reused on this thread");
+        assert_eq!(b.len(), BUF_SIZE);
+        give_buf(b);
+        let mut h = Half::new();
+        h.buf = Some(take_buf());
+        drop(h);
+        assert!(POOL.with(|p| !p.borrow().is_empty()), "a dropped half returns its buffer");
+    }
 
     #[tokio::test]
     async fn copies_both_ways_and_forwards_half_close() {
