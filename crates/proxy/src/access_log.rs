@@ -103,6 +103,30 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A session starting now: status 200 and `reason` until something says otherwise.
+    pub fn new(client: SocketAddr, listener: std::sync::Arc<str>, protocol: &'static str, reason: CloseReason) -> Self {
+        SessionRecord {
+            client,
+            proxied_by: None,
+            proxy_header: None,
+            listener,
+            started: SystemTime::now(),
+            duration: Duration::ZERO,
+            protocol,
+            status: 200,
+            route: None,
+            service: None,
+            upstream: None,
+            sni: None,
+            tries: Vec::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            datagrams: None,
+            reason,
+            detail: None,
+        }
+    }
+
     /// Formats the access-log line (without the newline).
     pub fn line(&self) -> String {
         let mut s = String::with_capacity(256);

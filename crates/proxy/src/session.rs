@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use strait_model::{Protocol, RouteIdx};
 use strait_router::{ConnKind, Facts, PrereadNeed};
@@ -83,30 +83,10 @@ pub(crate) async fn serve(
     _alive: mpsc::Sender<()>,
 ) {
     shared.stats.session_started();
-    let started = SystemTime::now();
     let t0 = Instant::now();
     // One snapshot for the whole session: later configuration changes do not touch it.
     let snap = shared.snapshot.load_full();
-    let mut rec = SessionRecord {
-        client,
-        proxied_by: None,
-        proxy_header: None,
-        listener: listener.label.clone(),
-        started,
-        duration: Duration::ZERO,
-        protocol: "tcp",
-        status: 200,
-        route: None,
-        service: None,
-        upstream: None,
-        sni: None,
-        tries: Vec::new(),
-        bytes_sent: 0,
-        bytes_received: 0,
-        datagrams: None,
-        reason: CloseReason::ClientClosed,
-        detail: None,
-    };
+    let mut rec = SessionRecord::new(client, listener.label.clone(), "tcp", CloseReason::ClientClosed);
     let mut force = shared.force_close.clone();
 
     let prepared = tokio::select! {

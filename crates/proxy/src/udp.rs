@@ -201,26 +201,7 @@ struct Ctx {
 async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, _alive: mpsc::Sender<()>) {
     ctx.shared.stats.session_started();
     let snap = ctx.shared.snapshot.load_full();
-    let mut rec = SessionRecord {
-        client: ctx.client,
-        proxied_by: None,
-        proxy_header: None,
-        listener: ctx.listener.label.clone(),
-        started: SystemTime::now(),
-        duration: Duration::ZERO,
-        protocol: "udp",
-        status: 200,
-        route: None,
-        service: None,
-        upstream: None,
-        sni: None,
-        tries: Vec::new(),
-        bytes_sent: 0,
-        bytes_received: 0,
-        datagrams: None,
-        reason: CloseReason::IdleTimeout,
-        detail: None,
-    };
+    let mut rec = SessionRecord::new(ctx.client, ctx.listener.label.clone(), "udp", CloseReason::IdleTimeout);
     let mut to_client = (0u64, 0u64);
     let mut pending = vec![first];
     let mut closing = ctx.closing.clone();

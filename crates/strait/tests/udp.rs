@@ -28,6 +28,14 @@ async fn ask(s: &UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// One `udp` service towards `upstream` for clients on 127.0.0.1; `extra`
+/// holds more service fields, as YAML lines.
+fn from_localhost(upstream: SocketAddr, extra: &str) -> String {
+    format!(
+        "services:\n- name: s\n  url: udp://{upstream}\n{extra}  routes: [{{protocols: [udp], sources: [{{ip: 127.0.0.1}}]}}]\n"
+    )
+}
+
 fn gateway(port: u16, body: &str, settings: &[(&str, &str)]) -> Gateway {
     let yaml = format!("_format_version: \"3.0\"\n{body}");
     let mut cfg = GatewayConfig::new(format!("127.0.0.1:{port} udp"), yaml);
@@ -91,10 +99,7 @@ async fn futures_join(n: usize) -> Vec<UdpSocket> {
 async fn sessions_expire_when_idle_and_are_logged() {
     let a = UdpBackend::start("a").await;
     let port = test_support::free_port();
-    let body = format!(
-        "services:\n- name: s\n  url: udp://{}\n  read_timeout: 300\n  routes: [{{protocols: [udp], sources: [{{ip: 127.0.0.1}}]}}]\n",
-        a.addr
-    );
+    let body = from_localhost(a.addr, "  read_timeout: 300\n");
     let gw = gateway(port, &body, &[]);
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = client().await;
@@ -121,10 +126,7 @@ async fn sessions_expire_when_idle_and_are_logged() {
 async fn large_datagrams_the_cap_and_unrouted_clients() {
     let a = UdpBackend::start("a").await;
     let port = test_support::free_port();
-    let body = format!(
-        "services:\n- name: s\n  url: udp://{}\n  routes: [{{protocols: [udp], sources: [{{ip: 127.0.0.1}}]}}]\n",
-        a.addr
-    );
+    let body = from_localhost(a.addr, "");
     let gw = gateway(port, &body, &[("udp_max_sessions", "2")]);
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (c1, c2, c3) = (client().await, client().await, client().await);
@@ -150,10 +152,7 @@ async fn large_datagrams_the_cap_and_unrouted_clients() {
 async fn udp_sessions_end_at_shutdown() {
     let a = UdpBackend::start("a").await;
     let port = test_support::free_port();
-    let body = format!(
-        "services:\n- name: s\n  url: udp://{}\n  routes: [{{protocols: [udp], sources: [{{ip: 127.0.0.1}}]}}]\n",
-        a.addr
-    );
+    let body = from_localhost(a.addr, "");
     let mut gw = gateway(port, &body, &[]);
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let c = client().await;
