@@ -287,15 +287,20 @@ import json, sys
 out, echo, p = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 routes = [{"protocols": ["tcp"], "destinations": [{"ip": f"10.{i // 250}.{i % 250}.1", "port": 1000 + i % 50000}]} for i in range(10000)]
 routes.append({"protocols": ["tcp"], "destinations": [{"port": p}]})
-print(json.dumps({"config": {"_format_version": "3.0", "services": [{"url": f"tcp://127.0.0.1:{echo}", "routes": routes}]}}), file=open(out, "w"))
+print(json.dumps({"_format_version": "3.0", "services": [{"url": f"tcp://127.0.0.1:{echo}", "routes": routes}]}), file=open(out, "w"))
 PY
     $LOAD "$GEN" rate --to 127.0.0.1:$P --conc 8 --secs 6 > "$WORK/during.out" &
     rg=$!
     sleep 1
-    t=$(curl -s -o /dev/null -w '%{time_total}' -X POST -H 'content-type: application/json' \
-      --data-binary @"$WORK/big.json" http://127.0.0.1:$((P + 4))/config)
+    read -r code t < <(curl -s -o "$WORK/apply.out" -w '%{http_code} %{time_total}' -X POST \
+      -H 'content-type: application/json' --data-binary @"$WORK/big.json" http://127.0.0.1:$((P + 4))/config)
     wait $rg
-    record strait apply_10k_routes 1 "$t" s "$(field "$(cat "$WORK/during.out")" errors)" "failed sessions"
+    if [ "$code" = 201 ]; then
+      record strait apply_10k_routes 1 "$t" s "$(field "$(cat "$WORK/during.out")" errors)" "failed sessions"
+    else
+      echo "applying 10,000 routes failed: $code $(head -c 300 "$WORK/apply.out")" >&2
+      record strait apply_10k_routes 1 fail s "" ""
+    fi
   fi
   stop_pid "$pid"
   P=$((P + 10))
@@ -335,7 +340,7 @@ for s in scen:
         ratio = f"{st / b:.2f}" if b else "-"
     lines.append(f"| {s} | {unit} | " + " | ".join(cell(p, s, "value") for p in proxies) + f" | {ratio} |")
     cu = next((r["cpu_unit"] for r in rows if r["scenario"] == s and r["cpu_unit"]), "")
-    if cu and s not in ("apply_10k_routes",):
+    if cu:
         best = [m for m in (mean("nginx", s, "proxy_cpu"), mean("haproxy", s, "proxy_cpu")) if m is not None]
         st = mean("strait", s, "proxy_cpu")
         ratio = f"{st / min(best):.2f}" if best and st and min(best) else "-"

@@ -660,8 +660,13 @@ async fn post_config(req: &Req<'_>) -> Reply {
     };
     let text = form_config.unwrap_or_else(|| String::from_utf8_lossy(req.body).into_owned());
     let mut doc = strait_model::declarative::parse_text(&text).map_err(|e| ApiError::bad_body(&e))?;
-    if let Some(inner) = doc.get("config").and_then(Value::as_str) {
-        doc = strait_model::declarative::parse_text(inner).map_err(|e| ApiError::bad_body(&e))?;
+    match doc.get("config") {
+        Some(Value::String(inner)) => {
+            doc = strait_model::declarative::parse_text(inner).map_err(|e| ApiError::bad_body(&e))?;
+        }
+        // `{"config": {...}}`: the document itself, as JSON clients send it.
+        Some(Value::Object(inner)) if doc.get("_format_version").is_none() => doc = Value::Object(inner.clone()),
+        _ => {}
     }
     // Validate first, to compare the hash of what would be served.
     let loaded = strait_model::load_value_with(&doc, req.control().options()).map_err(|e| match e {

@@ -342,6 +342,12 @@ async fn data_survives_a_restart_and_config_round_trips() {
     assert_eq!(r.status, 201, "{:?}", r.json());
     let r = request(off_admin, "POST", "/config?check_hash=1", Some(("application/yaml", plain)), &[]).await;
     assert_eq!(r.status, 304);
+    // The document as a JSON object under "config", as JSON clients send it.
+    let wrapped =
+        json!({"config": {"_format_version": "3.0", "services": [{"name": "y", "url": "tcp://127.0.0.1:8"}]}});
+    let r = send_json(off_admin, "POST", "/config", &wrapped).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(get(off_admin, "/services/y").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
