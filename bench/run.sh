@@ -21,7 +21,17 @@ ROOT=$(cd "$HERE/.." && pwd)
 WORK=$(mktemp -d /tmp/strait-bench.XXXXXX)
 RESULTS="$HERE/results"
 mkdir -p "$RESULTS"
-trap 'jobs -p | xargs -r kill 2>/dev/null; pkill -f "iperf3 -s -p 19003" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+# Proxies are started inside $(...) and so are not this shell's jobs: their
+# PIDs are listed in $WORK/pids for the exit trap.
+cleanup() {
+  local status=$?
+  jobs -p | xargs -r kill 2>/dev/null || true
+  if [ -f "$WORK/pids" ]; then xargs -r kill 2>/dev/null < "$WORK/pids" || true; fi
+  pkill -f "iperf3 -s -p 19003" 2>/dev/null || true
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+  exit $status
+}
+trap cleanup EXIT
 
 if [ $QUICK = 1 ]; then SECS=2; IDLE=2000; IPERF_SECS=2; else SECS=5; IDLE=9000; IPERF_SECS=5; fi
 
@@ -98,6 +108,7 @@ stream {
 EOF
   # Output away from the caller's $(...), which would otherwise wait for it.
   $PROXYCPU nginx -c "$WORK/nginx.conf" -p "$WORK" >"$WORK/nginx.out" 2>&1 &
+  echo $! >> "$WORK/pids"
   echo $!
 }
 
@@ -135,6 +146,7 @@ backend iperf
   server s 127.0.0.1:$IPERF
 EOF
   $PROXYCPU haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
+  echo $! >> "$WORK/pids"
   echo $!
 }
 
@@ -169,6 +181,7 @@ worker_threads = 1
 log_level = "warn"
 EOF
   $PROXYCPU "$STRAIT" start -c "$WORK/strait.toml" >"$WORK/strait.out" 2>&1 &
+  echo $! >> "$WORK/pids"
   echo $!
 }
 
@@ -292,7 +305,7 @@ PY
     $LOAD "$GEN" rate --to 127.0.0.1:$P --conc 8 --secs 6 > "$WORK/during.out" &
     rg=$!
     sleep 1
-    read -r code t < <(curl -s -o "$WORK/apply.out" -w '%{http_code} %{time_total}' -X POST \
+    read -r code t < <(curl -s -o "$WORK/apply.out" -w '%{http_code} %{time_total}\n' -X POST \
       -H 'content-type: application/json' --data-binary @"$WORK/big.json" http://127.0.0.1:$((P + 4))/config)
     wait $rg
     if [ "$code" = 201 ]; then
