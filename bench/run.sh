@@ -365,3 +365,7 @@ text = "\n".join(lines) + "\n"
 out.write(text)
 print(text)
 PY
+
+# Micro-benchmarks, on the proxy's core: the router and the ClientHello parser.
+echo "Micro-benchmarks (ns per operation):"
+$PROXYCPU "$GEN" micro --iters $([ $QUICK = 1 ] && echo 500000 || echo 2000000) | tee "$RESULTS/micro.txt"

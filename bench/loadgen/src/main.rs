@@ -87,6 +87,12 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         bytes: usize,
     },
+    /// Micro-benchmarks: router lookups with 10 and 10,000 routes, and the
+    /// ClientHello parser, in nanoseconds per operation.
+    Micro {
+        #[arg(long, default_value_t = 2_000_000)]
+        iters: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -100,6 +106,7 @@ fn main() -> Result<()> {
             Cmd::Rate { to, conc, secs, sni, ca } => rate(to, conc, secs, sni, ca).await,
             Cmd::Latency { to, conns, secs } => latency(to, conns, secs).await,
             Cmd::Idle { to, conns, bytes } => idle(to, conns, bytes).await,
+            Cmd::Micro { iters } => micro(iters),
         }
     })
 }
@@ -322,4 +329,68 @@ async fn idle(to: SocketAddr, conns: usize, bytes: usize) -> Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// Times `op` over `iters` runs (after a warm-up) and prints ns per run.
+fn time_op(name: &str, iters: u64, mut op: impl FnMut() -> bool) {
+    for _ in 0..iters / 10 {
+        std::hint::black_box(op());
+    }
+    let t0 = Instant::now();
+    let mut hits = 0u64;
+    for _ in 0..iters {
+        hits += u64::from(std::hint::black_box(op()));
+    }
+    let ns = t0.elapsed().as_nanos() as f64 / iters as f64;
+    println!("{name} ns_per_op={ns:.1} hits={hits}");
+}
+
+fn micro(iters: u64) -> Result<()> {
+    use strait_router::{ConnKind, Facts, Router};
+    for n in [10usize, 10_000] {
+        // `n` routes on distinct destination addresses and ports, plus SNI routes.
+        let mut yaml = String::from("_format_version: \"3.0\"\nservices:\n- url: tcp://127.0.0.1:1\n  routes:\n");
+        for i in 0..n {
+            yaml.push_str(&format!(
+                "  - {{protocols: [tcp], destinations: [{{ip: 10.{}.{}.1, port: {}}}]}}\n",
+                i / 250 % 250,
+                i % 250,
+                1000 + i % 50_000
+            ));
+            if i % 10 == 0 {
+                yaml.push_str(&format!("  - {{protocols: [tls_passthrough], snis: [\"h{i}.example.com\"]}}\n"));
+            }
+        }
+        yaml.push_str("  - {protocols: [tls_passthrough], snis: [\"*.wild.example.com\"]}\n");
+        let config = strait_model::load_str(&yaml).map_err(|e| anyhow::anyhow!("{e}"))?.config;
+        let router = Router::new(&config);
+        let mid = n / 2;
+        let dst: SocketAddr = format!("10.{}.{}.1:{}", mid / 250 % 250, mid % 250, 1000 + mid % 50_000).parse()?;
+        let src: SocketAddr = "192.0.2.7:40000".parse()?;
+        let plain = Facts { src, dst, sni: None };
+        time_op(&format!("router_{n}_routes_by_destination"), iters, || router.find(ConnKind::Plain, &plain).is_some());
+        let sni = Facts { src, dst, sni: Some("a.b.wild.example.com") };
+        time_op(&format!("router_{n}_routes_by_wildcard_sni"), iters, || {
+            router.find(ConnKind::TlsOnPlain, &sni).is_some()
+        });
+    }
+    // A real ClientHello, as rustls sends it.
+    let config = client_config_insecure()?;
+    let mut conn = rustls::ClientConnection::new(config, ServerName::try_from("db.example.com")?)?;
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello)?;
+    time_op(&format!("client_hello_{}_bytes", hello.len()), iters, || {
+        matches!(strait_tls::peek(&hello), strait_tls::Peek::Hello(_))
+    });
+    Ok(())
+}
+
+/// A client configuration that is only used to produce a ClientHello.
+fn client_config_insecure() -> Result<Arc<rustls::ClientConfig>> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
