@@ -59,6 +59,15 @@ async fn banner(port: u16) -> String {
     banner_from("127.0.0.1", port).await
 }
 
+/// `n` short sessions one after another: the serving backends' names, in order.
+async fn banners(port: u16, n: usize) -> Vec<String> {
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n {
+        names.push(banner(port).await);
+    }
+    names
+}
+
 /// Waits (bounded) until the access log has at least `n` lines.
 async fn wait_lines(gw: &Gateway, n: usize) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -143,10 +152,7 @@ async fn weighted_round_robin_follows_the_weights() {
     let port = test_support::free_port();
     let yaml = pool(port, "round-robin", &[(a.addr, 100), (b.addr, 200), (c.addr, 300)], "");
     let (_gw, _) = start(port, yaml, &[]);
-    let mut names = Vec::new();
-    for _ in 0..300 {
-        names.push(banner(port).await);
-    }
+    let names = banners(port, 300).await;
     let n = count(&names);
     // Expected 50/100/150; the schedule is exact, the tolerance is ±10%.
     for (name, want) in [("a", 50), ("b", 100), ("c", 150)] {
@@ -303,10 +309,7 @@ async fn active_checks_eject_a_stopped_backend_and_restore_it() {
     let _a = Backend::plain_at("a", a_addr).await;
     let report = wait_health(admin, "pool", &target, "HEALTHY").await;
     assert!(report.to_string().contains("1 successes"), "restored by a probe: {report:#}");
-    let mut names = Vec::new();
-    for _ in 0..8 {
-        names.push(banner(port).await);
-    }
+    let names = banners(port, 8).await;
     assert!(names.iter().any(|n| n == "a"), "the restored target serves again: {names:?}");
 }
 
@@ -388,10 +391,7 @@ async fn probes_of_unhealthy_targets_undo_a_passive_ejection() {
     let _back = Backend::plain_at("flaky", flaky).await;
     let report = wait_health(admin, "pool", &target, "HEALTHY").await;
     assert!(report.to_string().contains("1 successes"), "{report:#}");
-    let mut names = Vec::new();
-    for _ in 0..6 {
-        names.push(banner(port).await);
-    }
+    let names = banners(port, 6).await;
     assert!(names.iter().any(|n| n == "flaky"), "{names:?}");
 }
 
@@ -471,10 +471,7 @@ async fn manual_overrides_and_health_that_survives_other_changes() {
     let r = request(admin, "PUT", "/upstreams/pool/targets/10.9.9.9:1/healthy", None, &[]).await;
     assert_eq!(r.status, 404);
     assert_eq!(get(admin, "/upstreams/nope/health").await.status, 404);
-    let mut names = Vec::new();
-    for _ in 0..6 {
-        names.push(banner(port).await);
-    }
+    let names = banners(port, 6).await;
     assert!(names.iter().any(|n| n == "a"), "{names:?}");
 
     // The balancer as a whole.
@@ -614,10 +611,7 @@ services:
     assert_eq!(r.status, 404);
 
     // SRV: ports and weights from the records, lowest priority only.
-    let mut names = Vec::new();
-    for _ in 0..40 {
-        names.push(banner(srv_port).await);
-    }
+    let names = banners(srv_port, 40).await;
     let n = count(&names);
     assert_eq!(n.get("a"), None, "the backup priority was used: {n:?}");
     let two = n.get("srv2").copied().unwrap_or(0);
@@ -637,10 +631,7 @@ async fn latency_prefers_the_target_that_connects_faster() {
         .replace("  protocol: tcp\n", "  protocol: tls\n  tls_verify: false\n");
     let (_gw, _) = start(port, yaml, &[]);
     // Each address is measured once first, then the faster one wins.
-    let mut names = Vec::new();
-    for _ in 0..12 {
-        names.push(banner(port).await);
-    }
+    let names = banners(port, 12).await;
     let n = count(&names[2..]);
     assert!(n.get("fast").copied().unwrap_or(0) >= 9, "{names:?}");
     assert!(slow.accepted() >= 1, "the slow target was never measured");
