@@ -125,6 +125,14 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             only(m, &[Method::GET])?;
             status(req).await
         }
+        ["metrics"] => {
+            only(m, &[Method::GET])?;
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                metrics_text(req.state),
+            )
+                .into_response())
+        }
         ["config"] => match *m {
             Method::GET => get_config(req),
             Method::POST => post_config(req).await,
@@ -608,8 +616,13 @@ fn root(req: &Req<'_>) -> Reply {
 }
 
 async fn status(req: &Req<'_>) -> Reply {
-    let cur = req.control().current();
-    let st = req.state.stats.snapshot();
+    json_reply(StatusCode::OK, status_body(req.state).await)
+}
+
+/// The body of `/status` (Admin API and status API).
+pub async fn status_body(state: &AdminState) -> Value {
+    let cur = state.control.current();
+    let st = state.stats.snapshot();
     let mut body = json!({
         "server": {
             "connections_accepted": st.accepted,
@@ -623,10 +636,16 @@ async fn status(req: &Req<'_>) -> Reply {
         "configuration_hash": cur.hash,
         "configuration_version": cur.version,
     });
-    if let Some(store) = req.control().store() {
+    if let Some(store) = state.control.store() {
         body["database"] = json!({ "reachable": store.ping().await.is_ok() });
     }
-    json_reply(StatusCode::OK, body)
+    body
+}
+
+/// The Prometheus exposition (`/metrics`).
+pub fn metrics_text(state: &AdminState) -> String {
+    let control = &state.control;
+    control.plugins().metrics().render(state.stats.snapshot(), &control.upstreams().all_health())
 }
 
 fn rss_bytes() -> Option<u64> {

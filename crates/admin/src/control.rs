@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
 use strait_model::{Config, EntityError, KeyPair, LoadError, Options, export, load_value_with};
-use strait_proxy::{Snapshot, Upstreams};
+use strait_proxy::{Plugins, Snapshot, Upstreams};
 use strait_store::{Row, Store};
 
 use crate::error::ApiError;
@@ -110,6 +110,7 @@ pub struct Control {
     options: Options,
     publish: OnceLock<Publisher>,
     upstreams: Arc<Upstreams>,
+    plugins: Arc<Plugins>,
 }
 
 impl std::fmt::Debug for Control {
@@ -149,6 +150,7 @@ impl Control {
         default_cert: KeyPair,
         options: Options,
         upstreams: Arc<Upstreams>,
+        plugins: Arc<Plugins>,
     ) -> Result<(Arc<Control>, Snapshot), ControlError> {
         let seed_doc = (store.is_some() && !is_empty(&initial)).then(|| export::to_declarative(&initial));
         let current = match &store {
@@ -172,7 +174,7 @@ impl Control {
             }
         };
         let seed = if current.version == 0 { seed_doc } else { None };
-        let snapshot = Snapshot::compile(current.config.clone(), &default_cert, &upstreams)?;
+        let snapshot = Snapshot::compile(current.config.clone(), &default_cert, &upstreams, &plugins)?;
         let control = Arc::new(Control {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             current: ArcSwap::from_pointee(current),
@@ -181,12 +183,17 @@ impl Control {
             options,
             publish: OnceLock::new(),
             upstreams,
+            plugins,
         });
         if let Some(doc) = seed {
             control.apply(|d| replace_all(d, doc)).await.map_err(|e| ControlError::Import(e.body.to_string()))?;
             tracing::info!("the empty store was seeded from declarative_config");
-            let snapshot =
-                Snapshot::compile(control.current().config.clone(), &control.default_cert, &control.upstreams)?;
+            let snapshot = Snapshot::compile(
+                control.current().config.clone(),
+                &control.default_cert,
+                &control.upstreams,
+                &control.plugins,
+            )?;
             return Ok((control, snapshot));
         }
         Ok((control, snapshot))
@@ -212,6 +219,10 @@ impl Control {
     }
 
     /// Balancer and health state, for the health endpoints.
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
+    }
+
     pub fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
     }
@@ -255,8 +266,8 @@ impl Control {
                 .map(|i| format!("{kind}[{}]", i + 1))
         });
         let loaded = load_value_with(&doc, &self.options).map_err(|e| load_error(e, target_path.as_deref()))?;
-        let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert, &self.upstreams)
-            .map_err(|e| ApiError::entity(&e.to_string()))?;
+        let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert, &self.upstreams, &self.plugins)
+            .map_err(compile_error)?;
         if dry_run {
             return Ok(Applied { current: old, target });
         }
@@ -461,6 +472,19 @@ fn load_error(err: LoadError, target: Option<&str>) -> ApiError {
         }
     }
     ApiError::schema(fields)
+}
+
+/// A configuration that validated but does not compile. A plugin's error
+/// on one of its config fields becomes Kong's schema violation on that field.
+fn compile_error(e: strait_proxy::CompileError) -> ApiError {
+    if let strait_proxy::CompileError::Plugin { reason, .. } = &e {
+        if let Some((field, msg)) = reason.split_once(": ").filter(|(f, _)| f.starts_with("config.")) {
+            let mut fields = Map::new();
+            insert_nested(&mut fields, field, json!(msg));
+            return ApiError::schema(fields);
+        }
+    }
+    ApiError::entity(&e.to_string())
 }
 
 /// `sources[2].ip` → `{"sources": [null, {"ip": msg}]}`, as Kong nests field errors.

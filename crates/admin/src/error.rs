@@ -43,7 +43,8 @@ impl ApiError {
 
     /// Kong code 2. `fields` maps field names (or `@entity`) to messages.
     pub fn schema(fields: Map<String, Value>) -> ApiError {
-        let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {}", flat_message(v))).collect();
+        let mut parts = Vec::new();
+        flat_parts(&fields, "", &mut parts);
         let message = if parts.len() == 1 {
             format!("schema violation ({})", parts[0])
         } else {
@@ -147,6 +148,16 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED,
             "cannot create or update entities when database is 'off'; use POST /config",
         )
+    }
+}
+
+/// `{"config": {"path": "x"}}` → `config.path: x`, as Kong words nested errors.
+fn flat_parts(fields: &Map<String, Value>, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in fields {
+        match v {
+            Value::Object(inner) if k != "@entity" => flat_parts(inner, &format!("{prefix}{k}."), out),
+            _ => out.push(format!("{prefix}{k}: {}", flat_message(v))),
+        }
     }
 }
 

@@ -61,6 +61,37 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(DefaultBodyLimit::disable())
 }
 
+/// The status API (`status_listen`): `GET /status` and `GET /metrics`,
+/// read-only and without the admin token, as Kong's.
+pub fn status_router(state: Arc<AdminState>) -> Router {
+    Router::new().fallback(move |request: axum::extract::Request| {
+        let state = state.clone();
+        async move {
+            use axum::http::{Method, StatusCode, header};
+            if request.method() != Method::GET && request.method() != Method::HEAD {
+                return ApiError::message(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed").into_response();
+            }
+            match request.uri().path().trim_end_matches('/') {
+                "/metrics" => {
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api::metrics_text(&state))
+                        .into_response()
+                }
+                "/status" => axum::Json(api::status_body(&state).await).into_response(),
+                _ => ApiError::message(StatusCode::NOT_FOUND, "Not found").into_response(),
+            }
+        }
+    })
+}
+
+/// Serves the status API on `listener` until `shutdown` completes.
+pub async fn serve_status(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, status_router(state)).with_graceful_shutdown(shutdown).await
+}
+
 /// Serves the Admin API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["GET"]),
     ("/status", &["GET"]),
+    ("/metrics", &["GET"]),
     ("/config", &["GET", "POST"]),
     ("/openapi.json", &["GET"]),
     ("/plugins/enabled", &["GET"]),

@@ -58,6 +58,8 @@ pub struct Settings {
     pub stream_listen: Vec<ListenEntry>,
     /// Where the Admin API listens; empty when `off`.
     pub admin_listen: Vec<AdminListen>,
+    /// Kong's `status_listen`: `/status` and `/metrics`, read-only; off by default.
+    pub status_listen: Vec<AdminListen>,
     /// When set, Admin API requests must carry it in `Kong-Admin-Token`.
     pub admin_token: Option<String>,
     /// Kong's `plugins`: `bundled` and/or custom plugin names; empty when `off`.
@@ -259,12 +261,8 @@ impl Settings {
                     }
                     "admin_listen" => s.admin_listen = parse_admin_listen(&raw.text()?)?,
                     "plugins" => {
-                        let v = raw.text()?;
-                        s.plugins = if v.eq_ignore_ascii_case("off") {
-                            Vec::new()
-                        } else {
-                            v.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect()
-                        };
+                        let v = raw.list()?;
+                        s.plugins = if v.len() == 1 && v[0].eq_ignore_ascii_case("off") { Vec::new() } else { v };
                         if let Some(bad) = s
                             .plugins
                             .iter()
@@ -279,14 +277,7 @@ impl Settings {
                         let v = raw.text()?;
                         s.admin_token = if v.is_empty() { None } else { Some(v) };
                     }
-                    "status_listen" => {
-                        let v = raw.text()?;
-                        if !v.eq_ignore_ascii_case("off") {
-                            return Err(format!(
-                                "only \"off\" is supported yet (/status is served on admin_listen); found '{v}'"
-                            ));
-                        }
-                    }
+                    "status_listen" => s.status_listen = parse_admin_listen(&raw.text()?)?,
                     "log_level" => s.log_level = parse_log_level(&raw.text()?)?,
                     "proxy_stream_access_log" => access_log_raw = Some(raw.text()?),
                     "ssl_cert" => cert = Some(raw.path(base)?),
@@ -396,6 +387,7 @@ impl Settings {
             declarative_config: None,
             stream_listen: Vec::new(),
             admin_listen: parse_admin_listen("127.0.0.1:8001").unwrap_or_default(),
+            status_listen: Vec::new(),
             admin_token: None,
             plugins: vec!["bundled".to_owned()],
             admin_ssl_cert: None,

@@ -138,6 +138,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "key-auth",
     "ldap-auth",
     "loggly",
+    "mtls-auth",
     "oauth2",
     "opentelemetry",
     "post-function",
@@ -179,10 +180,31 @@ impl PluginNames {
     }
 }
 
+/// A plugin config checked: filled in with defaults, or `(field, message)` errors.
+pub type ConfigCheck = Result<Map<String, Value>, Vec<(String, String)>>;
+
+/// What Strait knows of plugins' configurations: implemented by the plugin
+/// registry, so that the declarative file and the Admin API check a plugin's
+/// `config` the same way.
+pub trait PluginSchemas: Send + Sync {
+    /// Checks `config` for the plugin `name` and returns it with defaults
+    /// filled in, or the errors as `(field under config, message)`. `None`
+    /// when Strait does not run this plugin on streams (Kong's HTTP-only
+    /// plugins): its config is kept as given.
+    fn check(&self, name: &str, config: &Map<String, Value>) -> Option<ConfigCheck>;
+}
+
 /// What loading depends on besides the document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Options {
     pub plugins: PluginNames,
+    pub schemas: Option<std::sync::Arc<dyn PluginSchemas>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options").field("plugins", &self.plugins).field("schemas", &self.schemas.is_some()).finish()
+    }
 }
 
 /// Validates a parsed declarative value with the default options.
@@ -997,16 +1019,42 @@ impl Builder {
             }
         }
         let origin = Origin { path, name: name.clone() };
-        let meta = meta(&mut f, "plugin", &origin);
         let instance_name = f.str("instance_name").map(str::to_owned);
-        let config = match f.get("config") {
-            None => Map::new(),
+        // A generated id names the plugin in its scope: Kong allows one
+        // instance of a plugin per route, service and global scope.
+        let scope = |field: &str, parent: Option<Uuid>| match (parent, f.get(field)) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(v)) => v.to_string(),
+            (None, None) => String::new(),
+        };
+        let id_key = format!(
+            "{}|{}|service:{}|route:{}",
+            name.as_deref().unwrap_or_default(),
+            instance_name.as_deref().unwrap_or_default(),
+            scope("service", service.map(|s| self.config.services[s.0].meta.id)),
+            scope("route", route.map(|r| self.config.routes[r.0].meta.id)),
+        );
+        let meta = meta(&mut f, "plugin", &Origin { path: id_key, name: None });
+        let mut config = match f.get("config") {
+            None | Some(Value::Null) => Map::new(),
             Some(Value::Object(o)) => o.clone(),
             Some(_) => {
                 f.err("config", "expected a record");
                 Map::new()
             }
         };
+        if let (Some(n), Some(schemas)) = (&name, &self.options.schemas) {
+            match schemas.check(n, &config) {
+                None => {}
+                Some(Ok(filled)) => config = filled,
+                Some(Err(errors)) => {
+                    for (field, message) in errors {
+                        let field = if field == ENTITY { field } else { format!("config.{field}") };
+                        f.err(field, message);
+                    }
+                }
+            }
+        }
         for key in ["consumer", "consumer_group"] {
             if f.has(key) {
                 f.err(key, "stream plugins cannot be scoped to consumers");

@@ -36,6 +36,8 @@ pub enum CloseReason {
     Shutdown,
     /// A missing, malformed or untrusted PROXY protocol header.
     BadProxyHeader,
+    /// A plugin refused the session.
+    Rejected,
 }
 
 impl CloseReason {
@@ -56,6 +58,7 @@ impl CloseReason {
             CloseReason::UpstreamError => "upstream error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::BadProxyHeader => "bad proxy header",
+            CloseReason::Rejected => "rejected by plugin",
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct SessionRecord {
     pub upstream: Option<SocketAddr>,
     pub sni: Option<String>,
     pub tries: Vec<Try>,
+    /// From accept until the upstream was ready (Kong's `latencies.kong`).
+    pub connected_after: Option<Duration>,
     /// Bytes sent to the client.
     pub bytes_sent: u64,
     /// Bytes received from the client.
@@ -119,6 +124,7 @@ impl SessionRecord {
             upstream: None,
             sni: None,
             tries: Vec::new(),
+            connected_after: None,
             bytes_sent: 0,
             bytes_received: 0,
             datagrams: None,
@@ -325,6 +331,7 @@ mod tests {
                 },
                 Try { addr: "127.0.0.1:6379".parse().unwrap(), started: UNIX_EPOCH, took: Duration::ZERO, error: None },
             ],
+            connected_after: None,
             bytes_sent: 10,
             bytes_received: 20,
             datagrams: None,

@@ -62,6 +62,8 @@ pub(crate) struct Ends<'a> {
     pub(crate) client: SocketAddr,
     pub(crate) local: SocketAddr,
     pub(crate) sni: Option<&'a str>,
+    /// An address a plugin chose, instead of the service's destination.
+    pub(crate) target: Option<SocketAddr>,
 }
 
 /// Why one attempt failed.
@@ -107,7 +109,15 @@ pub(crate) async fn connect(
     let attempts = u32::from(svc.retries) + 1;
     let mut tries = Vec::new();
     let mut last = None;
-    match &snap.services[service].destination {
+    let chosen;
+    let destination = match ends.target {
+        Some(addr) => {
+            chosen = Destination::Addr(addr);
+            &chosen
+        }
+        None => &snap.services[service].destination,
+    };
+    match destination {
         Destination::Addr(addr) => {
             for _ in 0..attempts {
                 let started = SystemTime::now();

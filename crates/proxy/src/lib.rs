@@ -8,6 +8,7 @@
 pub mod access_log;
 mod connect;
 mod listener;
+pub mod plugin;
 pub mod proxy_protocol;
 pub mod relay;
 mod rewind;
@@ -26,6 +27,8 @@ use tokio::task::JoinHandle;
 
 pub use access_log::{AccessLogWriter, AccessLogger, CloseReason, SessionRecord};
 pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
+pub use plugin::prometheus::Metrics;
+pub use plugin::{Plugins, Registry};
 pub use snapshot::{CompileError, Snapshot};
 pub use upstream::{AddressHealth, SetHealthError, TargetHealth, UpstreamHealth, Upstreams};
 

@@ -79,6 +79,19 @@ pub struct RelayOutcome {
     pub upstream_to_client: u64,
 }
 
+/// Periodic reports of a running relay's byte counts (client to upstream,
+/// upstream to client), for log plugins' progress entries.
+pub struct Report<'a> {
+    pub every: Duration,
+    pub call: &'a mut (dyn FnMut(u64, u64) + Send),
+}
+
+impl std::fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Report").field("every", &self.every).finish_non_exhaustive()
+    }
+}
+
 /// One direction: read from one side, write to the other.
 struct Half {
     /// Held only while bytes are in flight or a read is being made.
@@ -232,6 +245,7 @@ pub async fn relay<C, U>(
     upstream: &mut U,
     idle: Duration,
     shutdown: &mut watch::Receiver<bool>,
+    mut report: Option<Report<'_>>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -243,6 +257,8 @@ where
     let mut last_activity = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(last_activity + idle));
     let mut stop = pin!(shutdown.wait_for(|s| *s));
+    // A second timer only for sessions that report progress.
+    let mut tick = report.as_ref().map(|r| Box::pin(tokio::time::sleep(r.every)));
 
     let end = poll_fn(|cx| {
         if stop.as_mut().poll(cx).is_ready() {
@@ -261,6 +277,12 @@ where
         }
         if progress {
             last_activity = Instant::now();
+        }
+        if let (Some(r), Some(t)) = (report.as_mut(), tick.as_mut()) {
+            while t.as_mut().poll(cx).is_ready() {
+                (r.call)(c2u.bytes, u2c.bytes);
+                t.as_mut().reset(Instant::now() + r.every);
+            }
         }
         while timer.as_mut().poll(cx).is_ready() {
             let deadline = last_activity + idle;
@@ -302,7 +324,9 @@ mod tests {
         let (mut up_near, mut up_far) = duplex(64);
         let (_tx, mut rx) = watch::channel(false);
         let relay =
-            tokio::spawn(async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &mut rx).await });
+            tokio::spawn(
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &mut rx, None).await },
+            );
         client_far.write_all(b"ping").await.unwrap();
         client_far.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -323,7 +347,7 @@ mod tests {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
         let (_tx, mut rx) = watch::channel(false);
-        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &mut rx).await;
+        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &mut rx, None).await;
         assert!(matches!(out.end, RelayEnd::IdleTimeout));
     }
 
@@ -333,7 +357,9 @@ mod tests {
         let (mut up_near, mut up_far) = duplex(64);
         let (_tx, mut rx) = watch::channel(false);
         let task =
-            tokio::spawn(async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &mut rx).await });
+            tokio::spawn(
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &mut rx, None).await },
+            );
         let start = Instant::now();
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -352,8 +378,9 @@ mod tests {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
         let (tx, mut rx) = watch::channel(false);
-        let task =
-            tokio::spawn(async move { relay(&mut client_near, &mut up_near, Duration::from_secs(600), &mut rx).await });
+        let task = tokio::spawn(async move {
+            relay(&mut client_near, &mut up_near, Duration::from_secs(600), &mut rx, None).await
+        });
         tx.send(true).unwrap();
         let out = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert!(matches!(out.end, RelayEnd::Shutdown));

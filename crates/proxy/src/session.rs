@@ -1,6 +1,7 @@
 //! The life of one session, in order: classify (TLS or not, and the SNI),
-//! route, [preread plugins], terminate TLS if the route says so, connect to
-//! the upstream (with TLS if the service says so), relay, log.
+//! route, terminate TLS if the route says so (after the `certificate` plugin
+//! phase), run the `preread` plugins, connect to the upstream (with TLS if
+//! the service says so), relay, then log (access log and `log` plugins).
 //!
 //! Every step that waits on the client or the upstream has a deadline, and
 //! every way a session can end maps to a Kong stream status and a close
@@ -21,8 +22,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::{CloseReason, SessionRecord};
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
+use crate::plugin::{Chain, PhaseOutcome, Session, TlsInfo};
 use crate::proxy_protocol::{self, Parsed};
-use crate::relay::{RelayEnd, Side, relay};
+use crate::relay::{RelayEnd, Report, Side, relay};
 use crate::rewind::Rewind;
 use crate::snapshot::Snapshot;
 use crate::upstream::InUse;
@@ -73,6 +75,12 @@ struct Ready {
     _in_use: Option<InUse>,
 }
 
+/// The plugins running for a session, with its state as they see it.
+struct Plugged {
+    chain: Arc<Chain>,
+    s: Session,
+}
+
 /// Runs one session to its end and writes its log line.
 pub(crate) async fn serve(
     stream: TcpStream,
@@ -88,11 +96,12 @@ pub(crate) async fn serve(
     let snap = shared.snapshot.load_full();
     let mut rec = SessionRecord::new(client, listener.label.clone(), "tcp", CloseReason::ClientClosed);
     let mut force = shared.force_close.clone();
+    let mut plugged: Option<Plugged> = None;
 
     let prepared = tokio::select! {
         biased;
         _ = force.wait_for(|v| *v) => Err(Fail::new(503, CloseReason::Shutdown, None)),
-        r = prepare(&mut rec, stream, local, &listener, &shared, &snap) => r,
+        r = prepare(&mut rec, &mut plugged, stream, local, &listener, &shared, &snap) => r,
     };
     match prepared {
         Err(fail) => {
@@ -101,14 +110,29 @@ pub(crate) async fn serve(
             rec.detail = fail.detail;
         }
         Ok(mut ready) => {
+            rec.connected_after = Some(t0.elapsed());
             use ClientStream as C;
             use UpstreamStream as U;
             let idle = ready.idle;
+            // Log plugins that report long sessions while they run.
+            let every = plugged.as_ref().and_then(|p| p.chain.progress_every);
+            let mut progress = |up: u64, down: u64| {
+                if let Some(p) = plugged.as_mut() {
+                    let mut now = rec.clone();
+                    now.bytes_received = up;
+                    now.bytes_sent = down;
+                    now.duration = t0.elapsed();
+                    p.s.record = Some(now);
+                    p.chain.progress(&mut p.s);
+                    p.s.record = None;
+                }
+            };
+            let report = every.map(|every| Report { every, call: &mut progress });
             let out = match (&mut ready.client, &mut ready.upstream) {
-                (C::Plain(c), U::Plain(u)) => relay(c, u, idle, &mut force).await,
-                (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, &mut force).await,
-                (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, &mut force).await,
-                (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, &mut force).await,
+                (C::Plain(c), U::Plain(u)) => relay(c, u, idle, &mut force, report).await,
+                (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, &mut force, report).await,
+                (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, &mut force, report).await,
+                (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, &mut force, report).await,
             };
             rec.bytes_received = out.client_to_upstream;
             rec.bytes_sent = out.upstream_to_client;
@@ -131,18 +155,35 @@ pub(crate) async fn serve(
     if rec.status >= 400 {
         tracing::debug!(client = %rec.client, status = rec.status, reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
     }
-    shared.log.log(&rec);
+    // The log phase: the route's plugins, or the global ones for a session
+    // that never reached a route.
+    let plugged = plugged.or_else(|| {
+        let chain = snap.chain(None)?.clone();
+        Some(Plugged { chain, s: Session::new(snap.clone(), rec.client, local, listener.label.clone()) })
+    });
+    let rec = match plugged {
+        Some(mut p) => {
+            p.s.record = Some(rec);
+            p.chain.log(&mut p.s);
+            p.s.record.take()
+        }
+        None => Some(rec),
+    };
+    if let Some(rec) = &rec {
+        shared.log.log(rec);
+    }
     shared.stats.session_ended();
 }
 
 /// Everything before the relay: classify, route, TLS, connect.
 async fn prepare(
     rec: &mut SessionRecord,
+    plugged: &mut Option<Plugged>,
     mut stream: TcpStream,
     local: SocketAddr,
     listener: &ListenerInfo,
     shared: &Shared,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
 ) -> Result<Ready, Fail> {
     let mut buf = Vec::new();
     // Behind a load balancer: the header's addresses are the session's.
@@ -184,6 +225,7 @@ async fn prepare(
     // Route.
     let facts = Facts { src: client, dst: local, sni: rec.sni.as_deref() };
     let Some(RouteIdx(ri)) = snap.router.find(kind, &facts) else {
+        snap.metrics.router_miss();
         let detail = match (kind, need) {
             (ConnKind::Plain, PrereadNeed::TlsOnly) if buf.is_empty() => {
                 "only TLS routes match and no ClientHello arrived"
@@ -218,13 +260,39 @@ async fn prepare(
         "tcp"
     };
 
-    // The preread phase (plugins) will run here: after routing, before any
-    // TLS work or upstream connection.
+    // Plugins see the session from here on (and log it whatever happens).
+    if let Some(chain) = snap.chain(Some(ri)) {
+        let mut s = Session::new(Arc::clone(snap), client, local, listener.label.clone());
+        s.protocol = match rec.protocol {
+            "tls_passthrough" => Protocol::TlsPassthrough,
+            "tls" => Protocol::Tls,
+            _ => Protocol::Tcp,
+        };
+        s.sni = rec.sni.clone();
+        s.alpn = hello.as_ref().map(|h| h.alpn.clone()).unwrap_or_default();
+        s.route = Some(RouteIdx(ri));
+        *plugged = Some(Plugged { chain: chain.clone(), s });
+    }
 
-    let client_stream = if terminate {
-        let acceptor = TlsAcceptor::from(snap.tls_server.clone());
-        match tokio::time::timeout(shared.preread_timeout, acceptor.accept(Rewind::new(buf, stream))).await {
-            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+    let mut client_stream = if terminate {
+        // The certificate phase: global plugins, before the handshake.
+        if let (Some(global), Some(p)) = (snap.chain(None), plugged.as_mut()) {
+            if let PhaseOutcome::Reject { status, message, plugin } = global.certificate(&mut p.s) {
+                snap.metrics.plugin_rejected();
+                return Err(rejected(status.code(), plugin, message));
+            }
+        }
+        let config = snap.chain(Some(ri)).and_then(|c| c.tls_server.clone()).unwrap_or_else(|| snap.tls_server.clone());
+        let acceptor = TlsAcceptor::from(config);
+        let accepted = tokio::time::timeout(shared.preread_timeout, acceptor.accept(Rewind::new(buf, stream))).await;
+        snap.metrics.tls_handshake(matches!(accepted, Ok(Ok(_))));
+        match accepted {
+            Ok(Ok(tls)) => {
+                if let Some(p) = plugged.as_mut() {
+                    p.s.tls = Some(tls_info(tls.get_ref().1));
+                }
+                ClientStream::Tls(Box::new(tls))
+            }
             Ok(Err(e)) => return Err(Fail::new(400, CloseReason::TlsHandshakeFailed, e.to_string())),
             Err(_) => {
                 return Err(Fail::new(
@@ -238,6 +306,21 @@ async fn prepare(
         ClientStream::Plain(Rewind::new(buf, stream))
     };
 
+    // The preread phase: after routing and TLS termination, before the
+    // upstream is chosen.
+    let mut target = None;
+    if let Some(p) = plugged.as_mut() {
+        if let PhaseOutcome::Reject { status, message, plugin } = p.chain.preread(&mut p.s).await {
+            snap.metrics.plugin_rejected();
+            // As Kong: a message reaches the client only below 400.
+            if let (true, Some(m)) = (status.code() < 400, message.as_deref()) {
+                let _ = tokio::time::timeout(shared.preread_timeout, client_stream.send_and_close(m.as_bytes())).await;
+            }
+            return Err(rejected(status.code(), plugin, message));
+        }
+        target = p.s.target;
+    }
+
     let rt = &snap.services[si];
     let tls = match (&rt.tls, passthrough) {
         (Some(config), false) => Some(UpstreamTls {
@@ -247,8 +330,16 @@ async fn prepare(
         }),
         _ => None,
     };
-    let ends = Ends { client, local, sni: rec.sni.as_deref() };
-    let connected = connect(snap, si, ends, tls).await.map_err(|f| {
+    let ends = Ends { client, local, sni: rec.sni.as_deref(), target };
+    let connected = connect(snap, si, ends, tls).await;
+    let tries = match &connected {
+        Ok(c) => &c.tries,
+        Err(f) => &f.tries,
+    };
+    for t in tries {
+        snap.metrics.connect_attempt(t.error.is_none());
+    }
+    let connected = connected.map_err(|f| {
         rec.upstream = f.tries.last().map(|t| t.addr);
         rec.tries = f.tries;
         let reason = if f.tls { CloseReason::UpstreamTlsFailed } else { CloseReason::ConnectFailed };
@@ -263,6 +354,48 @@ async fn prepare(
         idle: svc.idle_timeout(),
         _in_use: connected._in_use,
     })
+}
+
+fn rejected(status: u16, plugin: &str, message: Option<String>) -> Fail {
+    let detail = match message {
+        Some(m) => format!("{plugin}: {m}"),
+        None => plugin.to_owned(),
+    };
+    Fail::new(status, CloseReason::Rejected, detail)
+}
+
+/// What plugins and the log see of a terminated TLS session.
+fn tls_info(conn: &rustls::ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "unknown",
+    };
+    let cipher = conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).unwrap_or("unknown").to_owned();
+    let peer = conn.peer_certificates().and_then(|c| c.first());
+    TlsInfo {
+        version,
+        cipher,
+        client_verify: if peer.is_some() { "SUCCESS" } else { "NONE" },
+        client_subject: peer.and_then(strait_tls::certificate_subject),
+    }
+}
+
+impl ClientStream {
+    /// Sends a plugin's message and closes the client's side.
+    async fn send_and_close(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            ClientStream::Plain(s) => {
+                s.write_all(msg).await?;
+                s.shutdown().await
+            }
+            ClientStream::Tls(s) => {
+                s.write_all(msg).await?;
+                s.shutdown().await
+            }
+        }
+    }
 }
 
 /// Reads the PROXY protocol header a trusted peer must send first. Returns

@@ -13,6 +13,8 @@ use strait_model::{Config, KeyPair, Protocol, UpstreamIdx};
 use strait_router::Router;
 use strait_tls::{CertStore, UpstreamTlsOptions};
 
+use crate::plugin::prometheus::Metrics;
+use crate::plugin::{Chain, Chains, Plugins};
 use crate::upstream::{Balanced, Upstreams};
 
 /// Where a service's sessions go.
@@ -42,6 +44,8 @@ pub enum CompileError {
     Upstream { upstream: String, reason: String },
     #[error("certificates: {0}")]
     Certificates(String),
+    #[error("plugin '{plugin}': {reason}")]
+    Plugin { plugin: String, reason: String },
 }
 
 #[derive(Debug)]
@@ -54,20 +58,28 @@ pub struct Snapshot {
     /// Every balanced destination (upstreams, then service host names).
     balancers: Vec<Arc<Balanced>>,
     upstreams: Arc<Upstreams>,
+    pub(crate) chains: Chains,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Snapshot {
     /// Compiles `config`. `default_cert` serves clients whose SNI matches no
     /// certificate; `upstreams` keeps balancer and health state across
-    /// snapshots. Nothing starts running until [`Snapshot::activate`].
+    /// snapshots, `plugins` the plugins' state and the metrics. Nothing
+    /// starts running until [`Snapshot::activate`].
     pub fn compile(
         config: Config,
         default_cert: &KeyPair,
         upstreams: &Arc<Upstreams>,
+        plugins: &Plugins,
     ) -> Result<Snapshot, CompileError> {
-        let store = CertStore::new(&config, default_cert).map_err(|e| CompileError::Certificates(e.to_string()))?;
+        let store =
+            Arc::new(CertStore::new(&config, default_cert).map_err(|e| CompileError::Certificates(e.to_string()))?);
         let tls_server =
-            strait_tls::server_config(Arc::new(store)).map_err(|e| CompileError::Certificates(e.to_string()))?;
+            strait_tls::server_config(store.clone()).map_err(|e| CompileError::Certificates(e.to_string()))?;
+        let chains = Chains::compile(&config, plugins, &|verifier| {
+            strait_tls::server_config_with_client_auth(store.clone(), verifier).map_err(|e| e.to_string())
+        })?;
         let upstream_of = |host: &str| config.upstreams.iter().position(|u| u.name.eq_ignore_ascii_case(host));
 
         let mut balancers = Vec::with_capacity(config.upstreams.len());
@@ -137,7 +149,24 @@ impl Snapshot {
         }
         balancers.extend(by_host.into_values());
         let router = Router::new(&config);
-        Ok(Snapshot { config, router, tls_server, services, balancers, upstreams: upstreams.clone() })
+        Ok(Snapshot {
+            config,
+            router,
+            tls_server,
+            services,
+            balancers,
+            upstreams: upstreams.clone(),
+            chains,
+            metrics: plugins.metrics().clone(),
+        })
+    }
+
+    /// The plugins of a route (with the global ones), if any apply.
+    pub(crate) fn chain(&self, route: Option<usize>) -> Option<&Arc<Chain>> {
+        match route {
+            Some(r) => self.chains.routes.get(r).and_then(Option::as_ref),
+            None => self.chains.global.as_ref(),
+        }
     }
 
     /// Makes this snapshot's upstreams live: their background tasks start

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::access_log::{CloseReason, SessionRecord, Try};
+use crate::plugin::{Chain, PhaseOutcome, Session};
 use crate::snapshot::{Destination, Snapshot};
 use crate::{ListenerInfo, Shared};
 
@@ -205,10 +206,11 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     let mut to_client = (0u64, 0u64);
     let mut pending = vec![first];
     let mut closing = ctx.closing.clone();
+    let mut plugged: Option<(Arc<Chain>, Session)> = None;
     let opened = tokio::select! {
         biased;
         _ = closing.wait_for(|v| *v) => Err((503, CloseReason::Shutdown, "the listener is stopping".to_owned())),
-        r = open(&ctx, &snap, &mut rec, &mut pending, &mut queued) => r,
+        r = open(&ctx, &snap, &mut rec, &mut plugged, &mut pending, &mut queued) => r,
     };
     match opened {
         Err((status, reason, detail)) => {
@@ -242,7 +244,23 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
     rec.bytes_sent = to_client.1;
     rec.datagrams = Some((ctx.link.from_client.load(Ordering::Relaxed), to_client.0));
-    ctx.shared.log.log(&rec);
+    // The log phase: the route's plugins, or the global ones without a route.
+    let plugged = plugged.or_else(|| {
+        let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
+        s.protocol = Protocol::Udp;
+        Some((snap.chain(None)?.clone(), s))
+    });
+    let rec = match plugged {
+        Some((chain, mut s)) => {
+            s.record = Some(rec);
+            chain.log(&mut s);
+            s.record.take()
+        }
+        None => Some(rec),
+    };
+    if let Some(rec) = &rec {
+        ctx.shared.log.log(rec);
+    }
     ctx.shared.stats.session_ended();
 }
 
@@ -251,8 +269,9 @@ type Opened = (Arc<UdpSocket>, Duration, Option<crate::upstream::InUse>);
 /// Routes the session and connects its upstream socket.
 async fn open(
     ctx: &Ctx,
-    snap: &Snapshot,
+    snap: &Arc<Snapshot>,
     rec: &mut SessionRecord,
+    plugged: &mut Option<(Arc<Chain>, Session)>,
     pending: &mut Vec<Vec<u8>>,
     queued: &mut mpsc::Receiver<Vec<u8>>,
 ) -> Result<Opened, (u16, CloseReason, String)> {
@@ -263,6 +282,7 @@ async fn open(
     }
     let facts = Facts { src: ctx.client, dst: ctx.local, sni: rec.sni.as_deref() };
     let Some(RouteIdx(ri)) = snap.router.find(ConnKind::Udp, &facts) else {
+        snap.metrics.router_miss();
         return Err((500, CloseReason::NoRoute, "no Route found with those values".into()));
     };
     let route = &snap.config.routes[ri];
@@ -279,7 +299,24 @@ async fn open(
             format!("service with protocol '{}' cannot be used with a UDP session", svc.protocol),
         ));
     }
-    let (addr, in_use, ep) = match &snap.services[si].destination {
+    // The preread phase, as for TCP sessions.
+    let mut target = None;
+    if let Some(chain) = snap.chain(Some(ri)) {
+        let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
+        s.protocol = Protocol::Udp;
+        s.sni = rec.sni.clone();
+        s.route = Some(RouteIdx(ri));
+        let outcome = chain.preread(&mut s).await;
+        target = s.target;
+        *plugged = Some((chain.clone(), s));
+        if let PhaseOutcome::Reject { status, message, plugin } = outcome {
+            snap.metrics.plugin_rejected();
+            let detail = message.map_or_else(|| plugin.to_owned(), |m| format!("{plugin}: {m}"));
+            return Err((status.code(), CloseReason::Rejected, detail));
+        }
+    }
+    let chosen = target.map(Destination::Addr);
+    let (addr, in_use, ep) = match chosen.as_ref().unwrap_or(&snap.services[si].destination) {
         Destination::Addr(a) => (*a, None, None),
         Destination::Balanced(b) => {
             b.ready(svc.connect_timeout).await;

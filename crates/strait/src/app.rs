@@ -9,7 +9,7 @@ use std::sync::Arc;
 use strait_admin::{AdminState, Control, NodeInfo};
 use strait_config::{Database, LogLevel, Settings};
 use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
-use strait_proxy::{AccessLogger, Proxy, SessionOptions, Snapshot, Timeouts, Upstreams};
+use strait_proxy::{AccessLogger, Plugins, Proxy, Registry, SessionOptions, Snapshot, Timeouts, Upstreams};
 use strait_store::Store;
 
 /// Everything `start` needs, validated; also what `check` validates.
@@ -20,6 +20,16 @@ struct Prepared {
 }
 
 fn prepare(settings: Settings, generate_cert: bool) -> Result<Prepared> {
+    let registry = Registry::builtin();
+    for name in settings.plugins.iter().filter(|p| *p != "bundled") {
+        if !registry.names().any(|n| n == name) {
+            let custom: Vec<&str> = registry.names().filter(|n| !strait_model::BUNDLED_PLUGINS.contains(n)).collect();
+            bail!(
+                "plugins: '{name}' is not built into this binary; the custom plugins it has are: {}",
+                custom.join(", ")
+            );
+        }
+    }
     let loaded = match &settings.declarative_config {
         Some(path) => load_declarative("declarative_config", path, &options(&settings))?,
         None => Loaded { config: Config::default(), warnings: Vec::new() },
@@ -48,6 +58,7 @@ fn load_declarative(what: &str, path: &Path, options: &Options) -> Result<Loaded
 /// Validation options from the settings (`plugins`).
 fn options(settings: &Settings) -> Options {
     Options {
+        schemas: Some(Arc::new(Registry::builtin())),
         plugins: PluginNames {
             bundled: settings.plugins.iter().any(|p| p == "bundled"),
             custom: settings.plugins.iter().filter(|p| *p != "bundled").cloned().collect(),
@@ -101,8 +112,10 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let store = open_store(&settings).await?;
         let admin_tls = admin_tls(&settings, &default_cert)?;
         let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
+        let plugins = Plugins::new(Registry::builtin());
         let (control, snapshot) =
-            Control::start(store, loaded.config, default_cert, options(&settings), upstreams).await?;
+            Control::start(store, loaded.config, default_cert, options(&settings), upstreams, plugins.clone())
+                .await?;
         let counts = summary(&control.current().config);
         let proxy = Proxy::start(
             listeners,
@@ -213,6 +226,29 @@ async fn start_admin(
             }
         });
     }
+    // The status API: /status and /metrics, read-only.
+    for entry in &settings.status_listen {
+        let label = entry.addr_label();
+        if entry.ssl {
+            bail!("status_listen: 'ssl' is not supported on {label}; the status API is plain HTTP");
+        }
+        let listener =
+            tokio::net::TcpListener::bind((entry.host.to_string().trim_matches(|c| c == '[' || c == ']'), entry.port))
+                .await
+                .with_context(|| format!("status_listen: cannot listen on {label}"))?;
+        let addr = listener.local_addr().map_or(label, |a| a.to_string());
+        tracing::info!(addr = %addr, "status API ready (/status, /metrics)");
+        let mut rx = stop_rx.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if let Err(e) = strait_admin::serve_status(listener, state, shutdown).await {
+                tracing::error!(error = %e, "the status API stopped");
+            }
+        });
+    }
     Ok((stop, addrs))
 }
 
@@ -263,7 +299,8 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
         println!("warning: {w}");
     }
     let counts = summary(&loaded.config);
-    Snapshot::compile(loaded.config, &default_cert, &Arc::new(Upstreams::new(settings.dns.clone())))?;
+    let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
+    Snapshot::compile(loaded.config, &default_cert, &upstreams, &Plugins::new(Registry::builtin()))?;
     println!("configuration OK: {} stream listener(s); {counts}", settings.stream_listen.len());
     Ok(())
 }
@@ -330,6 +367,7 @@ async fn offline_control(settings: &Settings) -> Result<Arc<Control>> {
         throwaway_cert()?,
         options(settings),
         Arc::new(Upstreams::new(settings.dns.clone())),
+        Plugins::new(Registry::builtin()),
     )
     .await?;
     Ok(control)

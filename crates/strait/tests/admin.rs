@@ -451,8 +451,11 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
     let ca_id = post("/ca_certificates", json!({"cert": ca.pem.cert})).await;
     post("/services", json!({"name": "svc", "url": "tls://127.0.0.1:1", "client_certificate": {"id": cert}})).await;
     post("/services/svc/routes", json!({"name": "rt", "protocols": ["tcp"], "destinations": [{"port": 1}]})).await;
-    let svc_plugin = post("/services/svc/plugins", json!({"name": "file-log"})).await;
-    let route_plugin = post("/routes/rt/plugins", json!({"name": "tcp-log"})).await;
+    let svc_plugin =
+        post("/services/svc/plugins", json!({"name": "file-log", "config": {"path": "/tmp/strait-admin-test.log"}}))
+            .await;
+    let route_plugin =
+        post("/routes/rt/plugins", json!({"name": "tcp-log", "config": {"host": "127.0.0.1", "port": 9}})).await;
     post("/upstreams", json!({"name": "up", "targets": null})).await;
     post("/upstreams/up/targets", json!({"target": "127.0.0.1:9000"})).await;
 
@@ -491,7 +494,7 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
                     let body = match kind.as_str() {
                         "services" => json!({"url": "tcp://127.0.0.1:1"}),
                         "routes" => json!({"protocols": ["tcp"], "destinations": [{"port": 2}]}),
-                        "plugins" => json!({"name": "file-log"}),
+                        "plugins" => json!({"name": "file-log", "config": {"path": "/tmp/strait-admin-test.log"}}),
                         "certificates" => json!({"cert": extra.cert, "key": extra.key}),
                         "snis" if collection == "/snis" => json!({"name": "gone.test", "certificate": {"id": cert}}),
                         "snis" => json!({"name": "gone.test"}),

@@ -110,6 +110,18 @@ pub fn client_config(ca: &TestCa) -> Arc<ClientConfig> {
     )
 }
 
+/// A client configuration that trusts `ca` and presents `client` when asked.
+pub fn client_config_with_cert(ca: &TestCa, client: &Pem) -> Arc<ClientConfig> {
+    Arc::new(
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(ca.roots())
+            .with_client_auth_cert(client.chain(), client.private_key())
+            .expect("client certificate"),
+    )
+}
+
 /// A client configuration that accepts any server certificate, so tests can
 /// look at which one was presented.
 pub fn insecure_client_config() -> Arc<ClientConfig> {

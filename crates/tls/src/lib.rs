@@ -3,6 +3,7 @@
 //! configurations. Sockets and handshakes live in the proxy crate.
 
 pub mod client;
+pub mod client_auth;
 pub mod client_hello;
 pub mod quic;
 pub mod server;
@@ -12,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use client::{UpstreamTlsOptions, client_config};
+pub use client_auth::{certificate_names, certificate_subject, client_verifier, server_config_with_client_auth};
 pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek, peek_handshake};
 pub use quic::{InitialReader, QuicPeek};
 pub use server::{CertStore, server_config};

@@ -1,0 +1,194 @@
+//! The plugins this binary knows, and what lives across snapshots for them
+//! (per-instance state such as connection counts, and the metrics).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use serde_json::{Map, Value};
+use strait_model::{Config, ConfigCheck, PluginSchemas, Protocol};
+use uuid::Uuid;
+
+use super::prometheus::Metrics;
+use super::{Conf, Instance, Plugin};
+
+/// A [`Plugin`] with its config type erased, so plugins of any config type
+/// sit in one list.
+pub(crate) trait Erased: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn priority(&self) -> i32;
+    fn protocols(&self) -> &'static [Protocol];
+    fn check(&self, config: &Map<String, Value>) -> ConfigCheck;
+    fn build(&self, config: &Map<String, Value>, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String>;
+}
+
+impl<P: Plugin> Erased for P {
+    fn name(&self) -> &'static str {
+        Plugin::name(self)
+    }
+    fn priority(&self) -> i32 {
+        Plugin::priority(self)
+    }
+    fn protocols(&self) -> &'static [Protocol] {
+        Plugin::protocols(self)
+    }
+    fn check(&self, config: &Map<String, Value>) -> ConfigCheck {
+        let mut conf = Conf::new(config);
+        let parsed = self.schema(&mut conf);
+        let filled = conf.finish()?;
+        match parsed {
+            Some(_) => Ok(filled),
+            None => Err(vec![("@entity".to_owned(), "invalid configuration".to_owned())]),
+        }
+    }
+    fn build(&self, config: &Map<String, Value>, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String> {
+        let mut conf = Conf::new(config);
+        let parsed = self.schema(&mut conf);
+        if let Err(errors) = conf.finish() {
+            let list: Vec<String> = errors.iter().map(|(f, m)| format!("config.{f}: {m}")).collect();
+            return Err(list.join("; "));
+        }
+        match parsed {
+            Some(c) => self.configure(c, cx),
+            None => Err("invalid configuration".to_owned()),
+        }
+    }
+}
+
+/// The plugins compiled into this binary, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    plugins: Vec<Arc<dyn Erased>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.plugins.iter().map(|p| p.name())).finish()
+    }
+}
+
+impl Registry {
+    /// Strait's built-in plugins, and the kit's example plugin (which, not
+    /// being bundled, runs only when the `plugins` setting names it).
+    pub fn builtin() -> Registry {
+        Registry::default()
+            .with(super::ip_restriction::IpRestriction)
+            .with(super::limits::ConnectionLimit)
+            .with(super::limits::ConnectionRateLimit)
+            .with(super::logs::FileLog)
+            .with(super::logs::TcpLog)
+            .with(super::logs::UdpLog)
+            .with(super::logs::HttpLog)
+            .with(super::prometheus::Prometheus)
+            .with(super::mtls::MtlsAuth)
+            .with(super::example::TagSession)
+    }
+
+    /// Adds a plugin (replacing one of the same name).
+    pub fn with<P: Plugin>(mut self, plugin: P) -> Registry {
+        self.plugins.retain(|p| p.name() != plugin.name());
+        self.plugins.push(Arc::new(plugin));
+        self
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.plugins.iter().map(|p| p.name())
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Erased>> {
+        self.plugins.iter().find(|p| p.name() == name)
+    }
+}
+
+impl PluginSchemas for Registry {
+    fn check(
+        &self,
+        name: &str,
+        config: &Map<String, Value>,
+    ) -> Option<Result<Map<String, Value>, Vec<(String, String)>>> {
+        self.get(name).map(|p| p.check(config))
+    }
+}
+
+type StateKey = (Uuid, TypeId);
+
+/// The registry plus what outlives one snapshot: plugin state by instance
+/// id (so a configuration change does not reset a connection limit's counts)
+/// and the metrics.
+pub struct Plugins {
+    registry: Registry,
+    state: Mutex<HashMap<StateKey, Weak<dyn Any + Send + Sync>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins").field("registry", &self.registry).finish_non_exhaustive()
+    }
+}
+
+impl Plugins {
+    pub fn new(registry: Registry) -> Arc<Plugins> {
+        Arc::new(Plugins { registry, state: Mutex::new(HashMap::new()), metrics: Arc::new(Metrics::default()) })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The schemas, for the configuration loader.
+    pub fn schemas(&self) -> Arc<dyn PluginSchemas> {
+        Arc::new(self.registry.clone())
+    }
+}
+
+/// What [`Plugin::configure`] may use besides its own config.
+pub struct ConfigureCx<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) id: Uuid,
+    pub(crate) plugins: &'a Plugins,
+}
+
+impl std::fmt::Debug for ConfigureCx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigureCx").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl ConfigureCx<'_> {
+    /// The whole configuration being compiled.
+    pub fn config(&self) -> &Config {
+        self.config
+    }
+
+    /// The plugin entity's id.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// State of type `T` for this plugin instance, kept across snapshots for
+    /// as long as an instance or a session holds it.
+    pub fn state<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let key = (self.id, TypeId::of::<T>());
+        let mut map = self.plugins.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+            if let Ok(typed) = existing.downcast::<T>() {
+                return typed;
+            }
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let fresh = Arc::new(T::default());
+        let erased: Arc<dyn Any + Send + Sync> = fresh.clone();
+        map.insert(key, Arc::downgrade(&erased));
+        fresh
+    }
+
+    /// The process-wide metrics (for the prometheus plugin).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.plugins.metrics
+    }
+}

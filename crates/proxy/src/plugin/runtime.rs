@@ -1,0 +1,226 @@
+//! Per-route plugin chains, compiled once per snapshot, and the running of
+//! their phases for a session.
+//!
+//! Kong's precedence decides which instance of a plugin applies to a route:
+//! one configured on the route and its service, then on the route, then on
+//! the service, then a global one. The chosen instances run in priority
+//! order (higher first). A phase that panics is contained: the session ends
+//! with status 500 (or, in `log`, the other plugins still run).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
+use strait_model::{Config, Protocol, ProtocolSet, RouteIdx};
+
+use super::registry::{ConfigureCx, Plugins};
+use super::{Instance, Session, Status, Verdict};
+use crate::snapshot::CompileError;
+
+/// One plugin instance in a chain.
+pub(crate) struct Entry {
+    pub(crate) name: &'static str,
+    priority: i32,
+    /// Where it runs: the instance's `protocols` within what the plugin serves.
+    runs_on: ProtocolSet,
+    instance: Arc<dyn Instance>,
+}
+
+/// The plugins of one route (or the global ones), in the order they run.
+#[derive(Default)]
+pub(crate) struct Chain {
+    pub(crate) entries: Vec<Entry>,
+    /// The route's TLS server configuration when a plugin verifies client
+    /// certificates (mtls-auth).
+    pub(crate) tls_server: Option<Arc<ServerConfig>>,
+    /// The shortest progress interval among the instances.
+    pub(crate) progress_every: Option<Duration>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.entries.iter().map(|e| e.name)).finish()
+    }
+}
+
+/// How a phase ended for the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PhaseOutcome {
+    Continue,
+    Reject { status: Status, message: Option<String>, plugin: &'static str },
+}
+
+impl Chain {
+    /// The `certificate` phase (TLS termination, before the handshake).
+    pub(crate) fn certificate(&self, s: &mut Session) -> PhaseOutcome {
+        let proto = s.protocol;
+        for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
+            match guarded(e, || e.instance.certificate(s)) {
+                Verdict::Continue | Verdict::Delay(_) => {}
+                Verdict::Reject { status, message } => return PhaseOutcome::Reject { status, message, plugin: e.name },
+            }
+        }
+        PhaseOutcome::Continue
+    }
+
+    /// The `preread` phase: stops at the first rejection.
+    pub(crate) async fn preread(&self, s: &mut Session) -> PhaseOutcome {
+        let proto = s.protocol;
+        for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
+            match guarded(e, || e.instance.preread(s)) {
+                Verdict::Continue => {}
+                Verdict::Delay(d) => tokio::time::sleep(d).await,
+                Verdict::Reject { status, message } => return PhaseOutcome::Reject { status, message, plugin: e.name },
+            }
+        }
+        PhaseOutcome::Continue
+    }
+
+    /// The `log` phase: every plugin runs, whatever the others do.
+    pub(crate) fn log(&self, s: &mut Session) {
+        let proto = s.protocol;
+        for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
+            if catch_unwind(AssertUnwindSafe(|| e.instance.log(s))).is_err() {
+                tracing::error!(plugin = e.name, "plugin panicked in the log phase");
+            }
+        }
+    }
+
+    /// Periodic progress for long sessions.
+    pub(crate) fn progress(&self, s: &mut Session) {
+        let proto = s.protocol;
+        for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
+            if e.instance.progress_interval().is_some()
+                && catch_unwind(AssertUnwindSafe(|| e.instance.progress(s))).is_err()
+            {
+                tracing::error!(plugin = e.name, "plugin panicked reporting progress");
+            }
+        }
+    }
+}
+
+/// Runs a phase, turning a panic into a 500 rejection of this session only.
+fn guarded(e: &Entry, phase: impl FnOnce() -> Verdict) -> Verdict {
+    match catch_unwind(AssertUnwindSafe(phase)) {
+        Ok(v) => v,
+        Err(_) => {
+            tracing::error!(plugin = e.name, "plugin panicked; the session ends with 500");
+            Verdict::reject(Status::InternalError, None)
+        }
+    }
+}
+
+/// Every route's chain, and the global chain (for sessions without a route
+/// and for the `certificate` phase). `None` where no plugin applies.
+#[derive(Debug, Default)]
+pub(crate) struct Chains {
+    pub(crate) routes: Vec<Option<Arc<Chain>>>,
+    pub(crate) global: Option<Arc<Chain>>,
+}
+
+/// Builds a TLS server configuration that verifies client certificates.
+pub(crate) type TlsWithClientAuth<'a> = dyn Fn(Arc<dyn ClientCertVerifier>) -> Result<Arc<ServerConfig>, String> + 'a;
+
+impl Chains {
+    pub(crate) fn compile(
+        config: &Config,
+        plugins: &Plugins,
+        tls_with_client_auth: &TlsWithClientAuth<'_>,
+    ) -> Result<Chains, CompileError> {
+        struct Built {
+            idx: usize,
+            name: &'static str,
+            priority: i32,
+            runs_on: ProtocolSet,
+            instance: Arc<dyn Instance>,
+        }
+        let mut built = Vec::new();
+        for (idx, p) in config.plugins.iter().enumerate() {
+            if !p.enabled {
+                continue;
+            }
+            // Kong's HTTP-only plugins have no stream phases: nothing to run.
+            let Some(plugin) = plugins.registry().get(&p.name) else {
+                continue;
+            };
+            let cx = ConfigureCx { config, id: p.meta.id, plugins };
+            let instance = plugin.build(&p.config, &cx).map_err(|reason| CompileError::Plugin {
+                plugin: p.instance_name.clone().unwrap_or_else(|| format!("{} ({})", p.name, p.meta.id)),
+                reason,
+            })?;
+            let mut runs_on = ProtocolSet::default();
+            for proto in plugin.protocols() {
+                if p.protocols.is_none_or(|set| set.contains(*proto)) {
+                    runs_on.insert(*proto);
+                }
+            }
+            built.push(Built { idx, name: plugin.name(), priority: plugin.priority(), runs_on, instance });
+        }
+        if built.is_empty() {
+            return Ok(Chains { routes: vec![None; config.routes.len()], global: None });
+        }
+
+        let make = |chosen: Vec<&Built>| -> Result<Option<Arc<Chain>>, CompileError> {
+            if chosen.is_empty() {
+                return Ok(None);
+            }
+            let mut entries: Vec<Entry> = chosen
+                .iter()
+                .map(|b| Entry { name: b.name, priority: b.priority, runs_on: b.runs_on, instance: b.instance.clone() })
+                .collect();
+            entries.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(b.name)));
+            let tls_server = match entries.iter().find_map(|e| e.instance.client_verifier()) {
+                Some(v) => Some(
+                    tls_with_client_auth(v)
+                        .map_err(|reason| CompileError::Plugin { plugin: "mtls-auth".to_owned(), reason })?,
+                ),
+                None => None,
+            };
+            let progress_every = entries.iter().filter_map(|e| e.instance.progress_interval()).min();
+            Ok(Some(Arc::new(Chain { entries, tls_server, progress_every })))
+        };
+
+        let scope = |b: &Built| {
+            let p = &config.plugins[b.idx];
+            (p.route, p.service)
+        };
+        let globals: Vec<&Built> = built.iter().filter(|b| scope(b) == (None, None)).collect();
+        let global = make(globals)?;
+
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (ri, route) in config.routes.iter().enumerate() {
+            let here = Some(RouteIdx(ri));
+            // Rank by specificity; `None` when the instance does not apply.
+            let rank = |b: &Built| match scope(b) {
+                (r, Some(s)) if r == here && route.service == Some(s) => Some(3),
+                (r, None) if r == here => Some(2),
+                (None, Some(s)) if route.service == Some(s) => Some(1),
+                (None, None) => Some(0),
+                _ => None,
+            };
+            let mut best: Vec<(&Built, u8)> = Vec::new();
+            for b in &built {
+                let Some(r) = rank(b) else { continue };
+                match best.iter_mut().find(|(x, _)| x.name == b.name) {
+                    Some(slot) if slot.1 < r => *slot = (b, r),
+                    Some(_) => {}
+                    None => best.push((b, r)),
+                }
+            }
+            let chosen: Vec<&Built> = best.into_iter().map(|(b, _)| b).collect();
+            // mtls-auth needs a route that terminates TLS.
+            if chosen.iter().any(|b| b.instance.client_verifier().is_some() && rank(b) >= Some(1))
+                && !route.protocols.contains(Protocol::Tls)
+            {
+                return Err(CompileError::Plugin {
+                    plugin: "mtls-auth".to_owned(),
+                    reason: format!("route '{}' must have protocol 'tls' to verify client certificates", route.label()),
+                });
+            }
+            routes.push(make(chosen)?);
+        }
+        Ok(Chains { routes, global })
+    }
+}
