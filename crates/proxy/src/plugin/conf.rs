@@ -1,6 +1,10 @@
 //! Reading a plugin's `config` record into typed values, with Kong's field
 //! error messages, while building the same record with defaults filled in
 //! (what the Admin API returns and the store keeps).
+//!
+//! Form bodies (`curl -d config.max_sessions=5 -d config.allow=10.0.0.1`)
+//! carry every value as a string, once: as Kong coerces them by the schema,
+//! numbers and booleans are read from strings and one string is a list of one.
 
 use std::ops::RangeInclusive;
 
@@ -76,8 +80,15 @@ impl<'a> Conf<'a> {
     pub fn integer(&mut self, key: &'static str, default: Option<i64>, range: RangeInclusive<i64>) -> Option<i64> {
         let v = match self.raw(key) {
             None => default,
-            Some(Value::Number(n)) => {
-                match n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)) {
+            Some(raw) => {
+                let parsed = match raw {
+                    Value::Number(n) => {
+                        n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+                    }
+                    Value::String(t) => t.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                match parsed {
                     Some(i) if range.contains(&i) => Some(i),
                     Some(_) => {
                         self.error(key, format!("value should be between {} and {}", range.start(), range.end()));
@@ -88,10 +99,6 @@ impl<'a> Conf<'a> {
                         None
                     }
                 }
-            }
-            Some(_) => {
-                self.error(key, "expected an integer");
-                None
             }
         };
         self.fill(key, v.map_or(Value::Null, |i| json!(i)));
@@ -115,13 +122,15 @@ impl<'a> Conf<'a> {
                 None
             }
             None => default,
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(f) if f > 0.0 && f.is_finite() => Some(f),
-                _ => {
-                    self.error(key, "value must be greater than 0");
-                    None
+            Some(v @ (Value::Number(_) | Value::String(_))) => {
+                match v.as_f64().or_else(|| v.as_str()?.trim().parse().ok()) {
+                    Some(f) if f > 0.0 && f.is_finite() => Some(f),
+                    _ => {
+                        self.error(key, "value must be greater than 0");
+                        None
+                    }
                 }
-            },
+            }
             Some(_) => {
                 self.error(key, "expected a number");
                 None
@@ -135,6 +144,7 @@ impl<'a> Conf<'a> {
         let v = match self.raw(key) {
             None => default,
             Some(Value::Bool(b)) => *b,
+            Some(Value::String(t)) if t == "true" || t == "false" => t == "true",
             Some(_) => {
                 self.error(key, "expected a boolean");
                 default
@@ -171,7 +181,8 @@ impl<'a> Conf<'a> {
                 self.fill(key, Value::Null);
                 return Vec::new();
             }
-            Some(Value::Array(a)) => a,
+            Some(Value::Array(a)) => a.clone(),
+            Some(Value::String(one)) => vec![Value::String(one.clone())],
             Some(_) => {
                 self.error(key, "expected an array");
                 return Vec::new();
@@ -324,8 +335,20 @@ mod tests {
     }
 
     #[test]
+    fn form_strings_are_coerced() {
+        let input = map(json!({"n": "5", "r": "2.5", "b": "true", "l": "10.0.0.1"}));
+        let mut c = Conf::new(&input);
+        assert_eq!(c.integer("n", None, 1..=9), Some(5));
+        assert_eq!(c.positive_number("r", None), Some(2.5));
+        assert!(c.boolean("b", false));
+        assert_eq!(c.ip_list("l").len(), 1);
+        let out = c.finish().unwrap();
+        assert_eq!(Value::Object(out), json!({"n": 5, "r": 2.5, "b": true, "l": ["10.0.0.1"]}));
+    }
+
+    #[test]
     fn wrong_types_and_ranges() {
-        let input = map(json!({"n": "x", "m": 0, "r": -1, "s": 5, "l": "x", "o": "z"}));
+        let input = map(json!({"n": "x", "m": 0, "r": -1, "s": 5, "l": 7, "o": "z"}));
         let mut c = Conf::new(&input);
         c.integer("n", None, 1..=5);
         c.integer("m", None, 1..=5);
