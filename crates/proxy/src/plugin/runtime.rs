@@ -224,3 +224,142 @@ impl Chains {
         Ok(Chains { routes, global })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use serde_json::json;
+    use strait_model::{Options, PluginNames};
+
+    use super::*;
+    use crate::Upstreams;
+    use crate::plugin::{Conf, Plugin, Registry, Session};
+    use crate::snapshot::Snapshot;
+
+    /// Records its name in the log fields; panics in preread when told to.
+    struct Probe(&'static str);
+    struct ProbeInstance {
+        tag: String,
+        panic: bool,
+    }
+    impl Plugin for Probe {
+        type Config = (String, bool);
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn priority(&self) -> i32 {
+            if self.0 == "high" { 100 } else { 1 }
+        }
+        fn schema(&self, conf: &mut Conf<'_>) -> Option<(String, bool)> {
+            let tag = conf.required_string("tag");
+            let panic = conf.boolean("panic", false);
+            Some((tag?, panic))
+        }
+        fn configure(&self, (tag, panic): (String, bool), _cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String> {
+            Ok(Arc::new(ProbeInstance { tag, panic }))
+        }
+    }
+    impl Instance for ProbeInstance {
+        fn preread(&self, s: &mut Session) -> Verdict {
+            assert!(!self.panic, "a misbehaving plugin");
+            let mut ran: Vec<serde_json::Value> =
+                s.log_fields().get("ran").and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            ran.push(json!(self.tag));
+            s.add_log_field("ran", json!(ran));
+            Verdict::Continue
+        }
+        fn log(&self, _s: &mut Session) {
+            panic!("log panics too");
+        }
+    }
+
+    fn snapshot(yaml: &str) -> Arc<Snapshot> {
+        let registry = Registry::default().with(Probe("high")).with(Probe("low"));
+        let options = Options {
+            plugins: PluginNames { bundled: true, custom: vec!["high".into(), "low".into()] },
+            schemas: Some(Arc::new(registry.clone())),
+        };
+        let config = strait_model::load_str_with(yaml, &options).expect("valid config").config;
+        let g = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let pair =
+            strait_model::pem::key_pair(&g.cert.pem(), &g.signing_key.serialize_pem(), "mismatch").expect("key pair");
+        let upstreams = Arc::new(Upstreams::new(Default::default()));
+        Arc::new(Snapshot::compile(config, &pair, &upstreams, &Plugins::new(registry)).expect("compiles"))
+    }
+
+    fn session(snap: &Arc<Snapshot>, route: usize, protocol: Protocol) -> Session {
+        let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+        let mut s = Session::new(snap.clone(), a, a, Arc::from("test"));
+        s.route = Some(RouteIdx(route));
+        s.protocol = protocol;
+        s
+    }
+
+    const YAML: &str = r#"
+_format_version: "3.0"
+services:
+- name: s1
+  url: tcp://127.0.0.1:1
+  plugins:
+  - {name: low, config: {tag: service}}
+  routes:
+  - name: r1
+    protocols: [tcp, tls]
+    destinations: [{port: 1}]
+    plugins:
+    - {name: low, config: {tag: route}}
+    - {name: high, config: {tag: high-route}, protocols: [tls]}
+  - name: r2
+    protocols: [tcp]
+    destinations: [{port: 2}]
+  - name: r3
+    protocols: [tcp]
+    destinations: [{port: 3}]
+    plugins:
+    - {name: high, config: {tag: disabled}, enabled: false}
+plugins:
+- {name: high, instance_name: boom, route: r3, service: s1, config: {tag: boom, panic: true}}
+- {name: low, config: {tag: global}}
+- {name: high, config: {tag: high-global}}
+"#;
+
+    #[tokio::test]
+    async fn precedence_priority_protocols_and_contained_panics() {
+        let snap = snapshot(YAML);
+        let run = |route: usize, proto: Protocol| {
+            let snap = snap.clone();
+            async move {
+                let chain = snap.chain(Some(route)).expect("a chain").clone();
+                let mut s = session(&snap, route, proto);
+                let out = chain.preread(&mut s).await;
+                (out, s.log_fields().get("ran").cloned().unwrap_or(json!([])))
+            }
+        };
+        // Route beats service beats global; higher priority first; the
+        // route's `high` runs only on tls, where it replaces the global one.
+        assert_eq!(run(0, Protocol::Tcp).await.1, json!(["route"]));
+        assert_eq!(run(0, Protocol::Tls).await.1, json!(["high-route", "route"]));
+        assert_eq!(run(1, Protocol::Tcp).await.1, json!(["high-global", "service"]));
+        // A disabled instance is not there; the route+service one panics:
+        // that session ends with 500, and the log phase's panics are contained.
+        let (out, ran) = run(2, Protocol::Tcp).await;
+        assert_eq!(out, PhaseOutcome::Reject { status: Status::InternalError, message: None, plugin: "high" });
+        assert_eq!(ran, json!([]));
+        let chain = snap.chain(Some(2)).expect("a chain").clone();
+        let mut s = session(&snap, 2, Protocol::Tcp);
+        chain.log(&mut s);
+        // Global instances alone for sessions without a route.
+        let global = snap.chain(None).expect("global chain");
+        assert_eq!(global.entries.iter().map(|e| e.name).collect::<Vec<_>>(), ["high", "low"]);
+    }
+
+    #[test]
+    fn a_route_without_plugins_has_no_chain() {
+        let snap = snapshot(
+            "_format_version: \"3.0\"\nservices:\n- url: tcp://127.0.0.1:1\n  routes:\n  - protocols: [tcp]\n    destinations: [{port: 1}]\n",
+        );
+        assert!(snap.chain(Some(0)).is_none());
+        assert!(snap.chain(None).is_none());
+    }
+}
