@@ -192,7 +192,44 @@ pub trait PluginSchemas: Send + Sync {
     /// when Strait does not run this plugin on streams (Kong's HTTP-only
     /// plugins): its config is kept as given.
     fn check(&self, name: &str, config: &Map<String, Value>) -> Option<ConfigCheck>;
+
+    /// The stream protocols the plugin runs on; `None` when Strait does not run it.
+    fn protocols(&self, _name: &str) -> Option<&'static [Protocol]> {
+        None
+    }
 }
+
+/// Kong's plugins whose schemas allow only HTTP protocols: on a stream route
+/// they can never run, which Kong refuses ("must match the associated
+/// route's protocols").
+pub const HTTP_ONLY_PLUGINS: &[&str] = &[
+    "acl",
+    "acme",
+    "ai-prompt-decorator",
+    "ai-prompt-guard",
+    "ai-prompt-template",
+    "ai-proxy",
+    "ai-request-transformer",
+    "ai-response-transformer",
+    "aws-lambda",
+    "basic-auth",
+    "bot-detection",
+    "correlation-id",
+    "cors",
+    "hmac-auth",
+    "jwt",
+    "key-auth",
+    "ldap-auth",
+    "oauth2",
+    "opentelemetry",
+    "rate-limiting",
+    "redirect",
+    "request-size-limiting",
+    "request-termination",
+    "response-ratelimiting",
+    "response-transformer",
+    "standard-webhooks",
+];
 
 /// What loading depends on besides the document.
 #[derive(Clone, Default)]
@@ -1095,6 +1132,67 @@ impl Builder {
         self.plugin_origin.push(origin);
     }
 
+    /// Plugins: one instance of a plugin per scope (Kong's unique key), stream
+    /// protocols the plugin can run on, and a route's plugins able to run on
+    /// its protocols. Plugins Strait does not run on streams are kept, with a
+    /// warning.
+    fn check_plugins(&mut self, errors: &mut Vec<EntityError>) {
+        let http = [Protocol::Grpc, Protocol::Grpcs, Protocol::Http, Protocol::Https];
+        let mut seen = HashMap::new();
+        for (i, p) in self.config.plugins.iter().enumerate() {
+            let origin = &self.plugin_origin[i];
+            let err = |field: &str, message: String| EntityError {
+                path: origin.path.clone(),
+                entity: "plugin",
+                name: origin.name.clone(),
+                field: field.into(),
+                message,
+            };
+            let id_ref = |id: Option<Uuid>| id.map_or("null".to_owned(), |id| format!("{{id=\"{id}\"}}"));
+            let route_id = p.route.map(|r| self.config.routes[r.0].meta.id);
+            let service_id = p.service.map(|s| self.config.services[s.0].meta.id);
+            if seen.insert((p.name.clone(), route_id, service_id), i).is_some() {
+                errors.push(err(
+                    "name",
+                    format!(
+                        "UNIQUE violation detected on '{{consumer=null,name=\"{}\",route={},service={}}}'",
+                        p.name,
+                        id_ref(route_id),
+                        id_ref(service_id)
+                    ),
+                ));
+            }
+            let runs_on = self.options.schemas.as_ref().and_then(|s| s.protocols(&p.name));
+            if let (Some(supported), Some(set)) = (runs_on, p.protocols) {
+                for (j, proto) in set.iter().enumerate() {
+                    if proto.is_stream() && !supported.contains(&proto) {
+                        let names: Vec<&str> = supported.iter().chain(http.iter()).map(|x| x.as_str()).collect();
+                        errors.push(err(
+                            &format!("protocols[{}]", j + 1),
+                            format!("expected one of: {}", names.join(", ")),
+                        ));
+                    }
+                }
+            }
+            let default: Option<Vec<Protocol>> = match runs_on {
+                Some(list) => Some(list.to_vec()),
+                None if HTTP_ONLY_PLUGINS.contains(&p.name.as_str()) => Some(http.to_vec()),
+                None => None,
+            };
+            let effective: Option<Vec<Protocol>> = p.protocols.map(|set| set.iter().collect()).or(default);
+            if let (Some(r), Some(effective)) = (p.route, &effective) {
+                let route = &self.config.routes[r.0];
+                if route.protocols.is_stream() && !effective.iter().any(|x| route.protocols.contains(*x)) {
+                    errors.push(err("protocols", "must match the associated route's protocols".to_owned()));
+                }
+            }
+            if runs_on.is_none() && p.enabled && BUNDLED_PLUGINS.contains(&p.name.as_str()) {
+                self.warnings
+                    .push(format!("plugin '{}' ({}) is kept but does not run on stream sessions", p.name, origin.path));
+            }
+        }
+    }
+
     /// Resolves references, checks uniqueness, and returns the result.
     fn finish(mut self) -> Result<Loaded, LoadError> {
         let services = index(
@@ -1228,6 +1326,7 @@ impl Builder {
                 });
             }
         }
+        self.check_plugins(&mut errors);
         // Combinations Kong accepts but that cannot do what they say.
         for route in &self.config.routes {
             let Some(svc) = route.service.map(|s| &self.config.services[s.0]) else {

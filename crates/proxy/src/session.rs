@@ -123,7 +123,7 @@ pub(crate) async fn serve(
                     now.bytes_sent = down;
                     now.duration = t0.elapsed();
                     p.s.record = Some(now);
-                    p.chain.progress(&mut p.s);
+                    p.chain.progress(&mut p.s, t0.elapsed());
                     p.s.record = None;
                 }
             };
@@ -237,19 +237,6 @@ async fn prepare(
     };
     let route = &snap.config.routes[ri];
     rec.route = Some(route.label());
-    let Some(si) = route.service.map(|s| s.0) else {
-        return Err(Fail::new(503, CloseReason::NoService, "no Service found with those values".to_owned()));
-    };
-    let svc = &snap.config.services[si];
-    rec.service = Some(svc.label());
-    if !svc.protocol.is_stream() || svc.protocol == Protocol::Udp {
-        return Err(Fail::new(
-            503,
-            CloseReason::NoService,
-            format!("service with protocol '{}' cannot be used with a TCP session", svc.protocol),
-        ));
-    }
-
     let passthrough = kind != ConnKind::Plain && route.protocols.contains(Protocol::TlsPassthrough);
     let terminate = kind != ConnKind::Plain && !passthrough && route.protocols.contains(Protocol::Tls);
     rec.protocol = if passthrough {
@@ -274,10 +261,23 @@ async fn prepare(
         *plugged = Some(Plugged { chain: chain.clone(), s });
     }
 
+    let Some(si) = route.service.map(|s| s.0) else {
+        return Err(Fail::new(503, CloseReason::NoService, "no Service found with those values".to_owned()));
+    };
+    let svc = &snap.config.services[si];
+    rec.service = Some(svc.label());
+    if !svc.protocol.is_stream() || svc.protocol == Protocol::Udp {
+        return Err(Fail::new(
+            503,
+            CloseReason::NoService,
+            format!("service with protocol '{}' cannot be used with a TCP session", svc.protocol),
+        ));
+    }
+
     let mut client_stream = if terminate {
         // The certificate phase: global plugins, before the handshake.
         if let (Some(global), Some(p)) = (snap.chain(None), plugged.as_mut()) {
-            if let PhaseOutcome::Reject { status, message, plugin } = global.certificate(&mut p.s) {
+            if let PhaseOutcome::Reject { status, message, plugin } = global.certificate(&mut p.s).await {
                 snap.metrics.plugin_rejected();
                 return Err(rejected(status.code(), plugin, message));
             }

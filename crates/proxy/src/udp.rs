@@ -287,6 +287,15 @@ async fn open(
     };
     let route = &snap.config.routes[ri];
     rec.route = Some(route.label());
+    // Plugins see the session from here on, so its log phase runs whatever
+    // happens next (even an end during a plugin's delay).
+    if let Some(chain) = snap.chain(Some(ri)) {
+        let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
+        s.protocol = Protocol::Udp;
+        s.sni = rec.sni.clone();
+        s.route = Some(RouteIdx(ri));
+        *plugged = Some((chain.clone(), s));
+    }
     let Some(si) = route.service.map(|s| s.0) else {
         return Err((503, CloseReason::NoService, "no Service found with those values".into()));
     };
@@ -301,14 +310,9 @@ async fn open(
     }
     // The preread phase, as for TCP sessions.
     let mut target = None;
-    if let Some(chain) = snap.chain(Some(ri)) {
-        let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
-        s.protocol = Protocol::Udp;
-        s.sni = rec.sni.clone();
-        s.route = Some(RouteIdx(ri));
-        let outcome = chain.preread(&mut s).await;
+    if let Some((chain, s)) = plugged.as_mut() {
+        let outcome = chain.preread(s).await;
         target = s.target;
-        *plugged = Some((chain.clone(), s));
         if let PhaseOutcome::Reject { status, message, plugin } = outcome {
             snap.metrics.plugin_rejected();
             let detail = message.map_or_else(|| plugin.to_owned(), |m| format!("{plugin}: {m}"));

@@ -494,7 +494,7 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
                     let body = match kind.as_str() {
                         "services" => json!({"url": "tcp://127.0.0.1:1"}),
                         "routes" => json!({"protocols": ["tcp"], "destinations": [{"port": 2}]}),
-                        "plugins" => json!({"name": "file-log", "config": {"path": "/tmp/strait-admin-test.log"}}),
+                        "plugins" => json!({"name": "udp-log", "config": {"host": "127.0.0.1", "port": 9}}),
                         "certificates" => json!({"cert": extra.cert, "key": extra.key}),
                         "snis" if collection == "/snis" => json!({"name": "gone.test", "certificate": {"id": cert}}),
                         "snis" => json!({"name": "gone.test"}),

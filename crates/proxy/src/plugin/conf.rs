@@ -47,6 +47,12 @@ impl<'a> Conf<'a> {
         self.input.get(key).filter(|v| !v.is_null())
     }
 
+    /// A field accepted and kept as given, whatever it holds.
+    pub fn accept(&mut self, key: &'static str) {
+        let v = self.raw(key).cloned().unwrap_or(Value::Null);
+        self.fill(key, v);
+    }
+
     /// Sets the filled-in value of a field (for fields read with [`Conf::raw`]).
     pub fn fill(&mut self, key: &'static str, value: Value) {
         self.out.insert(key.to_owned(), value);

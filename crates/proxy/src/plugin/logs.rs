@@ -98,6 +98,7 @@ impl Instance for LogInstance {
     fn progress(&self, s: &mut Session) {
         let mut entry = serialize(s);
         entry["progress"] = json!(true);
+        entry["close_reason"] = Value::Null;
         self.sink.send(line(&entry));
     }
 }
@@ -116,7 +117,10 @@ fn common(conf: &mut Conf<'_>) -> Option<Duration> {
         Some(Value::Object(o)) if o.is_empty() => conf.fill("custom_fields_by_lua", json!({})),
         Some(_) => conf.error("custom_fields_by_lua", "not supported: Strait runs no Lua; use a plugin"),
     }
-    let secs = conf.integer("interval", Some(0), 0..=86_400)?;
+    // Strait's own field: written back only when set, so that exports of
+    // configurations that do not use it still load into Kong.
+    conf.raw("interval")?;
+    let secs = conf.integer("interval", None, 0..=86_400)?;
     (secs > 0).then(|| Duration::from_secs(secs as u64))
 }
 
@@ -173,9 +177,11 @@ impl Plugin for FileLog {
         let path = conf.required_string("path");
         let reopen = conf.boolean("reopen", false);
         let interval = common(conf);
+        // Kong's rule for the file name; a relative path is taken from the
+        // working directory.
         if let Some(p) = &path {
-            if !p.starts_with('/') || p.contains('\0') {
-                conf.error("path", "not a valid filename: an absolute path is required");
+            if p.contains(['*', '&', '%', '\\', '`', '\0']) {
+                conf.error("path", "not a valid filename");
             }
         }
         let path = PathBuf::from(path?);
@@ -256,8 +262,9 @@ fn host_port(conf: &mut Conf<'_>) -> (Option<String>, Option<u16>) {
     (host, port)
 }
 
+/// A duration in milliseconds, at least 1.
 fn millis(conf: &mut Conf<'_>, key: &'static str, default: i64) -> Duration {
-    Duration::from_millis(conf.integer(key, Some(default), 0..=i64::from(u32::MAX)).unwrap_or(default) as u64)
+    Duration::from_millis(conf.integer(key, Some(default), 1..=i64::from(u32::MAX)).unwrap_or(default) as u64)
 }
 
 impl Plugin for TcpLog {
@@ -346,35 +353,68 @@ async fn connect_tcp(
 /// closing it after `keepalive` without entries.
 async fn tcp_task(c: TcpConfig, tls: Option<Arc<rustls::ClientConfig>>, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut conn: Option<Conn> = None;
-    let mut warned = false;
+    let mut down = Backoff::default();
     loop {
         let Some(entry) = next_entry(&mut rx, conn.is_some(), c.keepalive, || conn = None).await else {
             return;
         };
-        // One fresh connection per entry at most: a sink that is down costs
-        // one connect timeout per entry, never a session's time.
+        // A removed plugin's sink delivers what it can without reconnecting.
+        if conn.is_none() && rx.is_closed() {
+            return;
+        }
+        // While the sink is down, entries are dropped until the next retry:
+        // a dead sink costs one connect attempt per backoff period.
         for _ in 0..2 {
             if conn.is_none() {
+                if down.waiting() {
+                    break;
+                }
                 match connect_tcp(&c.host, c.port, c.timeout, tls.as_ref(), c.tls_sni.as_deref()).await {
-                    Ok(k) => conn = Some(k),
+                    Ok(k) => {
+                        conn = Some(k);
+                        down.reset();
+                    }
                     Err(e) => {
-                        if !warned {
-                            tracing::warn!(host = %c.host, port = c.port, error = %e, "tcp-log: cannot connect");
-                        }
-                        warned = true;
+                        down.failed("tcp-log", &c.host, &e.to_string());
                         break;
                     }
                 }
             }
             let Some(k) = conn.as_mut() else { break };
             match tokio::time::timeout(c.timeout, k.write(&entry)).await {
-                Ok(Ok(())) => {
-                    warned = false;
-                    break;
-                }
+                Ok(Ok(())) => break,
                 _ => conn = None,
             }
         }
+    }
+}
+
+/// Reconnection backoff for a sink that is down: 1 s doubling to 30 s, with
+/// one warning per outage.
+#[derive(Debug, Default)]
+struct Backoff {
+    until: Option<tokio::time::Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    fn waiting(&self) -> bool {
+        self.until.is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
+    fn failed(&mut self, plugin: &str, host: &str, error: &str) {
+        if self.until.is_none() {
+            tracing::warn!(plugin, host, error, "log sink unreachable: entries are dropped until it answers");
+        }
+        self.delay = (self.delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        self.until = Some(tokio::time::Instant::now() + self.delay);
+    }
+
+    fn reset(&mut self) {
+        if self.until.take().is_some() {
+            tracing::info!("log sink reachable again");
+        }
+        self.delay = Duration::ZERO;
     }
 }
 
@@ -437,10 +477,13 @@ impl Plugin for UdpLog {
 /// One datagram per entry (without the newline).
 async fn udp_task(c: UdpConfig, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut sock: Option<UdpSocket> = None;
-    let mut warned = false;
+    let mut down = Backoff::default();
     while let Some(mut entry) = rx.recv().await {
         entry.pop();
         if sock.is_none() {
+            if down.waiting() || rx.is_closed() {
+                continue;
+            }
             let made = async {
                 let addr = resolve(&c.host, c.port).await?;
                 let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
@@ -449,15 +492,18 @@ async fn udp_task(c: UdpConfig, mut rx: mpsc::Receiver<Vec<u8>>) {
                 Ok::<_, std::io::Error>(s)
             };
             match tokio::time::timeout(c.timeout, made).await {
-                Ok(Ok(s)) => sock = Some(s),
+                Ok(Ok(s)) => {
+                    sock = Some(s);
+                    down.reset();
+                }
                 Ok(Err(e)) => {
-                    if !warned {
-                        tracing::warn!(host = %c.host, error = %e, "udp-log: cannot reach the sink");
-                    }
-                    warned = true;
+                    down.failed("udp-log", &c.host, &e.to_string());
                     continue;
                 }
-                Err(_) => continue,
+                Err(_) => {
+                    down.failed("udp-log", &c.host, "timed out");
+                    continue;
+                }
             }
         }
         if let Some(s) = &sock {
@@ -533,6 +579,9 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, &'static str> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err("missing the host");
     }
+    if target.parse::<hyper::Uri>().is_err() {
+        return Err("an invalid path");
+    }
     Ok(Endpoint { tls, host, port, target: target.to_owned(), userinfo })
 }
 
@@ -579,9 +628,13 @@ impl Plugin for HttpLog {
         let timeout = millis(conf, "timeout", 10_000);
         let keepalive = millis(conf, "keepalive", 60_000);
         let headers = conf.string_map("headers");
-        for (name, _) in &headers {
+        for (name, value) in &headers {
             if ["host", "content-type", "content-length"].contains(&name.to_ascii_lowercase().as_str()) {
                 conf.error(format!("headers.{name}"), "cannot contain 'Host', 'Content-Length' or 'Content-Type'");
+            } else if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                conf.error(format!("headers.{name}"), "not a valid header name");
+            } else if hyper::header::HeaderValue::from_str(value).is_err() {
+                conf.error(format!("headers.{name}"), "not a valid header value");
             }
         }
         // Kong's older batching fields: accepted (as Kong 3 does, with a
@@ -666,10 +719,11 @@ async fn http_send(
         *sender = Some(http_connect(c, tls).await.map_err(|e| e.to_string())?);
     }
     let Some(s) = sender.as_mut() else { return Err("no connection".into()) };
+    let name = if c.endpoint.host.contains(':') { format!("[{}]", c.endpoint.host) } else { c.endpoint.host.clone() };
     let host = if c.endpoint.port == if c.endpoint.tls { 443 } else { 80 } {
-        c.endpoint.host.clone()
+        name
     } else {
-        format!("{}:{}", c.endpoint.host, c.endpoint.port)
+        format!("{name}:{}", c.endpoint.port)
     };
     let mut req = hyper::Request::builder()
         .method(c.method)
@@ -737,7 +791,8 @@ async fn http_task(c: HttpConfig, tls: Option<Arc<rustls::ClientConfig>>, mut rx
         loop {
             match http_send(&c, tls.as_ref(), &mut sender, &body).await {
                 Ok(()) => break,
-                Err(e) if started.elapsed() + delay > c.max_retry => {
+                // A removed plugin's sink does not keep retrying.
+                Err(e) if started.elapsed() + delay > c.max_retry || rx.is_closed() => {
                     tracing::warn!(endpoint = %c.endpoint.host, error = %e, "http-log: giving up on a batch");
                     break;
                 }
@@ -766,6 +821,7 @@ mod tests {
         assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_endpoint("http://:80/").is_err());
         assert!(parse_endpoint("http://h:x/").is_err());
+        assert!(parse_endpoint("http://h/a b").is_err());
     }
 
     #[test]

@@ -187,6 +187,8 @@ pub struct Session {
     pub(crate) route: Option<RouteIdx>,
     pub(crate) target: Option<SocketAddr>,
     pub(crate) record: Option<SessionRecord>,
+    /// How many progress reports each chain entry has made.
+    pub(crate) progress_marks: Vec<u64>,
     ctx: Ctx,
     fields: Map<String, Value>,
 }
@@ -205,6 +207,7 @@ impl Session {
             route: None,
             target: None,
             record: None,
+            progress_marks: Vec::new(),
             ctx: Ctx::default(),
             fields: Map::new(),
         }

@@ -3,15 +3,18 @@
 //! `allowed_names`, carrying one of those names). A missing, untrusted or
 //! unlisted certificate fails the handshake with a TLS alert, logged as a
 //! failed handshake; accepted sessions log the certificate's subject.
+//!
+//! It fails closed: a session it applies to that did not present a verified
+//! certificate — plain TCP on a route that also serves `tcp`, passthrough,
+//! UDP — is refused with 403 in `preread`.
 
 use std::sync::Arc;
 
 use rustls::server::danger::ClientCertVerifier;
 use serde_json::json;
-use strait_model::Protocol;
 use uuid::Uuid;
 
-use super::{Conf, ConfigureCx, Instance, Plugin, Session, Verdict};
+use super::{Conf, ConfigureCx, Instance, Plugin, Session, Status, Verdict};
 
 #[derive(Debug)]
 pub struct MtlsAuth;
@@ -33,10 +36,6 @@ impl Plugin for MtlsAuth {
         1600
     }
 
-    fn protocols(&self) -> &'static [Protocol] {
-        &[Protocol::Tls]
-    }
-
     fn schema(&self, conf: &mut Conf<'_>) -> Option<MtlsConfig> {
         let raw = conf.string_list("ca_certificates");
         if raw.is_empty() && conf.is_ok() {
@@ -50,8 +49,28 @@ impl Plugin for MtlsAuth {
             }
         }
         let allowed_names = conf.string_list("allowed_names");
-        conf.boolean("skip_consumer_lookup", true);
-        conf.one_of("revocation_check_mode", "SKIP", &["SKIP"]);
+        // Kong's consumer mapping has no meaning without consumers; its
+        // fields are accepted as given.
+        for key in [
+            "skip_consumer_lookup",
+            "consumer_by",
+            "anonymous",
+            "authenticated_group_by",
+            "cache_ttl",
+            "cert_cache_ttl",
+            "default_consumer",
+            "allow_partial_chain",
+            "send_ca_dn",
+            "http_timeout",
+            "http_proxy_host",
+            "http_proxy_port",
+            "https_proxy_host",
+            "https_proxy_port",
+        ] {
+            conf.accept(key);
+        }
+        // Revocation lists are not fetched: refusing STRICT says so.
+        conf.one_of("revocation_check_mode", "IGNORE_CA_ERROR", &["IGNORE_CA_ERROR", "SKIP"]);
         conf.is_ok().then_some(MtlsConfig { ca_certificates, allowed_names })
     }
 
@@ -79,9 +98,13 @@ impl Instance for MtlsInstance {
     }
 
     fn preread(&self, s: &mut Session) -> Verdict {
-        if let Some(subject) = s.tls().and_then(|t| t.client_subject.clone()) {
-            s.add_log_field("mtls", json!({ "subject": subject }));
+        match s.tls().filter(|t| t.client_verify == "SUCCESS") {
+            Some(t) => {
+                let subject = t.client_subject.clone();
+                s.add_log_field("mtls", json!({ "subject": subject }));
+                Verdict::Continue
+            }
+            None => Verdict::reject(Status::Forbidden, "a verified client certificate is required".to_owned()),
         }
-        Verdict::Continue
     }
 }

@@ -36,6 +36,12 @@ pub struct Cells {
     egress: AtomicU64,
 }
 
+impl Cells {
+    fn total(&self) -> u64 {
+        self.sessions.iter().flatten().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+}
+
 /// Which of Kong's series an instance asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct Flags {
@@ -116,8 +122,12 @@ impl Metrics {
         let _ = writeln!(out, "strait_plugin_rejections_total {}", load(&self.rejected));
 
         let cells: Vec<((String, String), Arc<Cells>)> = {
-            let map = self.cells.lock().unwrap_or_else(|p| p.into_inner());
-            let mut v: Vec<_> = map.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+            let mut map = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+            // Routes no live instance counts for any more (removed, renamed,
+            // or only compiled by a check) leave the exposition.
+            map.retain(|_, c| Arc::strong_count(c) > 1);
+            let mut v: Vec<_> =
+                map.iter().filter(|(_, c)| c.total() > 0).map(|(k, c)| (k.clone(), c.clone())).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };

@@ -108,6 +108,10 @@ impl PluginSchemas for Registry {
     ) -> Option<Result<Map<String, Value>, Vec<(String, String)>>> {
         self.get(name).map(|p| p.check(config))
     }
+
+    fn protocols(&self, name: &str) -> Option<&'static [Protocol]> {
+        self.get(name).map(|p| p.protocols())
+    }
 }
 
 type StateKey = (Uuid, TypeId);

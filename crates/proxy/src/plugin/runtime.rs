@@ -7,17 +7,21 @@
 //! order (higher first). A phase that panics is contained: the session ends
 //! with status 500 (or, in `log`, the other plugins still run).
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::server::danger::ClientCertVerifier;
-use strait_model::{Config, Protocol, ProtocolSet, RouteIdx};
+use strait_model::{Config, Protocol, ProtocolSet};
 
 use super::registry::{ConfigureCx, Plugins};
 use super::{Instance, Session, Status, Verdict};
 use crate::snapshot::CompileError;
+
+/// The longest a plugin may hold a session in one `Delay`.
+const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// One plugin instance in a chain.
 pub(crate) struct Entry {
@@ -54,11 +58,12 @@ pub(crate) enum PhaseOutcome {
 
 impl Chain {
     /// The `certificate` phase (TLS termination, before the handshake).
-    pub(crate) fn certificate(&self, s: &mut Session) -> PhaseOutcome {
+    pub(crate) async fn certificate(&self, s: &mut Session) -> PhaseOutcome {
         let proto = s.protocol;
         for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
             match guarded(e, || e.instance.certificate(s)) {
-                Verdict::Continue | Verdict::Delay(_) => {}
+                Verdict::Continue => {}
+                Verdict::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
                 Verdict::Reject { status, message } => return PhaseOutcome::Reject { status, message, plugin: e.name },
             }
         }
@@ -71,7 +76,7 @@ impl Chain {
         for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
             match guarded(e, || e.instance.preread(s)) {
                 Verdict::Continue => {}
-                Verdict::Delay(d) => tokio::time::sleep(d).await,
+                Verdict::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
                 Verdict::Reject { status, message } => return PhaseOutcome::Reject { status, message, plugin: e.name },
             }
         }
@@ -88,14 +93,23 @@ impl Chain {
         }
     }
 
-    /// Periodic progress for long sessions.
-    pub(crate) fn progress(&self, s: &mut Session) {
+    /// Periodic progress for long sessions: each instance at its own
+    /// interval, measured from the session's start (`elapsed`).
+    pub(crate) fn progress(&self, s: &mut Session, elapsed: Duration) {
         let proto = s.protocol;
-        for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
-            if e.instance.progress_interval().is_some()
-                && catch_unwind(AssertUnwindSafe(|| e.instance.progress(s))).is_err()
-            {
-                tracing::error!(plugin = e.name, "plugin panicked reporting progress");
+        if s.progress_marks.len() != self.entries.len() {
+            s.progress_marks = vec![0; self.entries.len()];
+        }
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(every) = e.instance.progress_interval().filter(|_| e.runs_on.contains(proto)) else {
+                continue;
+            };
+            let due = (elapsed.as_millis() / every.as_millis().max(1)) as u64;
+            if due > s.progress_marks[i] {
+                s.progress_marks[i] = due;
+                if catch_unwind(AssertUnwindSafe(|| e.instance.progress(s))).is_err() {
+                    tracing::error!(plugin = e.name, "plugin panicked reporting progress");
+                }
             }
         }
     }
@@ -145,39 +159,56 @@ impl Chains {
             let Some(plugin) = plugins.registry().get(&p.name) else {
                 continue;
             };
-            let cx = ConfigureCx { config, id: p.meta.id, plugins };
-            let instance = plugin.build(&p.config, &cx).map_err(|reason| CompileError::Plugin {
-                plugin: p.instance_name.clone().unwrap_or_else(|| format!("{} ({})", p.name, p.meta.id)),
-                reason,
-            })?;
+            let label = || p.instance_name.clone().unwrap_or_else(|| format!("{} ({})", p.name, p.meta.id));
             let mut runs_on = ProtocolSet::default();
             for proto in plugin.protocols() {
                 if p.protocols.is_none_or(|set| set.contains(*proto)) {
                     runs_on.insert(*proto);
                 }
             }
+            if runs_on.is_empty() {
+                continue;
+            }
+            let cx = ConfigureCx { config, id: p.meta.id, plugins };
+            // A plugin's own code must not take the control plane down.
+            let instance = catch_unwind(AssertUnwindSafe(|| plugin.build(&p.config, &cx)))
+                .unwrap_or_else(|_| Err("the plugin panicked while being configured".to_owned()))
+                .map_err(|reason| CompileError::Plugin { plugin: label(), reason })?;
             built.push(Built { idx, name: plugin.name(), priority: plugin.priority(), runs_on, instance });
         }
         if built.is_empty() {
             return Ok(Chains { routes: vec![None; config.routes.len()], global: None });
         }
 
-        let make = |chosen: Vec<&Built>| -> Result<Option<Arc<Chain>>, CompileError> {
+        // One TLS configuration per verifier, shared by the routes using it.
+        let mut tls_configs: Vec<(*const Built, Arc<ServerConfig>)> = Vec::new();
+        let mut make = |chosen: Vec<(&Built, ProtocolSet)>| -> Result<Option<Arc<Chain>>, CompileError> {
             if chosen.is_empty() {
                 return Ok(None);
             }
+            let mut tls_server = None;
+            for (b, on) in &chosen {
+                if on.contains(Protocol::Tls) {
+                    if let Some(v) = b.instance.client_verifier() {
+                        let key: *const Built = *b;
+                        let cfg = match tls_configs.iter().find(|(k, _)| *k == key) {
+                            Some((_, c)) => c.clone(),
+                            None => {
+                                let c = tls_with_client_auth(v)
+                                    .map_err(|reason| CompileError::Plugin { plugin: b.name.to_owned(), reason })?;
+                                tls_configs.push((key, c.clone()));
+                                c
+                            }
+                        };
+                        tls_server = Some(cfg);
+                    }
+                }
+            }
             let mut entries: Vec<Entry> = chosen
                 .iter()
-                .map(|b| Entry { name: b.name, priority: b.priority, runs_on: b.runs_on, instance: b.instance.clone() })
+                .map(|(b, on)| Entry { name: b.name, priority: b.priority, runs_on: *on, instance: b.instance.clone() })
                 .collect();
             entries.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(b.name)));
-            let tls_server = match entries.iter().find_map(|e| e.instance.client_verifier()) {
-                Some(v) => Some(
-                    tls_with_client_auth(v)
-                        .map_err(|reason| CompileError::Plugin { plugin: "mtls-auth".to_owned(), reason })?,
-                ),
-                None => None,
-            };
             let progress_every = entries.iter().filter_map(|e| e.instance.progress_interval()).min();
             Ok(Some(Arc::new(Chain { entries, tls_server, progress_every })))
         };
@@ -186,32 +217,70 @@ impl Chains {
             let p = &config.plugins[b.idx];
             (p.route, p.service)
         };
-        let globals: Vec<&Built> = built.iter().filter(|b| scope(b) == (None, None)).collect();
+        let globals: Vec<(&Built, ProtocolSet)> =
+            built.iter().filter(|b| scope(b) == (None, None)).map(|b| (b, b.runs_on)).collect();
         let global = make(globals)?;
 
+        // Instances by the route and by the service they name.
+        let mut by_route: HashMap<usize, Vec<&Built>> = HashMap::new();
+        let mut by_service: HashMap<usize, Vec<&Built>> = HashMap::new();
+        for b in &built {
+            match scope(b) {
+                (Some(r), _) => by_route.entry(r.0).or_default().push(b),
+                (None, Some(s)) => by_service.entry(s.0).or_default().push(b),
+                (None, None) => {}
+            }
+        }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (ri, route) in config.routes.iter().enumerate() {
-            let here = Some(RouteIdx(ri));
+            let own = by_route.get(&ri).map_or(&[][..], Vec::as_slice);
+            let of_service = route.service.and_then(|s| by_service.get(&s.0)).map_or(&[][..], Vec::as_slice);
+            if own.is_empty() && of_service.is_empty() {
+                // Only global plugins: the global chain itself.
+                routes.push(global.clone());
+                continue;
+            }
             // Rank by specificity; `None` when the instance does not apply.
             let rank = |b: &Built| match scope(b) {
-                (r, Some(s)) if r == here && route.service == Some(s) => Some(3),
-                (r, None) if r == here => Some(2),
+                (Some(r), Some(s)) if r.0 == ri && route.service == Some(s) => Some(3u8),
+                (Some(r), None) if r.0 == ri => Some(2),
                 (None, Some(s)) if route.service == Some(s) => Some(1),
                 (None, None) => Some(0),
                 _ => None,
             };
-            let mut best: Vec<(&Built, u8)> = Vec::new();
-            for b in &built {
-                let Some(r) = rank(b) else { continue };
-                match best.iter_mut().find(|(x, _)| x.name == b.name) {
-                    Some(slot) if slot.1 < r => *slot = (b, r),
-                    Some(_) => {}
-                    None => best.push((b, r)),
+            let candidates: Vec<&Built> = own
+                .iter()
+                .chain(of_service)
+                .copied()
+                .chain(built.iter().filter(|b| scope(b) == (None, None)))
+                .collect();
+            // For each protocol, the most specific instance of each name that
+            // runs on it: an instance narrowed to other protocols does not
+            // hide a less specific one for this protocol.
+            let mut chosen: Vec<(&Built, ProtocolSet)> = Vec::new();
+            for proto in [Protocol::Tcp, Protocol::Tls, Protocol::TlsPassthrough, Protocol::Udp] {
+                let mut best: Vec<(&Built, u8)> = Vec::new();
+                for b in candidates.iter().filter(|b| b.runs_on.contains(proto)) {
+                    let Some(r) = rank(b) else { continue };
+                    match best.iter_mut().find(|(x, _)| x.name == b.name) {
+                        Some(slot) if slot.1 < r => *slot = (b, r),
+                        Some(_) => {}
+                        None => best.push((b, r)),
+                    }
+                }
+                for (b, _) in best {
+                    match chosen.iter_mut().find(|(x, _)| std::ptr::eq(*x, b)) {
+                        Some((_, on)) => on.insert(proto),
+                        None => {
+                            let mut on = ProtocolSet::default();
+                            on.insert(proto);
+                            chosen.push((b, on));
+                        }
+                    }
                 }
             }
-            let chosen: Vec<&Built> = best.into_iter().map(|(b, _)| b).collect();
             // mtls-auth needs a route that terminates TLS.
-            if chosen.iter().any(|b| b.instance.client_verifier().is_some() && rank(b) >= Some(1))
+            if chosen.iter().any(|(b, _)| b.instance.client_verifier().is_some() && rank(b) >= Some(1))
                 && !route.protocols.contains(Protocol::Tls)
             {
                 return Err(CompileError::Plugin {
@@ -230,7 +299,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use serde_json::json;
-    use strait_model::{Options, PluginNames};
+    use strait_model::{Options, PluginNames, RouteIdx};
 
     use super::*;
     use crate::Upstreams;
@@ -337,8 +406,9 @@ plugins:
             }
         };
         // Route beats service beats global; higher priority first; the
-        // route's `high` runs only on tls, where it replaces the global one.
-        assert_eq!(run(0, Protocol::Tcp).await.1, json!(["route"]));
+        // route's `high` runs only on tls, where it replaces the global one,
+        // and does not hide it from tcp sessions.
+        assert_eq!(run(0, Protocol::Tcp).await.1, json!(["high-global", "route"]));
         assert_eq!(run(0, Protocol::Tls).await.1, json!(["high-route", "route"]));
         assert_eq!(run(1, Protocol::Tcp).await.1, json!(["high-global", "service"]));
         // A disabled instance is not there; the route+service one panics:
