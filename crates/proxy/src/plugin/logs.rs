@@ -135,13 +135,13 @@ fn instance(
     Arc::new(LogInstance { sink, interval, _slot: slot })
 }
 
-fn task_sink<F>(name: &'static str, run: impl FnOnce(mpsc::Receiver<Vec<u8>>) -> F) -> Sink
+fn task_sink<F>(name: &'static str, queue: usize, run: impl FnOnce(mpsc::Receiver<Vec<u8>>) -> F) -> Sink
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     let tx = match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let (tx, rx) = mpsc::channel(queue.max(1));
             handle.spawn(run(rx));
             Tx::Task(tx)
         }
@@ -297,7 +297,7 @@ impl Plugin for TcpLog {
             None
         };
         let interval = c.interval;
-        Ok(instance(cx, key, interval, || task_sink("tcp-log", move |rx| tcp_task(c, tls, rx))))
+        Ok(instance(cx, key, interval, || task_sink("tcp-log", QUEUE, move |rx| tcp_task(c, tls, rx))))
     }
 }
 
@@ -470,7 +470,7 @@ impl Plugin for UdpLog {
     fn configure(&self, c: UdpConfig, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String> {
         let key = format!("{:?}", c);
         let interval = c.interval;
-        Ok(instance(cx, key, interval, || task_sink("udp-log", move |rx| udp_task(c, rx))))
+        Ok(instance(cx, key, interval, || task_sink("udp-log", QUEUE, move |rx| udp_task(c, rx))))
     }
 }
 
@@ -529,6 +529,8 @@ pub struct HttpConfig {
     headers: Vec<(String, String)>,
     batch: usize,
     coalesce: Duration,
+    /// Entries waiting, at most (`queue.max_entries`).
+    max_entries: usize,
     max_retry: Duration,
     interval: Option<Duration>,
 }
@@ -642,10 +644,10 @@ impl Plugin for HttpLog {
         for old in ["queue_size", "flush_timeout", "retry_count"] {
             conf.integer(old, None, 0..=i64::from(u32::MAX));
         }
-        let (batch, coalesce, max_retry) = conf.record("queue", |q| {
+        let (batch, coalesce, max_retry, max_entries) = conf.record("queue", |q| {
             let batch = q.integer("max_batch_size", Some(1), 1..=1_000_000).unwrap_or(1) as usize;
             let coalesce = q.positive_number("max_coalescing_delay", Some(1.0)).unwrap_or(1.0);
-            q.integer("max_entries", Some(10_000), 1..=1_000_000);
+            let max_entries = q.integer("max_entries", Some(10_000), 1..=1_000_000).unwrap_or(10_000) as usize;
             q.integer("max_bytes", None, 1..=i64::MAX);
             let retry = q.positive_number("max_retry_time", Some(60.0)).unwrap_or(60.0);
             q.positive_number("initial_retry_delay", Some(0.01));
@@ -655,7 +657,12 @@ impl Plugin for HttpLog {
                     q.error("concurrency_limit", "expected one of: -1, 1");
                 }
             }
-            (batch, Duration::from_secs_f64(coalesce.min(3600.0)), Duration::from_secs_f64(retry.min(86_400.0)))
+            (
+                batch,
+                Duration::from_secs_f64(coalesce.min(3600.0)),
+                Duration::from_secs_f64(retry.min(86_400.0)),
+                max_entries,
+            )
         });
         let interval = common(conf);
         let endpoint = endpoint?;
@@ -668,6 +675,7 @@ impl Plugin for HttpLog {
             headers,
             batch,
             coalesce,
+            max_entries,
             max_retry,
             interval,
         })
@@ -680,8 +688,8 @@ impl Plugin for HttpLog {
         } else {
             None
         };
-        let interval = c.interval;
-        Ok(instance(cx, key, interval, || task_sink("http-log", move |rx| http_task(c, tls, rx))))
+        let (interval, queue) = (c.interval, c.max_entries);
+        Ok(instance(cx, key, interval, || task_sink("http-log", queue, move |rx| http_task(c, tls, rx))))
     }
 }
 

@@ -33,12 +33,17 @@ impl<P: Plugin> Erased for P {
         Plugin::protocols(self)
     }
     fn check(&self, config: &Map<String, Value>) -> ConfigCheck {
-        let mut conf = Conf::new(config);
-        let parsed = self.schema(&mut conf);
-        let filled = conf.finish()?;
-        match parsed {
-            Some(_) => Ok(filled),
-            None => Err(vec![("@entity".to_owned(), "invalid configuration".to_owned())]),
+        // A plugin's own code must not take the control plane down.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut conf = Conf::new(config);
+            let parsed = self.schema(&mut conf).is_some();
+            (parsed, conf.finish())
+        }));
+        match checked {
+            Ok((true, filled)) => filled,
+            Ok((false, Err(errors))) => Err(errors),
+            Ok((false, Ok(_))) => Err(vec![("@entity".to_owned(), "invalid configuration".to_owned())]),
+            Err(_) => Err(vec![("@entity".to_owned(), "the plugin panicked checking its configuration".to_owned())]),
         }
     }
     fn build(&self, config: &Map<String, Value>, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String> {
