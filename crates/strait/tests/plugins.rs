@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use test_support::backend::{Backend, closed_without_data, connect_from, read_banner, tls_connect};
-use test_support::certs::{Pem, TestCa, client_config, client_config_with_cert, server_config};
-use test_support::gateway::{Gateway, GatewayConfig, yaml_block};
+use test_support::certs::{TestCa, client_config, client_config_with_cert, server_config};
+use test_support::gateway::{Gateway, GatewayConfig, certificate_yaml, yaml_block};
 use test_support::{WAIT, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -48,15 +48,6 @@ async fn echo_session(to: SocketAddr, msg: &[u8]) -> String {
     tokio::time::timeout(WAIT, s.read_exact(&mut back)).await.expect("echo in time").expect("echo");
     assert_eq!(back, msg);
     banner
-}
-
-fn certificate_yaml(pem: &Pem, snis: &[&str]) -> String {
-    format!(
-        "- cert: |\n{}  key: |\n{}  snis: [{}]\n",
-        yaml_block(&pem.cert, 4),
-        yaml_block(&pem.key, 4),
-        snis.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
-    )
 }
 
 fn file_log(dir: &Path) -> (PathBuf, String) {

@@ -5,22 +5,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use test_support::backend::{Backend, closed_without_data, read_banner, tls_connect};
-use test_support::certs::{Pem, TestCa, client_config, insecure_client_config, server_config};
-use test_support::gateway::{Gateway, GatewayConfig, one_route, yaml_block};
+use test_support::certs::{TestCa, client_config, insecure_client_config, server_config};
+use test_support::gateway::{Gateway, GatewayConfig, certificate_yaml, one_route, yaml_block};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strait"))
-}
-
-fn certificate_yaml(pem: &Pem, snis: &[&str]) -> String {
-    format!(
-        "- cert: |\n{}  key: |\n{}  snis: [{}]\n",
-        yaml_block(&pem.cert, 4),
-        yaml_block(&pem.key, 4),
-        snis.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
-    )
 }
 
 /// The DER of the leaf certificate the server presented.

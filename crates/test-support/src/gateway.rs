@@ -205,6 +205,16 @@ pub fn yaml_block(pem: &str, spaces: usize) -> String {
     pem.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
+/// A `certificates` list item with the certificate's PEM and its `snis`.
+pub fn certificate_yaml(pem: &crate::certs::Pem, snis: &[&str]) -> String {
+    format!(
+        "- cert: |\n{}  key: |\n{}  snis: [{}]\n",
+        yaml_block(&pem.cert, 4),
+        yaml_block(&pem.key, 4),
+        snis.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    )
+}
+
 /// A declarative file with one `tcp` service towards `upstream` and one route.
 /// `service_fields` and `route_fields` are YAML `key: value` lines.
 pub fn one_route(upstream: std::net::SocketAddr, service_fields: &[&str], route_fields: &[&str]) -> String {
