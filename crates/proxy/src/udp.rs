@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::access_log::{CloseReason, SessionRecord, Try};
 use crate::plugin::{Chain, PhaseOutcome, Session};
+use crate::relay::Report;
 use crate::snapshot::{Destination, Snapshot};
 use crate::{ListenerInfo, Shared};
 
@@ -224,6 +225,7 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             }
         }
         Ok((upstream, idle, _in_use)) => {
+            rec.connected_after = Some(ctx.link.began.elapsed());
             let _ = ctx.link.upstream.set(upstream.clone());
             // From now on the listener sends directly; what it queued before
             // goes first, then the queue is closed and emptied.
@@ -234,7 +236,22 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             while let Some(d) = queued.recv().await {
                 let _ = upstream.send(&d).await;
             }
-            rec.reason = relay(&ctx, &upstream, idle, &mut to_client).await;
+            // Log plugins that report long sessions while they run.
+            let every = plugged.as_ref().and_then(|(c, _)| c.progress_every);
+            let began = ctx.link.began;
+            let mut progress = |up: u64, down: u64| {
+                if let Some((chain, s)) = plugged.as_mut() {
+                    let mut now = rec.clone();
+                    now.bytes_received = up;
+                    now.bytes_sent = down;
+                    now.duration = began.elapsed();
+                    s.record = Some(now);
+                    chain.progress(s, began.elapsed());
+                    s.record = None;
+                }
+            };
+            let report = every.map(|every| Report { every, call: &mut progress });
+            rec.reason = relay(&ctx, &upstream, idle, &mut to_client, report).await;
         }
     }
     // Leave the table first, so a new datagram from this client opens a new session.
@@ -399,9 +416,17 @@ async fn quic_sni(
 
 /// Sends replies back until the session has been idle for `idle` in both
 /// directions, or the proxy closes everything.
-async fn relay(ctx: &Ctx, upstream: &UdpSocket, idle: Duration, to_client: &mut (u64, u64)) -> CloseReason {
+async fn relay(
+    ctx: &Ctx,
+    upstream: &UdpSocket,
+    idle: Duration,
+    to_client: &mut (u64, u64),
+    mut report: Option<Report<'_>>,
+) -> CloseReason {
     let mut force = ctx.shared.force_close.clone();
     let mut closing = ctx.closing.clone();
+    // A second timer only for sessions that report progress.
+    let mut tick = report.as_ref().map(|r| Box::pin(tokio::time::sleep(r.every)));
     loop {
         let last = Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
         let deadline = ctx.link.began + last + idle;
@@ -413,6 +438,18 @@ async fn relay(ctx: &Ctx, upstream: &UdpSocket, idle: Duration, to_client: &mut 
             _ = force.wait_for(|v| *v) => return CloseReason::Shutdown,
             _ = closing.wait_for(|v| *v) => return CloseReason::Shutdown,
             _ = tokio::time::sleep_until(deadline) => continue,
+            _ = async {
+                match tick.as_mut() {
+                    Some(t) => t.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let (Some(r), Some(t)) = (report.as_mut(), tick.as_mut()) {
+                    (r.call)(ctx.link.from_client_bytes.load(Ordering::Relaxed), to_client.1);
+                    t.as_mut().reset(Instant::now() + r.every);
+                }
+                continue;
+            }
             ready = upstream.readable() => {
                 if ready.is_err() {
                     return CloseReason::UpstreamError;

@@ -808,6 +808,7 @@ async fn udp_sessions_run_plugins() {
     let port = free_port();
     let dir = test_support::gateway::TempDir::new();
     let (log_path, log_yaml) = file_log(dir.path());
+    let log_yaml = format!("{log_yaml}    interval: 1\n");
     let yaml = format!(
         r#"_format_version: "3.0"
 services:
@@ -835,4 +836,8 @@ plugins:
     let e = wait_entry(&log_path, |e| e["client_ip"] == "127.0.0.2").await;
     assert_eq!(e["session"]["status"], 403);
     assert!(tokio::time::timeout(Duration::from_millis(300), denied.recv(&mut buf)).await.is_err());
+    // The open session reports its progress while it lasts.
+    let e = wait_entry(&log_path, |e| e["progress"] == true).await;
+    assert_eq!((&e["session"]["received"], &e["session"]["sent"]), (&json!(2), &json!(4)), "{e}");
+    assert_eq!(e["route"]["name"], "udp-route");
 }
