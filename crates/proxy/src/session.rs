@@ -96,7 +96,8 @@ pub(crate) async fn serve(
     let snap = shared.snapshot.load_full();
     let mut rec = SessionRecord::new(client, listener.label.clone(), "tcp", CloseReason::ClientClosed);
     let mut force = shared.force_close.clone();
-    let mut plugged: Option<Plugged> = None;
+    // Boxed: a session without plugins keeps one word for them in its task.
+    let mut plugged: Option<Box<Plugged>> = None;
 
     let prepared = tokio::select! {
         biased;
@@ -159,7 +160,7 @@ pub(crate) async fn serve(
     // that never reached a route.
     let plugged = plugged.or_else(|| {
         let chain = snap.chain(None)?.clone();
-        Some(Plugged { chain, s: Session::new(snap.clone(), rec.client, local, listener.label.clone()) })
+        Some(Box::new(Plugged { chain, s: Session::new(snap.clone(), rec.client, local, listener.label.clone()) }))
     });
     let rec = match plugged {
         Some(mut p) => {
@@ -178,7 +179,7 @@ pub(crate) async fn serve(
 /// Everything before the relay: classify, route, TLS, connect.
 async fn prepare(
     rec: &mut SessionRecord,
-    plugged: &mut Option<Plugged>,
+    plugged: &mut Option<Box<Plugged>>,
     mut stream: TcpStream,
     local: SocketAddr,
     listener: &ListenerInfo,
@@ -258,7 +259,7 @@ async fn prepare(
         s.sni = rec.sni.clone();
         s.alpn = hello.as_ref().map(|h| h.alpn.clone()).unwrap_or_default();
         s.route = Some(RouteIdx(ri));
-        *plugged = Some(Plugged { chain: chain.clone(), s });
+        *plugged = Some(Box::new(Plugged { chain: chain.clone(), s }));
     }
 
     let Some(si) = route.service.map(|s| s.0) else {

@@ -207,7 +207,7 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     let mut to_client = (0u64, 0u64);
     let mut pending = vec![first];
     let mut closing = ctx.closing.clone();
-    let mut plugged: Option<(Arc<Chain>, Session)> = None;
+    let mut plugged: Option<Box<(Arc<Chain>, Session)>> = None;
     let opened = tokio::select! {
         biased;
         _ = closing.wait_for(|v| *v) => Err((503, CloseReason::Shutdown, "the listener is stopping".to_owned())),
@@ -237,10 +237,11 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
                 let _ = upstream.send(&d).await;
             }
             // Log plugins that report long sessions while they run.
-            let every = plugged.as_ref().and_then(|(c, _)| c.progress_every);
+            let every = plugged.as_ref().and_then(|p| p.0.progress_every);
             let began = ctx.link.began;
             let mut progress = |up: u64, down: u64| {
-                if let Some((chain, s)) = plugged.as_mut() {
+                if let Some(p) = plugged.as_mut() {
+                    let (chain, s) = &mut **p;
                     let mut now = rec.clone();
                     now.bytes_received = up;
                     now.bytes_sent = down;
@@ -265,10 +266,11 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     let plugged = plugged.or_else(|| {
         let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
         s.protocol = Protocol::Udp;
-        Some((snap.chain(None)?.clone(), s))
+        Some(Box::new((snap.chain(None)?.clone(), s)))
     });
     let rec = match plugged {
-        Some((chain, mut s)) => {
+        Some(p) => {
+            let (chain, mut s) = *p;
             s.record = Some(rec);
             chain.log(&mut s);
             s.record.take()
@@ -288,7 +290,7 @@ async fn open(
     ctx: &Ctx,
     snap: &Arc<Snapshot>,
     rec: &mut SessionRecord,
-    plugged: &mut Option<(Arc<Chain>, Session)>,
+    plugged: &mut Option<Box<(Arc<Chain>, Session)>>,
     pending: &mut Vec<Vec<u8>>,
     queued: &mut mpsc::Receiver<Vec<u8>>,
 ) -> Result<Opened, (u16, CloseReason, String)> {
@@ -311,7 +313,7 @@ async fn open(
         s.protocol = Protocol::Udp;
         s.sni = rec.sni.clone();
         s.route = Some(RouteIdx(ri));
-        *plugged = Some((chain.clone(), s));
+        *plugged = Some(Box::new((chain.clone(), s)));
     }
     let Some(si) = route.service.map(|s| s.0) else {
         return Err((503, CloseReason::NoService, "no Service found with those values".into()));
@@ -327,7 +329,8 @@ async fn open(
     }
     // The preread phase, as for TCP sessions.
     let mut target = None;
-    if let Some((chain, s)) = plugged.as_mut() {
+    if let Some(p) = plugged.as_mut() {
+        let (chain, s) = &mut **p;
         let outcome = chain.preread(s).await;
         target = s.target;
         if let PhaseOutcome::Reject { status, message, plugin } = outcome {
