@@ -102,7 +102,10 @@ pub(crate) async fn serve(
     let prepared = tokio::select! {
         biased;
         _ = force.wait_for(|v| *v) => Err(Fail::new(503, CloseReason::Shutdown, None)),
-        r = prepare(&mut rec, &mut plugged, stream, local, &listener, &shared, &snap) => r,
+        // Boxed: the setup's state (peek, handshakes, connect attempts) is
+        // freed when the relay starts instead of staying in the task for the
+        // session's whole life.
+        r = Box::pin(prepare(&mut rec, &mut plugged, stream, local, &listener, &shared, &snap)) => r,
     };
     match prepared {
         Err(fail) => {
