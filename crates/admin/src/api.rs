@@ -154,6 +154,16 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             req.control().check(|doc| push(doc, &kind, obj).map(Some)).await?;
             json_reply(StatusCode::OK, json!({ "message": "schema validation successful" }))
         }
+        ["schemas", "plugins", name] => {
+            only(m, &[Method::GET])?;
+            let schema = req
+                .control()
+                .plugins()
+                .registry()
+                .schema(name)
+                .ok_or_else(|| ApiError::message(StatusCode::NOT_FOUND, &format!("No plugin named '{name}'")))?;
+            json_reply(StatusCode::OK, schema)
+        }
         ["plugins", "enabled"] => {
             only(m, &[Method::GET])?;
             json_reply(StatusCode::OK, json!({ "enabled_plugins": enabled_plugins(req.control()) }))

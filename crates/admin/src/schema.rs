@@ -15,6 +15,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/plugins/enabled", &["GET"]),
     ("/schemas/{entity}", &["GET"]),
     ("/schemas/{entity}/validate", &["POST"]),
+    ("/schemas/plugins/{plugin_name}", &["GET"]),
     ("/services", &["GET", "POST"]),
     ("/services/{service}", &["GET", "PUT", "PATCH", "DELETE"]),
     ("/services/{service}/routes", &["GET", "POST"]),

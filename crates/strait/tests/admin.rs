@@ -480,7 +480,8 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
             .replace("{upstream}", "up")
             .replace("{target}", "127.0.0.1:9000")
             .replace("{address}", "127.0.0.1:9000")
-            .replace("{entity}", "services");
+            .replace("{entity}", "services")
+            .replace("{plugin_name}", "ip-restriction");
         for method in ops.as_object().unwrap().keys() {
             let method = method.to_ascii_uppercase();
             let r = match method.as_str() {

@@ -793,6 +793,13 @@ async fn bad_plugin_configs_are_refused_with_the_field_named() {
     assert!(closed_without_data(&mut s).await);
     assert_eq!(backend.accepted(), 0);
 
+    // Kong's plugin schema endpoint (decK reads it to fill defaults).
+    let schema = test_support::http::get(addr(admin), "/schemas/plugins/connection-limit").await.json();
+    let config = schema["fields"].as_array().unwrap().iter().find_map(|f| f.get("config")).unwrap().clone();
+    assert_eq!(config["fields"][0]["max_sessions"]["required"], true, "{config}");
+    assert_eq!(config["fields"][1]["limit_by"]["default"], "ip", "{config}");
+    assert_eq!(test_support::http::get(addr(admin), "/schemas/plugins/nope").await.status, 404);
+
     // One instance of a plugin per scope, as Kong's unique key.
     let r = post(json!({"name": "ip-restriction", "route": {"name": "r"}, "config": {"deny": ["10.0.0.1"]}})).await;
     assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));

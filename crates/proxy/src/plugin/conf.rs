@@ -22,11 +22,24 @@ pub struct Conf<'a> {
     known: Vec<&'static str>,
     out: Map<String, Value>,
     errors: Vec<(String, String)>,
+    /// What each field read is, in Kong's schema terms (`/schemas/plugins/{name}`).
+    fields: Vec<(&'static str, Value)>,
 }
 
 impl<'a> Conf<'a> {
     pub fn new(input: &'a Map<String, Value>) -> Conf<'a> {
-        Conf { input, known: Vec::new(), out: Map::new(), errors: Vec::new() }
+        Conf { input, known: Vec::new(), out: Map::new(), errors: Vec::new(), fields: Vec::new() }
+    }
+
+    /// Describes a field (the last description of a field wins).
+    fn describe(&mut self, key: &'static str, description: Value) {
+        self.fields.retain(|(k, _)| *k != key);
+        self.fields.push((key, description));
+    }
+
+    /// The fields read so far, as Kong's schema endpoint lists them.
+    pub(crate) fn schema_fields(&self) -> Value {
+        Value::Array(self.fields.iter().map(|(k, v)| json!({ *k: v })).collect())
     }
 
     /// Records an error on `field` (a path under `config`, e.g. `allow[2]`).
@@ -49,6 +62,7 @@ impl<'a> Conf<'a> {
 
     /// A field accepted and kept as given, whatever it holds.
     pub fn accept(&mut self, key: &'static str) {
+        self.describe(key, json!({"type": "any"}));
         let v = self.raw(key).cloned().unwrap_or(Value::Null);
         self.fill(key, v);
     }
@@ -59,6 +73,7 @@ impl<'a> Conf<'a> {
     }
 
     pub fn string(&mut self, key: &'static str, default: Option<&str>) -> Option<String> {
+        self.describe(key, json!({"type": "string", "default": default}));
         let v = match self.raw(key) {
             None => default.map(str::to_owned),
             Some(Value::String(s)) if s.is_empty() => {
@@ -77,6 +92,7 @@ impl<'a> Conf<'a> {
 
     pub fn required_string(&mut self, key: &'static str) -> Option<String> {
         let v = self.string(key, None);
+        self.describe(key, json!({"type": "string", "required": true}));
         if v.is_none() && self.raw(key).is_none() {
             self.error(key, "required field missing");
         }
@@ -84,6 +100,7 @@ impl<'a> Conf<'a> {
     }
 
     pub fn integer(&mut self, key: &'static str, default: Option<i64>, range: RangeInclusive<i64>) -> Option<i64> {
+        self.describe(key, json!({"type": "integer", "default": default, "between": [range.start(), range.end()]}));
         let v = match self.raw(key) {
             None => default,
             Some(raw) => {
@@ -112,16 +129,21 @@ impl<'a> Conf<'a> {
     }
 
     pub fn required_integer(&mut self, key: &'static str, range: RangeInclusive<i64>) -> Option<i64> {
-        if self.raw(key).is_none() {
+        let description = json!({"type": "integer", "required": true, "between": [range.start(), range.end()]});
+        let v = if self.raw(key).is_none() {
             self.error(key, "required field missing");
             self.fill(key, Value::Null);
-            return None;
-        }
-        self.integer(key, None, range)
+            None
+        } else {
+            self.integer(key, None, range)
+        };
+        self.describe(key, description);
+        v
     }
 
     /// A number greater than zero.
     pub fn positive_number(&mut self, key: &'static str, default: Option<f64>) -> Option<f64> {
+        self.describe(key, json!({"type": "number", "default": default, "gt": 0, "required": default.is_none()}));
         let v = match self.raw(key) {
             None if default.is_none() => {
                 self.error(key, "required field missing");
@@ -147,6 +169,7 @@ impl<'a> Conf<'a> {
     }
 
     pub fn boolean(&mut self, key: &'static str, default: bool) -> bool {
+        self.describe(key, json!({"type": "boolean", "default": default}));
         let v = match self.raw(key) {
             None => default,
             Some(Value::Bool(b)) => *b,
@@ -162,6 +185,7 @@ impl<'a> Conf<'a> {
 
     /// One of `choices`, as Kong's `one_of`.
     pub fn one_of(&mut self, key: &'static str, default: &'static str, choices: &[&'static str]) -> &'static str {
+        self.describe(key, json!({"type": "string", "default": default, "one_of": choices}));
         let v = match self.raw(key) {
             None => default,
             Some(Value::String(s)) => match choices.iter().find(|c| **c == s.as_str()) {
@@ -182,6 +206,7 @@ impl<'a> Conf<'a> {
 
     /// An array of strings (absent: empty, written as `null`).
     pub fn string_list(&mut self, key: &'static str) -> Vec<String> {
+        self.describe(key, json!({"type": "array", "elements": {"type": "string"}}));
         let list = match self.raw(key) {
             None => {
                 self.fill(key, Value::Null);
@@ -208,6 +233,7 @@ impl<'a> Conf<'a> {
     /// IPs and CIDR ranges, v4 or v6 (Kong's `ip_or_cidr`).
     pub fn ip_list(&mut self, key: &'static str) -> Vec<IpNet> {
         let raw = self.string_list(key);
+        self.describe(key, json!({"type": "array", "elements": {"type": "string", "match": "ip_or_cidr"}}));
         let mut nets = Vec::with_capacity(raw.len());
         for (i, s) in raw.iter().enumerate() {
             match parse_ip_or_cidr(s) {
@@ -221,6 +247,7 @@ impl<'a> Conf<'a> {
     /// A stream exit status (Kong's PDK accepts only these).
     pub fn status(&mut self, key: &'static str, default: Status) -> Status {
         let code = self.integer(key, None, 100..=599);
+        self.describe(key, json!({"type": "integer", "one_of": [200, 400, 403, 500, 502, 503]}));
         match code {
             None => {
                 self.fill(key, Value::Null);
@@ -249,6 +276,7 @@ impl<'a> Conf<'a> {
         };
         let mut sub = Conf::new(input);
         let out = read(&mut sub);
+        self.describe(key, json!({"type": "record", "fields": sub.schema_fields()}));
         match sub.finish() {
             Ok(filled) => self.fill(key, Value::Object(filled)),
             Err(errors) => {
@@ -262,6 +290,7 @@ impl<'a> Conf<'a> {
 
     /// A record of string values (e.g. HTTP headers).
     pub fn string_map(&mut self, key: &'static str) -> Vec<(String, String)> {
+        self.describe(key, json!({"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}));
         let mut out = Vec::new();
         match self.raw(key) {
             None => self.fill(key, Value::Null),

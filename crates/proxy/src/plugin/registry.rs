@@ -20,9 +20,16 @@ pub(crate) trait Erased: Send + Sync {
     fn protocols(&self) -> &'static [Protocol];
     fn check(&self, config: &Map<String, Value>) -> ConfigCheck;
     fn build(&self, config: &Map<String, Value>, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String>;
+    fn describe(&self) -> Value;
 }
 
 impl<P: Plugin> Erased for P {
+    fn describe(&self) -> Value {
+        let empty = Map::new();
+        let mut conf = Conf::new(&empty);
+        let _ = self.schema(&mut conf);
+        conf.schema_fields()
+    }
     fn name(&self) -> &'static str {
         Plugin::name(self)
     }
@@ -98,6 +105,30 @@ impl Registry {
 
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.plugins.iter().map(|p| p.name())
+    }
+
+    /// Kong's `/schemas/plugins/{name}`: the entity's fields with the
+    /// plugin's `config` record described field by field.
+    pub fn schema(&self, name: &str) -> Option<Value> {
+        let p = self.get(name)?;
+        let protocols: Vec<&str> = p.protocols().iter().map(|x| x.as_str()).collect();
+        Some(serde_json::json!({
+            "fields": [
+                {"id": {"type": "string", "uuid": true, "auto": true}},
+                {"name": {"type": "string", "required": true}},
+                {"instance_name": {"type": "string"}},
+                {"created_at": {"type": "integer", "timestamp": true, "auto": true}},
+                {"updated_at": {"type": "integer", "timestamp": true, "auto": true}},
+                {"route": {"type": "foreign", "reference": "routes", "default": null}},
+                {"service": {"type": "foreign", "reference": "services", "default": null}},
+                {"consumer": {"type": "foreign", "reference": "consumers", "default": null, "eq": null}},
+                {"protocols": {"type": "set", "required": true, "default": protocols,
+                    "elements": {"type": "string", "one_of": protocols}}},
+                {"enabled": {"type": "boolean", "default": true}},
+                {"tags": {"type": "set", "elements": {"type": "string"}}},
+                {"config": {"type": "record", "required": true, "fields": p.describe()}},
+            ]
+        }))
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Erased>> {
