@@ -89,8 +89,9 @@ pub struct SessionRecord {
     pub duration: Duration,
     pub protocol: &'static str,
     pub status: u16,
-    pub route: Option<String>,
-    pub service: Option<String>,
+    /// Labels shared with the snapshot: no allocation per session.
+    pub route: Option<std::sync::Arc<str>>,
+    pub service: Option<std::sync::Arc<str>>,
     pub upstream: Option<SocketAddr>,
     pub sni: Option<String>,
     pub tries: Vec<Try>,
@@ -149,13 +150,14 @@ impl SessionRecord {
             self.duration.as_secs_f64()
         );
         let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let label = |o: &Option<std::sync::Arc<str>>| o.as_deref().unwrap_or("-").to_owned();
         let _ = write!(
             s,
             " listener={} protocol={} route={} service={} upstream={} sni={} tries={} reason=\"{}\"",
             self.listener,
             self.protocol,
-            dash(&self.route),
-            dash(&self.service),
+            label(&self.route),
+            label(&self.service),
             self.upstream.map_or_else(|| "-".into(), |a| a.to_string()),
             dash(&self.sni),
             self.tries.len(),

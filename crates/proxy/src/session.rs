@@ -240,7 +240,7 @@ async fn prepare(
         return Err(Fail::new(500, CloseReason::NoRoute, detail.to_owned()));
     };
     let route = &snap.config.routes[ri];
-    rec.route = Some(route.label());
+    rec.route = Some(snap.route_labels[ri].clone());
     let passthrough = kind != ConnKind::Plain && route.protocols.contains(Protocol::TlsPassthrough);
     let terminate = kind != ConnKind::Plain && !passthrough && route.protocols.contains(Protocol::Tls);
     rec.protocol = if passthrough {
@@ -269,7 +269,7 @@ async fn prepare(
         return Err(Fail::new(503, CloseReason::NoService, "no Service found with those values".to_owned()));
     };
     let svc = &snap.config.services[si];
-    rec.service = Some(svc.label());
+    rec.service = Some(snap.service_labels[si].clone());
     if !svc.protocol.is_stream() || svc.protocol == Protocol::Udp {
         return Err(Fail::new(
             503,

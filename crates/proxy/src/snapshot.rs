@@ -60,6 +60,9 @@ pub struct Snapshot {
     upstreams: Arc<Upstreams>,
     pub(crate) chains: Chains,
     pub(crate) metrics: Arc<Metrics>,
+    /// Route and service labels for the access log, made once.
+    pub(crate) route_labels: Vec<Arc<str>>,
+    pub(crate) service_labels: Vec<Arc<str>>,
 }
 
 impl Snapshot {
@@ -150,7 +153,6 @@ impl Snapshot {
         balancers.extend(by_host.into_values());
         let router = Router::new(&config);
         Ok(Snapshot {
-            config,
             router,
             tls_server,
             services,
@@ -158,6 +160,9 @@ impl Snapshot {
             upstreams: upstreams.clone(),
             chains,
             metrics: plugins.metrics().clone(),
+            route_labels: config.routes.iter().map(|r| Arc::from(r.label())).collect(),
+            service_labels: config.services.iter().map(|s| Arc::from(s.label())).collect(),
+            config,
         })
     }
 

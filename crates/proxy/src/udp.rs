@@ -305,7 +305,7 @@ async fn open(
         return Err((500, CloseReason::NoRoute, "no Route found with those values".into()));
     };
     let route = &snap.config.routes[ri];
-    rec.route = Some(route.label());
+    rec.route = Some(snap.route_labels[ri].clone());
     // Plugins see the session from here on, so its log phase runs whatever
     // happens next (even an end during a plugin's delay).
     if let Some(chain) = snap.chain(Some(ri)) {
@@ -319,7 +319,7 @@ async fn open(
         return Err((503, CloseReason::NoService, "no Service found with those values".into()));
     };
     let svc = &snap.config.services[si];
-    rec.service = Some(svc.label());
+    rec.service = Some(snap.service_labels[si].clone());
     if svc.protocol != Protocol::Udp {
         return Err((
             503,
