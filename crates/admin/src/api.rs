@@ -125,6 +125,12 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             only(m, &[Method::GET])?;
             status(req).await
         }
+        ["clustering", "status"] => {
+            only(m, &[Method::GET])?;
+            let node =
+                crate::cluster::Node { id: req.state.info.node_id.clone(), hostname: req.state.info.hostname.clone() };
+            json_reply(StatusCode::OK, crate::cluster::status(req.control(), &node).await)
+        }
         ["metrics"] => {
             only(m, &[Method::GET])?;
             Ok((
@@ -645,9 +651,14 @@ pub async fn status_body(state: &AdminState) -> Value {
         "memory": { "rss_bytes": rss_bytes() },
         "configuration_hash": cur.hash,
         "configuration_version": cur.version,
+        "node_id": state.info.node_id,
+        "hostname": state.info.hostname,
     });
     if let Some(store) = state.control.store() {
-        body["database"] = json!({ "reachable": store.ping().await.is_ok() });
+        // A shared store is watched continuously; asking it again here
+        // would make `/status` wait out the connect timeout in an outage.
+        let reachable = if store.is_shared() { state.control.db_reachable() } else { store.ping().await.is_ok() };
+        body["database"] = json!({ "reachable": reachable });
     }
     body
 }

@@ -10,6 +10,8 @@
 //! snapshot they started with.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,7 +19,7 @@ use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
 use strait_model::{Config, EntityError, KeyPair, LoadError, Options, export, load_value_with};
 use strait_proxy::{Plugins, Snapshot, Upstreams};
-use strait_store::{Row, Store};
+use strait_store::{Row, Store, StoreError};
 
 use crate::error::ApiError;
 
@@ -104,6 +106,12 @@ type Publisher = Box<dyn Fn(Snapshot) + Send + Sync>;
 /// The single writer of the configuration.
 pub struct Control {
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The last store access reached the database (always true for SQLite).
+    db_reachable: AtomicBool,
+    /// Where the last configuration seen is kept (shared store, `db_cache`).
+    cache: OnceLock<PathBuf>,
+    /// The version served, for whoever waits on changes (the cluster heartbeat).
+    served: tokio::sync::watch::Sender<i64>,
     current: ArcSwap<Current>,
     store: Option<Store>,
     default_cert: KeyPair,
@@ -130,6 +138,8 @@ pub enum ControlError {
     Compile(#[from] strait_proxy::CompileError),
     #[error("cannot import the declarative configuration: {0}")]
     Import(String),
+    #[error("the configuration cache {path} cannot be used: {reason}")]
+    Cache { path: String, reason: String },
 }
 
 /// What a successful change produced.
@@ -157,26 +167,56 @@ impl Control {
             None => Current::new(initial, HashMap::new(), 0),
             Some(store) => {
                 let (rows, version) = store.load().await?;
-                let mut doc = json!({ "_format_version": "3.0" });
-                let mut seqs = HashMap::new();
-                for row in rows {
-                    if let Some(list) =
-                        doc.as_object_mut().map(|o| o.entry(row.kind.clone()).or_insert_with(|| json!([])))
-                    {
-                        if let Some(a) = list.as_array_mut() {
-                            a.push(row.doc);
-                        }
-                    }
-                    seqs.insert((row.kind, row.id), row.seq);
-                }
-                let config = load_value_with(&doc, &options).map_err(ControlError::Stored)?.config;
-                Current::new(config, seqs, version)
+                current_from_rows(rows, version, &options).map_err(ControlError::Stored)?
             }
         };
         let seed = if current.version == 0 { seed_doc } else { None };
-        let snapshot = Snapshot::compile(current.config.clone(), &default_cert, &upstreams, &plugins)?;
-        let control = Arc::new(Control {
+        let control = Control::assemble(store, current, default_cert, options, upstreams, plugins);
+        if let Some(doc) = seed {
+            control.apply(|d| replace_all(d, doc)).await.map_err(|e| ControlError::Import(e.body.to_string()))?;
+            tracing::info!("the empty store was seeded from declarative_config");
+        }
+        let snapshot = control.compile(&control.current().config)?;
+        Ok((control, snapshot))
+    }
+
+    /// Starts over a shared store that cannot be reached, from the
+    /// configuration cached at `cache` by an earlier run. The node serves
+    /// it and catches up once the database answers ([`Control::sync`]).
+    pub fn start_cached(
+        store: Store,
+        cache: &std::path::Path,
+        default_cert: KeyPair,
+        options: Options,
+        upstreams: Arc<Upstreams>,
+        plugins: Arc<Plugins>,
+    ) -> Result<(Arc<Control>, Snapshot), ControlError> {
+        let current = read_cache(cache, &options)?;
+        tracing::warn!(
+            version = current.version,
+            hash = %current.hash,
+            cache = %cache.display(),
+            "the database is unreachable: serving the cached configuration until it returns"
+        );
+        let control = Control::assemble(Some(store), current, default_cert, options, upstreams, plugins);
+        control.db_reachable.store(false, Ordering::Relaxed);
+        let snapshot = control.compile(&control.current().config)?;
+        Ok((control, snapshot))
+    }
+
+    fn assemble(
+        store: Option<Store>,
+        current: Current,
+        default_cert: KeyPair,
+        options: Options,
+        upstreams: Arc<Upstreams>,
+        plugins: Arc<Plugins>,
+    ) -> Arc<Control> {
+        Arc::new(Control {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            db_reachable: AtomicBool::new(true),
+            cache: OnceLock::new(),
+            served: tokio::sync::watch::Sender::new(current.version),
             current: ArcSwap::from_pointee(current),
             store,
             default_cert,
@@ -184,19 +224,83 @@ impl Control {
             publish: OnceLock::new(),
             upstreams,
             plugins,
-        });
-        if let Some(doc) = seed {
-            control.apply(|d| replace_all(d, doc)).await.map_err(|e| ControlError::Import(e.body.to_string()))?;
-            tracing::info!("the empty store was seeded from declarative_config");
-            let snapshot = Snapshot::compile(
-                control.current().config.clone(),
-                &control.default_cert,
-                &control.upstreams,
-                &control.plugins,
-            )?;
-            return Ok((control, snapshot));
+        })
+    }
+
+    fn compile(&self, config: &Config) -> Result<Snapshot, strait_proxy::CompileError> {
+        Snapshot::compile(config.clone(), &self.default_cert, &self.upstreams, &self.plugins)
+    }
+
+    /// Keeps the configuration in `path` after every change from now on
+    /// (shared store with `db_cache`), and writes the current one now.
+    pub fn set_cache(&self, path: PathBuf) {
+        if self.cache.set(path).is_ok() {
+            self.save_cache(&self.current());
         }
-        Ok((control, snapshot))
+    }
+
+    fn save_cache(&self, current: &Current) {
+        let Some(path) = self.cache.get() else { return };
+        if let Err(e) = write_cache(path, current) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot write the configuration cache");
+        }
+    }
+
+    /// Wakes on every configuration swap, with the version now served.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.served.subscribe()
+    }
+
+    /// The last access to the database reached it.
+    pub fn db_reachable(&self) -> bool {
+        self.db_reachable.load(Ordering::Relaxed)
+    }
+
+    fn note_store_result<T>(&self, r: &Result<T, StoreError>) {
+        let reachable = match r {
+            Ok(_) => true,
+            Err(e) => !e.is_unreachable(),
+        };
+        let was = self.db_reachable.swap(reachable, Ordering::Relaxed);
+        if was && !reachable {
+            tracing::warn!("the database is unreachable: serving the last configuration; writes fail until it returns");
+        } else if !was && reachable {
+            tracing::info!("the database is reachable again");
+        }
+    }
+
+    /// Catches up with the store: when its version differs from the one
+    /// served, loads it, compiles it and swaps it in. Returns whether the
+    /// configuration changed. A stored configuration this node cannot run
+    /// (say, a plugin it does not enable) is refused and the old one kept.
+    pub async fn sync(self: &Arc<Self>) -> Result<bool, ControlError> {
+        let Some(store) = &self.store else { return Ok(false) };
+        let _guard = self.write_lock.lock().await;
+        let version = store.version().await;
+        self.note_store_result(&version);
+        if version? == self.current().version {
+            return Ok(false);
+        }
+        let loaded = store.load().await;
+        self.note_store_result(&loaded);
+        let (rows, version) = loaded?;
+        self.adopt(rows, version)?;
+        Ok(true)
+    }
+
+    /// Serves configuration `version` made of `rows`, read from the store.
+    fn adopt(&self, rows: Vec<Row>, version: i64) -> Result<Arc<Current>, ControlError> {
+        let current = current_from_rows(rows, version, &self.options).map_err(ControlError::Stored)?;
+        let snapshot = self.compile(&current.config)?;
+        if let Some(publish) = self.publish.get() {
+            publish(snapshot);
+        }
+        let current = Arc::new(current);
+        self.current.store(current.clone());
+        self.save_cache(&current);
+        self.served.send_replace(version);
+        tracing::info!(version, hash = %current.hash, "configuration updated from the database");
+        Ok(current)
     }
 
     /// Where new snapshots go (the proxy). Set once, after the proxy starts.
@@ -254,7 +358,23 @@ impl Control {
         F: FnOnce(&mut Value) -> Result<Option<(String, String)>, ApiError>,
     {
         let guard = self.write_lock.clone().lock_owned().await;
-        let old = self.current.load_full();
+        let mut old = self.current.load_full();
+        // The store's change holds the cluster-wide writer lock from here to
+        // its commit; if another node wrote since this one last synced, the
+        // edit applies to the newer configuration, never over it.
+        let mut pending = None;
+        if let Some(store) = &self.store {
+            let begun = store.begin_change().await;
+            self.note_store_result(&begun);
+            let mut w = begun.map_err(|e| db_error(&e))?;
+            let version = w.version().await;
+            self.note_store_result(&version);
+            if version.map_err(|e| db_error(&e))? != old.version {
+                let (rows, version) = w.load().await.map_err(|e| db_error(&e))?;
+                old = self.adopt(rows, version).map_err(|e| ApiError::database(e.to_string()))?;
+            }
+            pending = Some(w);
+        }
         let mut doc = old.doc.clone();
         let target = edit(&mut doc)?;
         stamp(&mut doc, &old.doc);
@@ -277,13 +397,14 @@ impl Control {
         let this = self.clone();
         let tail = async move {
             let _guard = guard;
-            this.commit(old, loaded.config, snapshot, target).await
+            this.commit(pending, old, loaded.config, snapshot, target).await
         };
         tokio::spawn(tail).await.map_err(|e| ApiError::database(format!("the write did not finish: {e}")))?
     }
 
     async fn commit(
         &self,
+        pending: Option<strait_store::Change>,
         old: Arc<Current>,
         config: Config,
         snapshot: Snapshot,
@@ -293,30 +414,30 @@ impl Control {
 
         // Persist the rows that changed, with stable insertion order.
         let mut seqs = old.seqs.clone();
-        let version = match &self.store {
+        let version = match pending {
             None => old.version + 1,
-            Some(store) => {
+            Some(mut w) => {
                 let (upserts, deletes) = diff(&old.doc, &new_doc);
-                let fresh = upserts.iter().filter(|(k, id, _)| !seqs.contains_key(&(k.clone(), id.clone()))).count();
-                let mut next = if fresh > 0 {
-                    store.reserve_seq(fresh as i64).await.map_err(|e| ApiError::database(e.to_string()))?
-                } else {
-                    0
-                };
-                let rows: Vec<Row> = upserts
+                let mut rows: Vec<Row> = upserts
                     .into_iter()
                     .map(|(kind, id, doc)| {
-                        let seq = *seqs.entry((kind.clone(), id.clone())).or_insert_with(|| {
-                            next += 1;
-                            next - 1
-                        });
+                        let seq = seqs.get(&(kind.clone(), id.clone())).copied().unwrap_or(0);
                         Row { kind, id, seq, doc }
                     })
                     .collect();
+                let written = match w.write(&mut rows, &deletes).await {
+                    Ok(v) => w.commit().await.map(|()| v),
+                    Err(e) => Err(e),
+                };
+                self.note_store_result(&written);
+                let version = written.map_err(|e| db_error(&e))?;
+                for row in rows {
+                    seqs.insert((row.kind, row.id), row.seq);
+                }
                 for (k, id) in &deletes {
                     seqs.remove(&(k.clone(), id.clone()));
                 }
-                store.write(&rows, &deletes).await.map_err(|e| ApiError::database(e.to_string()))?
+                version
             }
         };
         if let Some(publish) = self.publish.get() {
@@ -324,8 +445,73 @@ impl Control {
         }
         let current = Arc::new(Current::new(config, seqs, version));
         self.current.store(current.clone());
+        self.save_cache(&current);
+        self.served.send_replace(version);
         Ok(Applied { current, target })
     }
+}
+
+/// Kong's database error for a store failure.
+fn db_error(e: &StoreError) -> ApiError {
+    if e.is_unreachable() {
+        ApiError::database(format!("the database is unreachable: {e}"))
+    } else {
+        ApiError::database(e.to_string())
+    }
+}
+
+/// The served configuration from stored rows.
+fn current_from_rows(rows: Vec<Row>, version: i64, options: &Options) -> Result<Current, LoadError> {
+    let mut doc = json!({ "_format_version": "3.0" });
+    let mut seqs = HashMap::new();
+    for row in rows {
+        if let Some(list) = doc.as_object_mut().map(|o| o.entry(row.kind.clone()).or_insert_with(|| json!([]))) {
+            if let Some(a) = list.as_array_mut() {
+                a.push(row.doc);
+            }
+        }
+        seqs.insert((row.kind, row.id), row.seq);
+    }
+    let config = load_value_with(&doc, options)?.config;
+    Ok(Current::new(config, seqs, version))
+}
+
+/// Writes the configuration cache: the declarative document, its version
+/// and insertion order. It holds private keys, so it is created 0600, and
+/// it is replaced atomically so a crash never leaves half a file.
+fn write_cache(path: &std::path::Path, current: &Current) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let seqs: Vec<Value> = current.seqs.iter().map(|((k, id), seq)| json!([k, id, seq])).collect();
+    let body = json!({ "version": current.version, "hash": current.hash, "config": current.doc, "seqs": seqs });
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(body.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads what [`write_cache`] wrote, validated as any stored configuration.
+fn read_cache(path: &std::path::Path, options: &Options) -> Result<Current, ControlError> {
+    let bad = |reason: String| ControlError::Cache { path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let version = v.get("version").and_then(Value::as_i64).ok_or_else(|| bad("no version".into()))?;
+    let mut doc = v.get("config").cloned().ok_or_else(|| bad("no config".into()))?;
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("_format_version".into(), json!("3.0"));
+    }
+    let mut seqs = HashMap::new();
+    for e in v.get("seqs").and_then(Value::as_array).into_iter().flatten() {
+        if let (Some(k), Some(id), Some(seq)) =
+            (e.get(0).and_then(Value::as_str), e.get(1).and_then(Value::as_str), e.get(2).and_then(Value::as_i64))
+        {
+            seqs.insert((k.to_owned(), id.to_owned()), seq);
+        }
+    }
+    let config = load_value_with(&doc, options).map_err(|e| bad(e.to_string()))?.config;
+    Ok(Current::new(config, seqs, version))
 }
 
 /// Entities that arrive without timestamps (declarative imports) keep the

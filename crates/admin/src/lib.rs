@@ -4,6 +4,7 @@
 //! current configuration without locks. Nothing here is on the data path.
 
 pub mod api;
+pub mod cluster;
 pub mod control;
 pub mod error;
 mod form;

@@ -10,6 +10,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["GET"]),
     ("/status", &["GET"]),
     ("/metrics", &["GET"]),
+    ("/clustering/status", &["GET"]),
     ("/config", &["GET", "POST"]),
     ("/openapi.json", &["GET"]),
     ("/plugins/enabled", &["GET"]),

@@ -20,6 +20,8 @@ pub enum Database {
     Off,
     /// The embedded store, a file under `prefix` (the default).
     Sqlite,
+    /// PostgreSQL, shared by every node of a cluster (`pg_*` keys).
+    Postgres,
 }
 
 impl Database {
@@ -27,6 +29,35 @@ impl Database {
         match self {
             Database::Off => "off",
             Database::Sqlite => "sqlite",
+            Database::Postgres => "postgres",
+        }
+    }
+}
+
+/// Kong's `pg_*` keys: where the shared PostgreSQL database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub database: String,
+    /// `pg_ssl`: encrypt the connection.
+    pub ssl: bool,
+    /// `pg_ssl_verify`: verify the server's certificate (needs `pg_ssl`).
+    pub ssl_verify: bool,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        PgSettings {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            user: "strait".into(),
+            password: None,
+            database: "strait".into(),
+            ssl: false,
+            ssl_verify: false,
         }
     }
 }
@@ -54,6 +85,17 @@ pub struct Settings {
     /// Working directory for logs and generated files.
     pub prefix: PathBuf,
     pub database: Database,
+    /// Used when `database = "postgres"`.
+    pub pg: PgSettings,
+    /// `strait start` applies pending schema migrations itself (Strait
+    /// setting; off for operators who run `strait migrations up` by hand).
+    pub auto_migrate: bool,
+    /// Kong's `db_update_frequency`: how often a node polls the database's
+    /// configuration version, the fallback when change notifications are lost.
+    pub db_update_frequency: Duration,
+    /// Keep the last configuration seen under `prefix` and start from it
+    /// when the database is unreachable (Strait setting).
+    pub db_cache: bool,
     pub declarative_config: Option<PathBuf>,
     pub stream_listen: Vec<ListenEntry>,
     /// Where the Admin API listens; empty when `off`.
@@ -117,6 +159,16 @@ pub enum SettingsError {
 pub const KEYS: &[&str] = &[
     "prefix",
     "database",
+    "pg_host",
+    "pg_port",
+    "pg_user",
+    "pg_password",
+    "pg_database",
+    "pg_ssl",
+    "pg_ssl_verify",
+    "auto_migrate",
+    "db_update_frequency",
+    "db_cache",
     "declarative_config",
     "stream_listen",
     "admin_listen",
@@ -249,12 +301,32 @@ impl Settings {
                         s.database = match raw.text()?.as_str() {
                             "off" => Database::Off,
                             "sqlite" => Database::Sqlite,
-                            "postgres" => {
-                                return Err("\"postgres\" is not supported yet (cluster mode arrives in a later release); use \"sqlite\" or \"off\"".into());
-                            }
+                            "postgres" => Database::Postgres,
                             other => return Err(format!("expected one of: off, sqlite, postgres; found '{other}'")),
                         }
                     }
+                    "pg_host" => s.pg.host = non_empty(raw.text()?)?,
+                    "pg_port" => {
+                        let v = raw.text()?;
+                        s.pg.port = v
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|p| *p > 0)
+                            .ok_or_else(|| format!("expected a port from 1 to 65535, found '{v}'"))?;
+                    }
+                    "pg_user" => s.pg.user = non_empty(raw.text()?)?,
+                    "pg_password" => {
+                        let v = raw.text()?;
+                        s.pg.password = (!v.is_empty()).then_some(v);
+                    }
+                    "pg_database" => s.pg.database = non_empty(raw.text()?)?,
+                    "pg_ssl" => s.pg.ssl = parse_flag(&raw.text()?)?,
+                    "pg_ssl_verify" => s.pg.ssl_verify = parse_flag(&raw.text()?)?,
+                    "auto_migrate" => s.auto_migrate = parse_flag(&raw.text()?)?,
+                    "db_update_frequency" => {
+                        s.db_update_frequency = nonzero(parse_duration_str(&raw.text()?, Unit::Seconds)?)?
+                    }
+                    "db_cache" => s.db_cache = parse_flag(&raw.text()?)?,
                     "declarative_config" => s.declarative_config = Some(raw.path(base)?),
                     "stream_listen" => {
                         s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?
@@ -367,6 +439,14 @@ impl Settings {
             }),
         }
 
+        if s.pg.ssl_verify && !s.pg.ssl {
+            errors.push(SettingError {
+                key: "pg_ssl_verify".into(),
+                source: "file or environment".into(),
+                reason: "needs pg_ssl = on (there is no certificate to verify on a plain connection)".into(),
+            });
+        }
+
         if s.stream_listen.iter().any(|e| e.proxy_protocol) && s.trusted_ips.is_empty() {
             errors.push(SettingError {
                 key: "trusted_ips".into(),
@@ -384,6 +464,10 @@ impl Settings {
         Settings {
             prefix: PathBuf::from("/usr/local/strait"),
             database: Database::Sqlite,
+            pg: PgSettings::default(),
+            auto_migrate: true,
+            db_update_frequency: Duration::from_secs(1),
+            db_cache: true,
             declarative_config: None,
             stream_listen: Vec::new(),
             admin_listen: parse_admin_listen("127.0.0.1:8001").unwrap_or_default(),
@@ -420,6 +504,19 @@ fn parse_trusted_ips(items: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
         out.push(net);
     }
     Ok(out)
+}
+
+fn non_empty(v: String) -> Result<String, String> {
+    if v.is_empty() { Err("must not be empty".into()) } else { Ok(v) }
+}
+
+/// Kong's booleans: `on`/`off` (TOML `true`/`false` arrive as those).
+fn parse_flag(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, found '{v}'")),
+    }
 }
 
 fn nonzero(d: Duration) -> Result<Duration, String> {
@@ -574,6 +671,47 @@ dns_hostsfile = "hosts""#,
         assert_eq!(s.dns.hostsfile, Path::new("/etc/strait/hosts"));
         let err = load(r#"dns_resolver = "resolver.internal""#, &[]).unwrap_err().to_string();
         assert!(err.contains("dns_resolver (from file): 'resolver.internal' is not an IP address"), "{err}");
+    }
+
+    #[test]
+    fn postgres_keys() {
+        let s = load(
+            r#"database = "postgres"
+pg_host = "db.internal"
+pg_port = 6432
+pg_user = "kong"
+pg_password = "s3cret"
+pg_ssl = true
+pg_ssl_verify = "on"
+auto_migrate = false
+db_update_frequency = 0.5
+db_cache = "off""#,
+            &[("STRAIT_PG_DATABASE", "gateway")],
+        )
+        .unwrap();
+        assert_eq!(s.database, Database::Postgres);
+        let want = PgSettings {
+            host: "db.internal".into(),
+            port: 6432,
+            user: "kong".into(),
+            password: Some("s3cret".into()),
+            database: "gateway".into(),
+            ssl: true,
+            ssl_verify: true,
+        };
+        assert_eq!(s.pg, want);
+        assert!(!s.auto_migrate && !s.db_cache);
+        assert_eq!(s.db_update_frequency, Duration::from_millis(500));
+
+        let defaults = load("", &[]).unwrap();
+        assert_eq!((defaults.pg, defaults.auto_migrate, defaults.db_cache), (PgSettings::default(), true, true));
+
+        let err = load("pg_port = 70000\npg_ssl_verify = true\ndb_update_frequency = 0", &[]).unwrap_err().to_string();
+        assert!(err.contains("pg_port (from file): expected a port from 1 to 65535, found '70000'"), "{err}");
+        assert!(err.contains("pg_ssl_verify") && err.contains("needs pg_ssl = on"), "{err}");
+        assert!(err.contains("db_update_frequency (from file): must be greater than zero"), "{err}");
+        let err = load("", &[("STRAIT_PG_SSL", "maybe")]).unwrap_err().to_string();
+        assert!(err.contains("pg_ssl (from STRAIT_PG_SSL): expected on or off, found 'maybe'"), "{err}");
     }
 
     #[test]

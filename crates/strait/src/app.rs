@@ -109,13 +109,27 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         .context("proxy_stream_access_log: cannot open the access log")?;
     let listeners = strait_proxy::bind_all(&settings.stream_listen)?;
     let report = rt.block_on(async {
-        let store = open_store(&settings).await?;
+        let opened = open_store(&settings).await?;
         let admin_tls = admin_tls(&settings, &default_cert)?;
         let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
         let plugins = Plugins::new(Registry::builtin());
-        let (control, snapshot) =
-            Control::start(store, loaded.config, default_cert, options(&settings), upstreams, plugins.clone())
-                .await?;
+        let cache = settings.prefix.join("config_cache.json");
+        let (control, snapshot) = match opened {
+            Opened::Ready(store) => {
+                Control::start(store, loaded.config, default_cert, options(&settings), upstreams, plugins.clone())
+                    .await?
+            }
+            Opened::Unreachable(store, why) => {
+                if !settings.db_cache {
+                    bail!("{why:#}\n(db_cache is off, so there is no cached configuration to start from)");
+                }
+                if !cache.exists() {
+                    bail!("{why:#}\n(no cached configuration at {} to start from: this node never reached the database)", cache.display());
+                }
+                tracing::warn!("{why:#}");
+                Control::start_cached(store, &cache, default_cert, options(&settings), upstreams, plugins.clone())?
+            }
+        };
         let counts = summary(&control.current().config);
         let proxy = Proxy::start(
             listeners,
@@ -130,7 +144,21 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let swapper = proxy.swapper();
         control.set_publisher(move |s| swapper.swap(s));
 
-        let (admin_stop, admin_addrs) = start_admin(&settings, control.clone(), proxy.stats(), admin_tls).await?;
+        let node = node_id(&settings.prefix);
+        let (admin_stop, admin_addrs) =
+            start_admin(&settings, &node, control.clone(), proxy.stats(), admin_tls).await?;
+        if control.store().is_some_and(Store::is_shared) {
+            if settings.db_cache {
+                control.set_cache(cache);
+            }
+            let node = strait_admin::cluster::Node { id: node, hostname: hostname() };
+            tokio::spawn(strait_admin::cluster::watch(
+                control.clone(),
+                node,
+                settings.db_update_frequency,
+                admin_stop.subscribe(),
+            ));
+        }
         let addrs: Vec<String> = proxy.local_addrs().iter().map(ToString::to_string).collect();
         tracing::info!(listeners = %addrs.join(", "), admin = %admin_addrs.join(", "), config = %counts, "strait started");
         wait_for_signal().await?;
@@ -155,17 +183,93 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The store for `database`, migrated; `None` when `off`.
-async fn open_store(settings: &Settings) -> Result<Option<Store>> {
+/// What opening the configured store gave.
+enum Opened {
+    /// `Some` store, migrated and reachable; `None` for `database = off`.
+    Ready(Option<Store>),
+    /// PostgreSQL could not be reached; the error says where and why.
+    Unreachable(Store, anyhow::Error),
+}
+
+/// The store for `database`, migrated (or checked to be, with
+/// `auto_migrate = off`).
+async fn open_store(settings: &Settings) -> Result<Opened> {
     match settings.database {
-        Database::Off => Ok(None),
+        Database::Off => Ok(Opened::Ready(None)),
         Database::Sqlite => {
             let path = settings.prefix.join("strait.db");
             let store = Store::open_sqlite(&path).await.with_context(|| format!("database: {}", path.display()))?;
-            store.migrate_up().await.context("database migrations")?;
-            Ok(Some(store))
+            if settings.auto_migrate {
+                store.migrate_up().await.context("database migrations")?;
+            } else {
+                store.ensure_migrated().await.context("database")?;
+            }
+            Ok(Opened::Ready(Some(store)))
+        }
+        Database::Postgres => {
+            let store = Store::open_postgres(&pg_options(settings));
+            let ready =
+                if settings.auto_migrate { store.migrate_up().await.map(drop) } else { store.ensure_migrated().await };
+            match ready {
+                Ok(()) => Ok(Opened::Ready(Some(store))),
+                Err(e) if e.is_unreachable() => {
+                    let why = pg_error(settings, e);
+                    Ok(Opened::Unreachable(store, why))
+                }
+                Err(e) => Err(pg_error(settings, e)),
+            }
         }
     }
+}
+
+/// The PostgreSQL store, reachable and migrated, for one-shot commands.
+async fn open_store_now(settings: &Settings) -> Result<Option<Store>> {
+    match open_store(settings).await? {
+        Opened::Ready(store) => Ok(store),
+        Opened::Unreachable(_, why) => Err(why),
+    }
+}
+
+fn pg_options(settings: &Settings) -> strait_store::PgOptions {
+    let pg = &settings.pg;
+    strait_store::PgOptions {
+        host: pg.host.clone(),
+        port: pg.port,
+        user: pg.user.clone(),
+        password: pg.password.clone(),
+        database: pg.database.clone(),
+        ssl: pg.ssl,
+        ssl_verify: pg.ssl_verify,
+    }
+}
+
+/// A PostgreSQL error at start, with the settings that fix it.
+fn pg_error(settings: &Settings, e: strait_store::StoreError) -> anyhow::Error {
+    let pg = &settings.pg;
+    let at = format!("{}:{}", pg.host, pg.port);
+    let code = match &e {
+        strait_store::StoreError::Db(sqlx::Error::Database(d)) => d.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    match code.as_deref() {
+        Some("28P01" | "28000") => {
+            anyhow::anyhow!("PostgreSQL at {at} refused user '{}': check pg_user and pg_password ({e})", pg.user)
+        }
+        Some("3D000") => anyhow::anyhow!(
+            "PostgreSQL at {at} has no database '{}': create it (CREATE DATABASE {} OWNER {}) or set pg_database",
+            pg.database,
+            pg.database,
+            pg.user
+        ),
+        _ if e.is_unreachable() => anyhow::anyhow!(
+            "cannot reach PostgreSQL at {at}: check pg_host and pg_port, and that the server runs ({e})"
+        ),
+        _ => anyhow::Error::new(e).context(format!("database: PostgreSQL at {at}, database '{}'", pg.database)),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
 }
 
 /// Binds the Admin API listeners and serves them until the returned sender says stop.
@@ -188,14 +292,15 @@ fn admin_tls(settings: &Settings, default_cert: &strait_model::KeyPair) -> Resul
 
 async fn start_admin(
     settings: &Settings,
+    node_id: &str,
     control: Arc<Control>,
     stats: Arc<strait_proxy::Stats>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(tokio::sync::watch::Sender<bool>, Vec<String>)> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let info = NodeInfo {
-        node_id: node_id(&settings.prefix),
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned(),
+        node_id: node_id.to_owned(),
+        hostname: hostname(),
         database: settings.database.as_str().to_owned(),
         stream_listen: settings.stream_listen.iter().map(|l| l.addr_label()).collect(),
         admin_listen: settings.admin_listen.iter().map(|l| l.addr_label()).collect(),
@@ -330,27 +435,48 @@ pub fn init(file: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `strait migrations up|status`.
-pub fn migrations(conf: Option<&Path>, up: bool) -> Result<()> {
+/// What `strait migrations` was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationsAction {
+    Bootstrap,
+    Up,
+    Status,
+}
+
+/// `strait migrations bootstrap|up|status`. Safe to run from several nodes
+/// at once: the store serializes them.
+pub fn migrations(conf: Option<&Path>, action: MigrationsAction) -> Result<()> {
     let settings = Settings::load(conf)?;
     if settings.database == Database::Off {
         bail!("database is \"off\": there is nothing to migrate");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let path = settings.prefix.join("strait.db");
-        let store = Store::open_sqlite(&path).await.with_context(|| format!("database: {}", path.display()))?;
-        if up {
-            let done = store.migrate_up().await?;
-            if done.is_empty() {
-                println!("database is up to date");
+        let store = match settings.database {
+            Database::Postgres => Store::open_postgres(&pg_options(&settings)),
+            _ => {
+                let path = settings.prefix.join("strait.db");
+                Store::open_sqlite(&path).await.with_context(|| format!("database: {}", path.display()))?
             }
-            for name in done {
-                println!("migrated: {name}");
+        };
+        let status = store.migrations().await.map_err(|e| pg_or_plain(&settings, e))?;
+        match action {
+            MigrationsAction::Status => {
+                for m in status {
+                    println!("{:>3} {:<24} {}", m.version, m.name, if m.applied { "applied" } else { "pending" });
+                }
             }
-        } else {
-            for m in store.migrations().await? {
-                println!("{:>3} {:<24} {}", m.version, m.name, if m.applied { "applied" } else { "pending" });
+            MigrationsAction::Bootstrap if status.iter().any(|m| m.applied) => {
+                println!("database already bootstrapped");
+            }
+            MigrationsAction::Bootstrap | MigrationsAction::Up => {
+                let done = store.migrate_up().await.map_err(|e| pg_or_plain(&settings, e))?;
+                if done.is_empty() {
+                    println!("database is up to date");
+                }
+                for name in done {
+                    println!("migrated: {name}");
+                }
             }
         }
         store.close().await;
@@ -358,9 +484,13 @@ pub fn migrations(conf: Option<&Path>, up: bool) -> Result<()> {
     })
 }
 
+fn pg_or_plain(settings: &Settings, e: strait_store::StoreError) -> anyhow::Error {
+    if settings.database == Database::Postgres { pg_error(settings, e) } else { e.into() }
+}
+
 /// The control plane over the store, for commands that run no proxy.
 async fn offline_control(settings: &Settings) -> Result<Arc<Control>> {
-    let store = open_store(settings).await?;
+    let store = open_store_now(settings).await?;
     let (control, _) = Control::start(
         store,
         strait_model::Config::default(),

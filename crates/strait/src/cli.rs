@@ -59,6 +59,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum MigrationsCommand {
+    /// Prepare a new database (the same as `up` on an empty one).
+    Bootstrap,
     /// Apply pending migrations.
     Up,
     /// List migrations and whether they are applied.
@@ -111,7 +113,12 @@ pub fn main() -> ExitCode {
             app::db_export(default_conf(conf).as_deref(), file.as_deref())
         }
         Command::Migrations { action, conf } => {
-            app::migrations(default_conf(conf).as_deref(), matches!(action, MigrationsCommand::Up))
+            let action = match action {
+                MigrationsCommand::Bootstrap => app::MigrationsAction::Bootstrap,
+                MigrationsCommand::Up => app::MigrationsAction::Up,
+                MigrationsCommand::Status => app::MigrationsAction::Status,
+            };
+            app::migrations(default_conf(conf).as_deref(), action)
         }
     };
     match result {

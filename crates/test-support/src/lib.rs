@@ -9,6 +9,7 @@ pub mod certs;
 pub mod dns;
 pub mod gateway;
 pub mod http;
+pub mod pg;
 
 use std::time::Duration;
 
