@@ -75,6 +75,13 @@ pub(crate) async fn handle(
     // Kept as sent: a multipart boundary is case-sensitive.
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let req = Req { state: &state, method: &method, query: &query, body: &body, content_type: &ct };
+    // Writes look entities up by name or id before they edit: on a shared
+    // store, first catch up with what other nodes wrote, so an entity created
+    // elsewhere a moment ago is found here. (If the database is down the
+    // write fails later with Kong's database error.)
+    if method != Method::GET && method != Method::HEAD && state.control.store().is_some_and(|s| s.is_shared()) {
+        let _ = state.control.sync().await;
+    }
     match route(&req, &segs).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -17,6 +17,8 @@ use crate::control::{Control, now};
 
 /// How often a node records that it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Longest a sync or heartbeat may take before the loop moves on.
+const STALL: Duration = Duration::from_secs(10);
 /// Nodes whose last heartbeat is older than this are not listed.
 pub const RECENT: i64 = 30;
 
@@ -50,6 +52,7 @@ pub async fn watch(control: Arc<Control>, node: Node, every: Duration, mut stop:
     let mut last_beat: Option<Instant> = None;
     let mut served = control.changes();
     let mut beat_now = true;
+    let mut last_error: Option<String> = None;
     let mut poll = tokio::time::interval(every);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,20 +71,33 @@ pub async fn watch(control: Arc<Control>, node: Node, every: Duration, mut stop:
                 }
             }
         }
-        let changed = match control.sync().await {
-            Ok(changed) => changed,
+        // Bounded: a database that accepts connections but never answers
+        // (a network partition) must not stall the loop.
+        let synced = tokio::time::timeout(STALL, control.sync()).await;
+        if synced.is_err() {
+            control.note_stalled();
+        }
+        let changed = match synced.unwrap_or(Ok(false)) {
+            Ok(changed) => {
+                last_error = None;
+                changed
+            }
             Err(e) => {
-                if control.db_reachable() {
-                    tracing::error!(error = %e, "cannot apply the stored configuration; keeping the current one");
+                // Once per distinct error, not once per poll.
+                let text = e.to_string();
+                if control.db_reachable() && last_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "cannot apply the stored configuration; keeping the current one");
                 }
+                last_error = Some(text);
                 false
             }
         };
         if changed || beat_now || last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
             beat_now = false;
-            match store.heartbeat(&node.row(&control)).await {
-                Ok(()) => last_beat = Some(Instant::now()),
-                Err(e) => tracing::debug!(error = %e, "heartbeat not recorded"),
+            match tokio::time::timeout(STALL, store.heartbeat(&node.row(&control))).await {
+                Ok(Ok(())) => last_beat = Some(Instant::now()),
+                Ok(Err(e)) => tracing::debug!(error = %e, "heartbeat not recorded"),
+                Err(_) => tracing::debug!("heartbeat timed out"),
             }
         }
         // Wait for a notification, the poll, a local change, or the end.
@@ -115,7 +131,7 @@ pub async fn status(control: &Control, node: &Node) -> Value {
     let mut out = Map::new();
     if let Some(store) = control.store() {
         if control.db_reachable() {
-            if let Ok(rows) = store.nodes(now() - RECENT).await {
+            if let Ok(rows) = store.nodes(RECENT).await {
                 for r in rows {
                     out.insert(r.id.clone(), node_json(&r));
                 }

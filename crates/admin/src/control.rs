@@ -110,6 +110,8 @@ pub struct Control {
     db_reachable: AtomicBool,
     /// Where the last configuration seen is kept (shared store, `db_cache`).
     cache: OnceLock<PathBuf>,
+    /// The version last written to the cache.
+    cache_written: Arc<std::sync::Mutex<i64>>,
     /// The version served, for whoever waits on changes (the cluster heartbeat).
     served: tokio::sync::watch::Sender<i64>,
     current: ArcSwap<Current>,
@@ -173,8 +175,23 @@ impl Control {
         let seed = if current.version == 0 { seed_doc } else { None };
         let control = Control::assemble(store, current, default_cert, options, upstreams, plugins);
         if let Some(doc) = seed {
-            control.apply(|d| replace_all(d, doc)).await.map_err(|e| ControlError::Import(e.body.to_string()))?;
-            tracing::info!("the empty store was seeded from declarative_config");
+            // Decided again under the writer lock, against the latest stored
+            // configuration: another node may have seeded (or written) first.
+            let mut seeded = false;
+            control
+                .apply(|d| {
+                    if KINDS.iter().any(|k| d.get(*k).and_then(Value::as_array).is_some_and(|a| !a.is_empty())) {
+                        return Err(ApiError::message(axum::http::StatusCode::CONFLICT, "already configured"));
+                    }
+                    seeded = true;
+                    replace_all(d, doc)
+                })
+                .await
+                .or_else(|e| if seeded { Err(e) } else { Ok(Applied { current: control.current(), target: None }) })
+                .map_err(|e| ControlError::Import(e.body.to_string()))?;
+            if seeded {
+                tracing::info!("the empty store was seeded from declarative_config");
+            }
         }
         let snapshot = control.compile(&control.current().config)?;
         Ok((control, snapshot))
@@ -216,6 +233,7 @@ impl Control {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             db_reachable: AtomicBool::new(true),
             cache: OnceLock::new(),
+            cache_written: Arc::new(std::sync::Mutex::new(-1)),
             served: tokio::sync::watch::Sender::new(current.version),
             current: ArcSwap::from_pointee(current),
             store,
@@ -239,10 +257,26 @@ impl Control {
         }
     }
 
+    /// Writes the cache on a blocking thread (it ends in an fsync); writes
+    /// finishing out of order never replace a newer version with an older.
     fn save_cache(&self, current: &Current) {
-        let Some(path) = self.cache.get() else { return };
-        if let Err(e) = write_cache(path, current) {
-            tracing::warn!(error = %e, path = %path.display(), "cannot write the configuration cache");
+        let Some(path) = self.cache.get().cloned() else { return };
+        let body = cache_body(current);
+        let version = current.version;
+        let written = self.cache_written.clone();
+        let write = move || {
+            let Ok(mut last) = written.lock() else { return };
+            if *last >= version {
+                return;
+            }
+            match write_cache(&path, &body) {
+                Ok(()) => *last = version,
+                Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot write the configuration cache"),
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 
@@ -256,11 +290,19 @@ impl Control {
         self.db_reachable.load(Ordering::Relaxed)
     }
 
+    /// The database took too long to answer: count it as unreachable.
+    pub fn note_stalled(&self) {
+        self.note_reachable(false);
+    }
+
     fn note_store_result<T>(&self, r: &Result<T, StoreError>) {
-        let reachable = match r {
+        self.note_reachable(match r {
             Ok(_) => true,
             Err(e) => !e.is_unreachable(),
-        };
+        });
+    }
+
+    fn note_reachable(&self, reachable: bool) {
         let was = self.db_reachable.swap(reachable, Ordering::Relaxed);
         if was && !reachable {
             tracing::warn!("the database is unreachable: serving the last configuration; writes fail until it returns");
@@ -363,7 +405,9 @@ impl Control {
         // its commit; if another node wrote since this one last synced, the
         // edit applies to the newer configuration, never over it.
         let mut pending = None;
-        if let Some(store) = &self.store {
+        // A dry run (validation only) checks against the served
+        // configuration and needs neither the database nor its lock.
+        if let Some(store) = self.store.as_ref().filter(|_| !dry_run) {
             let begun = store.begin_change().await;
             self.note_store_result(&begun);
             let mut w = begun.map_err(|e| db_error(&e))?;
@@ -479,15 +523,18 @@ fn current_from_rows(rows: Vec<Row>, version: i64, options: &Options) -> Result<
 /// Writes the configuration cache: the declarative document, its version
 /// and insertion order. It holds private keys, so it is created 0600, and
 /// it is replaced atomically so a crash never leaves half a file.
-fn write_cache(path: &std::path::Path, current: &Current) -> std::io::Result<()> {
+fn cache_body(current: &Current) -> String {
+    let seqs: Vec<Value> = current.seqs.iter().map(|((k, id), seq)| json!([k, id, seq])).collect();
+    json!({ "version": current.version, "hash": current.hash, "config": current.doc, "seqs": seqs }).to_string()
+}
+
+fn write_cache(path: &std::path::Path, body: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let seqs: Vec<Value> = current.seqs.iter().map(|((k, id), seq)| json!([k, id, seq])).collect();
-    let body = json!({ "version": current.version, "hash": current.hash, "config": current.doc, "seqs": seqs });
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    f.write_all(body.to_string().as_bytes())?;
+    f.write_all(body.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }

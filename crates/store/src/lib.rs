@@ -305,8 +305,17 @@ impl Store {
     /// Starts a change: a transaction that, on PostgreSQL, holds the
     /// cluster-wide writer lock until it commits or is dropped.
     pub async fn begin_change(&self) -> Result<Change, StoreError> {
-        let mut tx = self.begin_tx().await?;
+        // SQLite: take the write lock up front (waiting up to busy_timeout)
+        // rather than upgrade a read later, which fails at once when another
+        // process (`config db_import`) committed in between.
+        let mut tx = match &self.backend {
+            Backend::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Pg(pool) => Tx::Pg(pool.begin().await?),
+        };
         if let Tx::Pg(t) = &mut tx {
+            // A writer stuck elsewhere (a node frozen mid-change) must not
+            // hold every other node's writes forever: give up with an error.
+            sqlx::query("SET LOCAL lock_timeout = '10s'").execute(&mut **t).await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(pg::WRITE_LOCK).execute(&mut **t).await?;
         }
         Ok(Change { tx })

@@ -61,6 +61,9 @@ pub(crate) fn pool(o: &PgOptions) -> PgPool {
     if let Some(p) = &o.password {
         opts = opts.password(p);
     }
+    // A node that freezes inside a change must not keep the writer lock:
+    // the server ends such a session, and with it the lock.
+    opts = opts.options([("idle_in_transaction_session_timeout", "30s")]);
     PgPoolOptions::new()
         .max_connections(8)
         .min_connections(0)
@@ -75,7 +78,8 @@ pub(crate) fn pool(o: &PgOptions) -> PgPool {
 /// said no".
 pub(crate) fn is_unreachable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        // TLS failures are not here: they are `pg_ssl` settings to fix.
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         // Class 57: the server is shutting down or starting up; class 08:
         // connection exceptions.
         sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")),
@@ -92,7 +96,8 @@ pub struct NodeRow {
     pub version: String,
     pub config_hash: String,
     pub config_version: i64,
-    /// Unix seconds of the node's last heartbeat.
+    /// Unix seconds of the node's last heartbeat, by the database's clock
+    /// (ignored when recording one).
     pub last_seen: i64,
 }
 
@@ -109,7 +114,7 @@ impl Store {
         let Some(pool) = self.pg() else { return Ok(()) };
         sqlx::query(
             "INSERT INTO strait_nodes (id, hostname, version, config_hash, config_version, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6)
+             VALUES ($1, $2, $3, $4, $5, extract(epoch FROM now())::bigint)
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, version = excluded.version,
                  config_hash = excluded.config_hash, config_version = excluded.config_version,
                  last_seen = excluded.last_seen",
@@ -119,23 +124,25 @@ impl Store {
         .bind(&node.version)
         .bind(&node.config_hash)
         .bind(node.config_version)
-        .bind(node.last_seen)
         .execute(pool)
         .await?;
         Ok(())
     }
 
-    /// Nodes seen at or after `since` (Unix seconds), newest first
-    /// (PostgreSQL only; empty on SQLite). Older rows are removed.
-    pub async fn nodes(&self, since: i64) -> Result<Vec<NodeRow>, StoreError> {
+    /// Nodes seen in the last `within` seconds, newest first (PostgreSQL
+    /// only; empty on SQLite). Rows older than a day are removed. Times are
+    /// the database's clock, so nodes' clocks need not agree.
+    pub async fn nodes(&self, within: i64) -> Result<Vec<NodeRow>, StoreError> {
         let Some(pool) = self.pg() else { return Ok(Vec::new()) };
-        // Forget nodes gone for a day; best effort.
-        let _ = sqlx::query("DELETE FROM strait_nodes WHERE last_seen < $1").bind(since - 86_400).execute(pool).await;
+        // Best effort: a failure here only leaves old rows a while longer.
+        let _ = sqlx::query("DELETE FROM strait_nodes WHERE last_seen < extract(epoch FROM now())::bigint - 86400")
+            .execute(pool)
+            .await;
         let rows = sqlx::query(
             "SELECT id, hostname, version, config_hash, config_version, last_seen FROM strait_nodes
-             WHERE last_seen >= $1 ORDER BY last_seen DESC, id",
+             WHERE last_seen >= extract(epoch FROM now())::bigint - $1 ORDER BY last_seen DESC, id",
         )
-        .bind(since)
+        .bind(within)
         .fetch_all(pool)
         .await?;
         Ok(rows

@@ -251,6 +251,12 @@ fn pg_error(settings: &Settings, e: strait_store::StoreError) -> anyhow::Error {
         strait_store::StoreError::Db(sqlx::Error::Database(d)) => d.code().map(|c| c.into_owned()),
         _ => None,
     };
+    if let strait_store::StoreError::Db(sqlx::Error::Tls(_)) = &e {
+        return anyhow::anyhow!(
+            "TLS to PostgreSQL at {at} failed: check pg_ssl and pg_ssl_verify (verification trusts the system's \
+             CA roots and needs the certificate to name pg_host) ({e})"
+        );
+    }
     match code.as_deref() {
         Some("28P01" | "28000") => {
             anyhow::anyhow!("PostgreSQL at {at} refused user '{}': check pg_user and pg_password ({e})", pg.user)

@@ -39,8 +39,16 @@ fn node_config(pg: &PgServer, db: &str, prefix: &Path, stream: u16, admin: u16) 
 }
 
 fn start_node(pg: &PgServer, db: &str, prefix: &Path) -> Node {
+    start_node_with(pg, db, prefix, &[])
+}
+
+fn start_node_with(pg: &PgServer, db: &str, prefix: &Path, extra: &[(&str, &str)]) -> Node {
     let (stream, admin) = (test_support::free_port(), test_support::free_port());
-    let gw = Gateway::start(bin(), node_config(pg, db, prefix, stream, admin));
+    let mut cfg = node_config(pg, db, prefix, stream, admin);
+    for (k, v) in extra {
+        cfg = cfg.setting(k, v);
+    }
+    let gw = Gateway::start(bin(), cfg);
     Node { gw, admin: format!("127.0.0.1:{admin}").parse().expect("admin address"), stream }
 }
 
@@ -117,8 +125,11 @@ async fn a_write_on_one_node_serves_on_the_other_and_concurrent_writes_all_land(
     let db = pg.create_database("cluster_basic");
     let (pa, pb) = (TempDir::new(), TempDir::new());
     let a = start_node(&pg, &db, pa.path());
-    let b = start_node(&pg, &db, pb.path());
+    // B polls only every 30 s: what reaches it sooner came by notification.
+    let b = start_node_with(&pg, &db, pb.path(), &[("db_update_frequency", "30")]);
     let backend = Backend::plain("redis-like").await;
+    // B has polled once at start; give its listener a moment to be subscribed.
+    until(b.admin, "/clustering/status", "B registered", |v| v.as_object().is_some_and(|o| o.len() == 2)).await;
 
     // Written on A, served by B: new sessions within a second.
     let t0 = Instant::now();
@@ -126,8 +137,27 @@ async fn a_write_on_one_node_serves_on_the_other_and_concurrent_writes_all_land(
     let written = t0.elapsed();
     let took = serves_eventually(&b, "redis-like").await;
     eprintln!("propagation: write took {written:?}, node B served it {took:?} after the write returned");
-    assert!(took < Duration::from_secs(3), "B took {took:?}");
+    assert!(took < Duration::from_secs(1), "B took {took:?}");
     assert_eq!(banner(a.stream).await.as_deref(), Some("redis-like"));
+
+    // Changed on B right after A created it: B finds it (it catches up
+    // before looking entities up), and A sees the change.
+    let r = send_json(a.admin, "POST", "/services", &json!({ "name": "fresh", "url": "tcp://127.0.0.1:1" })).await;
+    assert_eq!(r.status, 201);
+    let r = send_json(b.admin, "PATCH", "/services/fresh", &json!({ "port": 2 })).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    until(a.admin, "/services/fresh", "the patch from B", |v| v["port"] == json!(2)).await;
+    let r = send_json(
+        a.admin,
+        "POST",
+        "/services/fresh/routes",
+        &json!({ "name": "gone", "protocols": ["tcp"], "destinations": [{ "port": 9 }] }),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(send_json(b.admin, "DELETE", "/routes/gone", &Value::Null).await.status, 204);
+    assert_eq!(send_json(b.admin, "DELETE", "/services/fresh", &Value::Null).await.status, 204);
+    until(a.admin, "/services/fresh", "the delete from B", |v| v["message"] == json!("Not found")).await;
 
     // Node identity: each node names itself; both are listed, running the same configuration.
     let id_a = get(a.admin, "/").await.json()["node_id"].as_str().expect("node_id").to_owned();
@@ -197,7 +227,7 @@ async fn an_outage_keeps_traffic_flowing_refuses_writes_and_recovers() {
     }
     // Writing again works, and reaches the other node.
     let second = Backend::plain("second").await;
-    send_json(a.admin, "DELETE", "/routes/first-route", &Value::Null).await;
+    assert_eq!(send_json(a.admin, "DELETE", "/routes/first-route", &Value::Null).await.status, 204);
     route_to(&a, "second", &second).await;
     serves_eventually(&b, "second").await;
     assert_eq!(get(b.admin, "/services/lost").await.status, 404);
@@ -213,10 +243,29 @@ async fn a_node_starts_from_its_cache_while_the_database_is_down() {
     route_to(&node, "svc", &backend).await;
     let hash = get(node.admin, "/status").await.json()["configuration_hash"].clone();
     let cache = prefix.path().join("config_cache.json");
+    // The cache is written in the background after each change: wait for this one.
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .map(|v| v["hash"].clone())
+        != Some(hash.clone())
+    {
+        assert!(t0.elapsed() < WAIT, "the cache never reached {hash}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cache).expect("cache written").permissions());
     assert_eq!(mode & 0o777, 0o600, "the cache holds private keys");
     drop(node);
+
+    // While it is down, another node changes the configuration.
+    let other_prefix = TempDir::new();
+    let other = start_node(&pg, &db, other_prefix.path());
+    let after = Backend::plain("after").await;
+    assert_eq!(send_json(other.admin, "DELETE", "/routes/svc-route", &Value::Null).await.status, 204);
+    route_to(&other, "after", &after).await;
+    drop(other);
 
     pg.stop();
     // Restarted on the same prefix: it serves what it last saw.
@@ -237,10 +286,11 @@ async fn a_node_starts_from_its_cache_while_the_database_is_down() {
     // The database returns: the cached node catches up by itself, and writes work.
     pg.start_again();
     until(node.admin, "/status", "reachable again", |v| v["database"]["reachable"] == json!(true)).await;
-    let other = Backend::plain("after").await;
-    send_json(node.admin, "DELETE", "/routes/svc-route", &Value::Null).await;
-    route_to(&node, "after", &other).await;
     serves_eventually(&node, "after").await;
+    let last = Backend::plain("last").await;
+    assert_eq!(send_json(node.admin, "DELETE", "/routes/after-route", &Value::Null).await.status, 204);
+    route_to(&node, "last", &last).await;
+    serves_eventually(&node, "last").await;
 }
 
 /// Runs `strait start` with `cfg` and returns its stderr; it must exit non-zero in time.
