@@ -13,6 +13,7 @@ pub mod proxy_protocol;
 pub mod relay;
 mod rewind;
 mod session;
+mod splice;
 pub mod snapshot;
 mod udp;
 pub mod upstream;

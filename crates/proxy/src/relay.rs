@@ -1,4 +1,6 @@
-//! The relay loop: copy bytes both ways until both sides have closed.
+//! The relay loop: move bytes both ways until both sides have closed.
+//! Between two plain TCP sockets the bytes are spliced in the kernel
+//! (`splice.rs`); otherwise they are copied through buffers, as here.
 //!
 //! This is the hot path: no locks, no allocation per chunk. A direction holds
 //! a buffer only while it has bytes to move: when its reader has nothing more
@@ -19,7 +21,10 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use crate::splice::SpliceHalf;
 use tokio::time::Instant;
 
 /// Per-direction buffer size: one full TLS record.
@@ -116,7 +121,7 @@ impl Drop for Half {
 }
 
 /// Which step of a direction failed.
-enum Failed {
+pub(crate) enum Failed {
     Read(io::Error),
     Write(io::Error),
 }
@@ -124,40 +129,6 @@ enum Failed {
 impl Half {
     fn new() -> Self {
         Half { buf: None, start: 0, end: 0, eof: false, shut: false, unflushed: false, bytes: 0, done: false }
-    }
-
-    /// Drives this direction, reading from `from`'s peer and writing to the
-    /// other one. `Some` when a side failed.
-    fn drive<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &mut R,
-        writer: &mut W,
-        progress: &mut bool,
-        first_closed: &mut Option<Side>,
-        from: Side,
-    ) -> Option<RelayEnd>
-    where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
-    {
-        if self.done {
-            return None;
-        }
-        let to = match from {
-            Side::Client => Side::Upstream,
-            Side::Upstream => Side::Client,
-        };
-        match self.poll_copy(cx, Pin::new(reader), Pin::new(writer), progress) {
-            Poll::Ready(Ok(())) => {
-                self.done = true;
-                first_closed.get_or_insert(from);
-                None
-            }
-            Poll::Ready(Err(Failed::Read(error))) => Some(RelayEnd::Error { side: from, error }),
-            Poll::Ready(Err(Failed::Write(error))) => Some(RelayEnd::Error { side: to, error }),
-            Poll::Pending => None,
-        }
     }
 
     /// Moves as much as possible; `Ready(Ok)` once the reader ended and the
@@ -238,6 +209,118 @@ impl Half {
     }
 }
 
+/// What a direction's step came to, as the relay sees it.
+fn settle(
+    r: Poll<Result<(), Failed>>,
+    done: &mut bool,
+    first_closed: &mut Option<Side>,
+    from: Side,
+) -> Option<RelayEnd> {
+    let to = match from {
+        Side::Client => Side::Upstream,
+        Side::Upstream => Side::Client,
+    };
+    match r {
+        Poll::Ready(Ok(())) => {
+            *done = true;
+            first_closed.get_or_insert(from);
+            None
+        }
+        Poll::Ready(Err(Failed::Read(error))) => Some(RelayEnd::Error { side: from, error }),
+        Poll::Ready(Err(Failed::Write(error))) => Some(RelayEnd::Error { side: to, error }),
+        Poll::Pending => None,
+    }
+}
+
+/// A session's two directions, however their bytes move.
+trait Directions {
+    /// Moves what can be moved now; `Some` when a side failed.
+    fn drive(&mut self, cx: &mut Context<'_>, progress: &mut bool, first_closed: &mut Option<Side>)
+    -> Option<RelayEnd>;
+    /// Both directions have ended.
+    fn done(&self) -> bool;
+    /// Bytes moved (client to upstream, upstream to client).
+    fn bytes(&self) -> (u64, u64);
+}
+
+/// Copying through user-space buffers: any streams (TLS included).
+struct Copying<'a, C: ?Sized, U: ?Sized> {
+    client: &'a mut C,
+    upstream: &'a mut U,
+    c2u: Half,
+    u2c: Half,
+}
+
+impl<C, U> Directions for Copying<'_, C, U>
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    fn drive(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &mut bool,
+        first_closed: &mut Option<Side>,
+    ) -> Option<RelayEnd> {
+        if !self.c2u.done {
+            let r = self.c2u.poll_copy(cx, Pin::new(&mut *self.client), Pin::new(&mut *self.upstream), progress);
+            if let Some(end) = settle(r, &mut self.c2u.done, first_closed, Side::Client) {
+                return Some(end);
+            }
+        }
+        if !self.u2c.done {
+            let r = self.u2c.poll_copy(cx, Pin::new(&mut *self.upstream), Pin::new(&mut *self.client), progress);
+            return settle(r, &mut self.u2c.done, first_closed, Side::Upstream);
+        }
+        None
+    }
+
+    fn done(&self) -> bool {
+        self.c2u.done && self.u2c.done
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (self.c2u.bytes, self.u2c.bytes)
+    }
+}
+
+/// Splicing between two plain TCP sockets: no payload in user space.
+struct Spliced<'a> {
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    c2u: SpliceHalf,
+    u2c: SpliceHalf,
+}
+
+impl Directions for Spliced<'_> {
+    fn drive(
+        &mut self,
+        cx: &mut Context<'_>,
+        progress: &mut bool,
+        first_closed: &mut Option<Side>,
+    ) -> Option<RelayEnd> {
+        if !self.c2u.done {
+            let r = self.c2u.poll_copy(cx, self.client, self.upstream, progress);
+            if let Some(end) = settle(r, &mut self.c2u.done, first_closed, Side::Client) {
+                return Some(end);
+            }
+        }
+        if !self.u2c.done {
+            let r = self.u2c.poll_copy(cx, self.upstream, self.client, progress);
+            return settle(r, &mut self.u2c.done, first_closed, Side::Upstream);
+        }
+        None
+    }
+
+    fn done(&self) -> bool {
+        self.c2u.done && self.u2c.done
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (self.c2u.bytes, self.u2c.bytes)
+    }
+}
+
 /// Relays between `client` and `upstream` until both close, the session is
 /// idle for `idle`, or `shutdown` turns true.
 pub async fn relay<C, U>(
@@ -245,14 +328,34 @@ pub async fn relay<C, U>(
     upstream: &mut U,
     idle: Duration,
     shutdown: &mut watch::Receiver<bool>,
-    mut report: Option<Report<'_>>,
+    report: Option<Report<'_>>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut c2u = Half::new();
-    let mut u2c = Half::new();
+    run(Copying { client, upstream, c2u: Half::new(), u2c: Half::new() }, idle, shutdown, report).await
+}
+
+/// [`relay`] between two plain TCP sockets, with `splice(2)`: the bytes
+/// never enter user space.
+pub async fn relay_tcp(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    report: Option<Report<'_>>,
+) -> RelayOutcome {
+    let halves = Spliced { client, upstream, c2u: SpliceHalf::default(), u2c: SpliceHalf::default() };
+    run(halves, idle, shutdown, report).await
+}
+
+async fn run<D: Directions>(
+    mut d: D,
+    idle: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    mut report: Option<Report<'_>>,
+) -> RelayOutcome {
     let mut first_closed: Option<Side> = None;
     let mut last_activity = Instant::now();
     let mut timer = pin!(tokio::time::sleep_until(last_activity + idle));
@@ -265,14 +368,10 @@ where
             return Poll::Ready(RelayEnd::Shutdown);
         }
         let mut progress = false;
-        if let Some(end) = c2u.drive(cx, &mut *client, &mut *upstream, &mut progress, &mut first_closed, Side::Client) {
+        if let Some(end) = d.drive(cx, &mut progress, &mut first_closed) {
             return Poll::Ready(end);
         }
-        if let Some(end) = u2c.drive(cx, &mut *upstream, &mut *client, &mut progress, &mut first_closed, Side::Upstream)
-        {
-            return Poll::Ready(end);
-        }
-        if c2u.done && u2c.done {
+        if d.done() {
             return Poll::Ready(RelayEnd::Closed { first: first_closed.unwrap_or(Side::Client) });
         }
         if progress {
@@ -280,7 +379,8 @@ where
         }
         if let (Some(r), Some(t)) = (report.as_mut(), tick.as_mut()) {
             while t.as_mut().poll(cx).is_ready() {
-                (r.call)(c2u.bytes, u2c.bytes);
+                let (up, down) = d.bytes();
+                (r.call)(up, down);
                 t.as_mut().reset(Instant::now() + r.every);
             }
         }
@@ -295,7 +395,8 @@ where
     })
     .await;
 
-    RelayOutcome { end, client_to_upstream: c2u.bytes, upstream_to_client: u2c.bytes }
+    let (client_to_upstream, upstream_to_client) = d.bytes();
+    RelayOutcome { end, client_to_upstream, upstream_to_client }
 }
 
 #[cfg(test)]

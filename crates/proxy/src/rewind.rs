@@ -22,6 +22,19 @@ impl<S> Rewind<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Rewind { prefix, pos: 0, inner }
     }
+
+    /// Takes the bytes not yet replayed; the caller delivers them itself and
+    /// then reads [`Rewind::get_ref`] directly.
+    pub fn take_replay(&mut self) -> Vec<u8> {
+        let mut rest = std::mem::take(&mut self.prefix);
+        rest.drain(..self.pos.min(rest.len()));
+        self.pos = 0;
+        rest
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
