@@ -13,8 +13,8 @@ pub mod proxy_protocol;
 pub mod relay;
 mod rewind;
 mod session;
-mod splice;
 pub mod snapshot;
+mod splice;
 mod udp;
 pub mod upstream;
 

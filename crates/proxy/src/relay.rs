@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::rewind::Rewind;
 use crate::splice::SpliceHalf;
 use tokio::time::Instant;
 
@@ -110,6 +111,11 @@ struct Half {
     bytes: u64,
     /// Reader ended and writer shut down.
     done: bool,
+    /// The last read filled the whole buffer: bulk data is flowing.
+    bulk: bool,
+    /// Stop, with `bulk` set, once a bulk read has been written out (so the
+    /// caller can switch to splicing).
+    stop_on_bulk: bool,
 }
 
 impl Drop for Half {
@@ -128,7 +134,18 @@ pub(crate) enum Failed {
 
 impl Half {
     fn new() -> Self {
-        Half { buf: None, start: 0, end: 0, eof: false, shut: false, unflushed: false, bytes: 0, done: false }
+        Half {
+            buf: None,
+            start: 0,
+            end: 0,
+            eof: false,
+            shut: false,
+            unflushed: false,
+            bytes: 0,
+            done: false,
+            bulk: false,
+            stop_on_bulk: false,
+        }
     }
 
     /// Moves as much as possible; `Ready(Ok)` once the reader ended and the
@@ -165,6 +182,12 @@ impl Half {
                     Poll::Pending => return Poll::Pending,
                 }
             }
+            if self.bulk && self.stop_on_bulk && !self.eof {
+                if let Some(buf) = self.buf.take() {
+                    give_buf(buf);
+                }
+                return Poll::Ready(Ok(()));
+            }
             if self.eof {
                 if let Some(buf) = self.buf.take() {
                     give_buf(buf);
@@ -182,6 +205,7 @@ impl Half {
             match reader.as_mut().poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
+                    self.bulk = n == BUF_SIZE;
                     if n == 0 {
                         self.eof = true;
                     } else {
@@ -284,15 +308,86 @@ where
     }
 }
 
-/// Splicing between two plain TCP sockets: no payload in user space.
-struct Spliced<'a> {
-    client: &'a TcpStream,
-    upstream: &'a TcpStream,
-    c2u: SpliceHalf,
-    u2c: SpliceHalf,
+/// One direction between plain TCP sockets: copied through a buffer while
+/// messages are small (a `splice` costs more than a read and a write for a
+/// few bytes), spliced in the kernel from the first read that fills a whole
+/// buffer on (bulk data).
+struct Hybrid {
+    copy: Half,
+    splice: Option<SpliceHalf>,
+    done: bool,
 }
 
-impl Directions for Spliced<'_> {
+impl Hybrid {
+    fn new() -> Self {
+        let mut copy = Half::new();
+        copy.stop_on_bulk = true;
+        Hybrid { copy, splice: None, done: false }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.copy.bytes + self.splice.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        progress: &mut bool,
+    ) -> Poll<Result<(), Failed>>
+    where
+        R: PlainSide,
+        W: PlainSide,
+    {
+        loop {
+            if let Some(s) = &mut self.splice {
+                let (Some(from), Some(to)) = (reader.tcp(), writer.tcp()) else {
+                    return Poll::Ready(Err(Failed::Read(io::Error::other("splicing without a socket"))));
+                };
+                return s.poll_copy(cx, from, to, progress);
+            }
+            let r = self.copy.poll_copy(cx, Pin::new(&mut *reader), Pin::new(&mut *writer), progress);
+            if !(matches!(r, Poll::Ready(Ok(()))) && self.copy.bulk && !self.copy.eof) {
+                return r;
+            }
+            // Bulk data: splice from now on, once both sides are bare
+            // sockets (the client's replayed bytes all delivered).
+            self.copy.bulk = false;
+            if reader.tcp().is_some() && writer.tcp().is_some() {
+                self.splice = Some(SpliceHalf::default());
+            }
+        }
+    }
+}
+
+/// A plain TCP side of a session: a stream to copy through, and the bare
+/// socket to splice once nothing is left to replay.
+pub(crate) trait PlainSide: AsyncRead + AsyncWrite + Unpin {
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl PlainSide for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl PlainSide for Rewind<TcpStream> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        self.drained()
+    }
+}
+
+/// Both directions between plain TCP sockets.
+struct Plain<'a, C, U> {
+    client: &'a mut C,
+    upstream: &'a mut U,
+    c2u: Hybrid,
+    u2c: Hybrid,
+}
+
+impl<C: PlainSide, U: PlainSide> Directions for Plain<'_, C, U> {
     fn drive(
         &mut self,
         cx: &mut Context<'_>,
@@ -300,13 +395,13 @@ impl Directions for Spliced<'_> {
         first_closed: &mut Option<Side>,
     ) -> Option<RelayEnd> {
         if !self.c2u.done {
-            let r = self.c2u.poll_copy(cx, self.client, self.upstream, progress);
+            let r = self.c2u.poll_copy(cx, &mut *self.client, &mut *self.upstream, progress);
             if let Some(end) = settle(r, &mut self.c2u.done, first_closed, Side::Client) {
                 return Some(end);
             }
         }
         if !self.u2c.done {
-            let r = self.u2c.poll_copy(cx, self.upstream, self.client, progress);
+            let r = self.u2c.poll_copy(cx, &mut *self.upstream, &mut *self.client, progress);
             return settle(r, &mut self.u2c.done, first_closed, Side::Upstream);
         }
         None
@@ -317,7 +412,7 @@ impl Directions for Spliced<'_> {
     }
 
     fn bytes(&self) -> (u64, u64) {
-        (self.c2u.bytes, self.u2c.bytes)
+        (self.c2u.bytes(), self.u2c.bytes())
     }
 }
 
@@ -337,17 +432,16 @@ where
     run(Copying { client, upstream, c2u: Half::new(), u2c: Half::new() }, idle, shutdown, report).await
 }
 
-/// [`relay`] between two plain TCP sockets, with `splice(2)`: the bytes
-/// never enter user space.
-pub async fn relay_tcp(
-    client: &TcpStream,
-    upstream: &TcpStream,
+/// [`relay`] between plain TCP sockets: small messages are copied, bulk
+/// data is spliced in the kernel (`splice(2)`) and never enters user space.
+pub(crate) async fn relay_plain<C: PlainSide, U: PlainSide>(
+    client: &mut C,
+    upstream: &mut U,
     idle: Duration,
     shutdown: &mut watch::Receiver<bool>,
     report: Option<Report<'_>>,
 ) -> RelayOutcome {
-    let halves = Spliced { client, upstream, c2u: SpliceHalf::default(), u2c: SpliceHalf::default() };
-    run(halves, idle, shutdown, report).await
+    run(Plain { client, upstream, c2u: Hybrid::new(), u2c: Hybrid::new() }, idle, shutdown, report).await
 }
 
 async fn run<D: Directions>(
@@ -441,6 +535,54 @@ mod tests {
         let out = relay.await.unwrap();
         assert!(matches!(out.end, RelayEnd::Closed { first: Side::Client }));
         assert_eq!((out.client_to_upstream, out.upstream_to_client), (4, 21));
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn plain_sockets_copy_small_messages_and_splice_bulk_data() {
+        let (mut client_far, client_near) = tcp_pair().await;
+        let (mut up_near, mut up_far) = tcp_pair().await;
+        // The classifier already read the client's first bytes: replayed first.
+        let mut client_near = Rewind::new(b"hello ".to_vec(), client_near);
+        let bulk: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = bulk.clone();
+        let feeder = tokio::spawn(async move {
+            client_far.write_all(&sent).await.unwrap();
+            client_far.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client_far.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let far = tokio::spawn(async move {
+            let mut got = Vec::new();
+            up_far.read_to_end(&mut got).await.unwrap();
+            up_far.write_all(b"ok").await.unwrap();
+            up_far.shutdown().await.unwrap();
+            got
+        });
+        let mut d = Plain { client: &mut client_near, upstream: &mut up_near, c2u: Hybrid::new(), u2c: Hybrid::new() };
+        let mut first = None;
+        let end = poll_fn(|cx| {
+            let mut progress = false;
+            if let Some(end) = d.drive(cx, &mut progress, &mut first) {
+                return Poll::Ready(Some(end));
+            }
+            if d.done() { Poll::Ready(None) } else { Poll::Pending }
+        })
+        .await;
+        assert!(end.is_none(), "{end:?}");
+        assert!(d.c2u.splice.is_some(), "the bulk direction switched to splice");
+        assert!(d.u2c.splice.is_none(), "the two-byte reply was copied");
+        assert_eq!(d.bytes(), (6 + bulk.len() as u64, 2));
+        let got = far.await.unwrap();
+        assert!(got.starts_with(b"hello ") && got[6..] == bulk[..], "replayed bytes first, then the rest, in order");
+        assert_eq!(feeder.await.unwrap(), b"ok");
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,17 +23,10 @@ impl<S> Rewind<S> {
         Rewind { prefix, pos: 0, inner }
     }
 
-    /// Takes the bytes not yet replayed; the caller delivers them itself and
-    /// then reads [`Rewind::get_ref`] directly.
-    pub fn take_replay(&mut self) -> Vec<u8> {
-        let mut rest = std::mem::take(&mut self.prefix);
-        rest.drain(..self.pos.min(rest.len()));
-        self.pos = 0;
-        rest
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// The underlying stream, once every replayed byte has been read (so
+    /// reading it directly loses nothing); `None` before that.
+    pub fn drained(&self) -> Option<&S> {
+        (self.pos >= self.prefix.len()).then_some(&self.inner)
     }
 }
 

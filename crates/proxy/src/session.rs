@@ -24,7 +24,7 @@ use crate::access_log::{CloseReason, SessionRecord};
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
 use crate::plugin::{Chain, PhaseOutcome, Session, TlsInfo};
 use crate::proxy_protocol::{self, Parsed};
-use crate::relay::{RelayEnd, RelayOutcome, Report, Side, relay, relay_tcp};
+use crate::relay::{RelayEnd, Report, Side, relay, relay_plain};
 use crate::rewind::Rewind;
 use crate::snapshot::Snapshot;
 use crate::upstream::InUse;
@@ -133,20 +133,7 @@ pub(crate) async fn serve(
             };
             let report = every.map(|every| Report { every, call: &mut progress });
             let out = match (&mut ready.client, &mut ready.upstream) {
-                // Plain on both sides: the bytes read while classifying the
-                // session (a peeked ClientHello) go first, then the kernel
-                // splices the rest.
-                (C::Plain(c), U::Plain(u)) => {
-                    let replay = c.take_replay();
-                    match send_replay(u, &replay, idle, &mut force).await {
-                        Ok(()) => {
-                            let mut out = relay_tcp(c.get_ref(), u, idle, &mut force, report).await;
-                            out.client_to_upstream += replay.len() as u64;
-                            out
-                        }
-                        Err(end) => RelayOutcome { end, client_to_upstream: 0, upstream_to_client: 0 },
-                    }
-                }
+                (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, &mut force, report).await,
                 (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, &mut force, report).await,
                 (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, &mut force, report).await,
                 (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, &mut force, report).await,
@@ -510,28 +497,5 @@ async fn read_first(
                 ));
             }
         }
-    }
-}
-
-/// Writes bytes already read from the client to the upstream before a
-/// spliced relay starts (usually none, or one ClientHello), bounded by the
-/// idle timeout and the shutdown signal.
-async fn send_replay(
-    upstream: &mut tokio::net::TcpStream,
-    bytes: &[u8],
-    idle: std::time::Duration,
-    force: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<(), RelayEnd> {
-    use tokio::io::AsyncWriteExt;
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    tokio::select! {
-        _ = force.wait_for(|v| *v) => Err(RelayEnd::Shutdown),
-        r = tokio::time::timeout(idle, upstream.write_all(bytes)) => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(RelayEnd::Error { side: Side::Upstream, error }),
-            Err(_) => Err(RelayEnd::IdleTimeout),
-        },
     }
 }

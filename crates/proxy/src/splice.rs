@@ -99,7 +99,6 @@ pub(crate) struct SpliceHalf {
     eof: bool,
     shut: bool,
     pub(crate) bytes: u64,
-    pub(crate) done: bool,
 }
 
 impl Drop for SpliceHalf {
