@@ -314,7 +314,8 @@ where
 /// buffer on (bulk data).
 struct Hybrid {
     copy: Half,
-    splice: Option<SpliceHalf>,
+    /// Boxed: most sessions never splice, and their state stays smaller.
+    splice: Option<Box<SpliceHalf>>,
     done: bool,
 }
 
@@ -355,7 +356,7 @@ impl Hybrid {
             // sockets (the client's replayed bytes all delivered).
             self.copy.bulk = false;
             if reader.tcp().is_some() && writer.tcp().is_some() {
-                self.splice = Some(SpliceHalf::default());
+                self.splice = Some(Box::default());
             }
         }
     }
