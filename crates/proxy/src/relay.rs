@@ -322,7 +322,7 @@ struct Hybrid {
 impl Hybrid {
     fn new() -> Self {
         let mut copy = Half::new();
-        copy.stop_on_bulk = true;
+        copy.stop_on_bulk = crate::splice::available();
         Hybrid { copy, splice: None, done: false }
     }
 
@@ -346,7 +346,15 @@ impl Hybrid {
                 let (Some(from), Some(to)) = (reader.tcp(), writer.tcp()) else {
                     return Poll::Ready(Err(Failed::Read(io::Error::other("splicing without a socket"))));
                 };
-                return s.poll_copy(cx, from, to, progress);
+                let r = s.poll_copy(cx, from, to, progress);
+                if !s.fallback {
+                    return r;
+                }
+                // Splicing is not usable here: copy for the rest of the session.
+                self.copy.bytes += s.bytes;
+                self.splice = None;
+                self.copy.stop_on_bulk = false;
+                continue;
             }
             let r = self.copy.poll_copy(cx, Pin::new(&mut *reader), Pin::new(&mut *writer), progress);
             if !(matches!(r, Poll::Ready(Ok(()))) && self.copy.bulk && !self.copy.eof) {

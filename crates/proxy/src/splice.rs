@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::Interest;
@@ -47,14 +48,33 @@ fn take_pipe() -> io::Result<Pipe> {
     }
 }
 
-/// Returns an empty pipe to this thread's pool (closed when the pool is full).
+/// Returns an empty pipe to this thread's pool (closed when the pool is
+/// full, or when the thread is exiting and its pool is gone).
 fn give_pipe(pipe: Pipe) {
-    PIPES.with(|p| {
+    let _ = PIPES.try_with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_MAX {
             p.push(pipe);
         }
     });
+}
+
+/// Set once `splice` or `pipe2` turned out not to work here (a seccomp
+/// filter, a kernel without it, no file descriptors left): later sessions
+/// copy from the start instead of trying.
+static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Whether bulk data should be spliced.
+pub(crate) fn available() -> bool {
+    !UNAVAILABLE.load(Ordering::Relaxed)
+}
+
+/// Errors that mean "splicing cannot be used here", not "the peer failed".
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+    )
 }
 
 #[allow(unsafe_code)]
@@ -71,7 +91,9 @@ fn new_pipe() -> io::Result<Pipe> {
 }
 
 /// Moves up to `len` bytes from `from` to `to` without blocking; one of
-/// them must be a pipe.
+/// them must be a pipe. Writing into a socket whose peer has gone gives
+/// EPIPE and raises SIGPIPE (splice has no MSG_NOSIGNAL): Rust binaries
+/// ignore SIGPIPE, so this is an error like any other write's.
 #[allow(unsafe_code)]
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: the descriptors are open for the duration of the call (the
@@ -99,6 +121,9 @@ pub(crate) struct SpliceHalf {
     eof: bool,
     shut: bool,
     pub(crate) bytes: u64,
+    /// Splicing turned out not to work before anything moved: the caller
+    /// goes back to copying.
+    pub(crate) fallback: bool,
 }
 
 impl Drop for SpliceHalf {
@@ -161,9 +186,9 @@ impl SpliceHalf {
                     return Poll::Pending;
                 }
             }
-            let pipe = match self.pipe.take() {
-                Some(p) => p,
-                None => take_pipe().map_err(Failed::Read)?,
+            let pipe = match self.pipe.take().map_or_else(take_pipe, Ok) {
+                Ok(p) => p,
+                Err(e) => return self.give_up(e),
             };
             let from = reader.as_raw_fd();
             // The pipe is empty here, so a would-block can only be the socket's.
@@ -176,9 +201,25 @@ impl SpliceHalf {
                     *progress = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Nothing is in flight: the caller can copy instead.
+                Err(e) if unsupported(&e) => return self.give_up(e),
                 Err(e) => return Poll::Ready(Err(Failed::Read(e))),
             }
         }
+    }
+}
+
+impl SpliceHalf {
+    /// Splicing failed for a local reason while nothing was in flight.
+    fn give_up(&mut self, e: io::Error) -> Poll<Result<(), Failed>> {
+        if !UNAVAILABLE.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "splice(2) is not usable here: relaying by copying");
+        }
+        if let Some(p) = self.pipe.take() {
+            give_pipe(p);
+        }
+        self.fallback = true;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -225,6 +266,23 @@ mod tests {
         assert!(got == payload, "the bytes arrive in order and intact");
         drop(writer.await.unwrap());
         assert!(PIPES.with(|p| !p.borrow().is_empty()), "the empty pipe went back to the pool");
+    }
+
+    #[test]
+    fn a_pipe_with_bytes_left_is_closed_not_pooled() {
+        let pipe = new_pipe().unwrap();
+        let fd = pipe.read.as_raw_fd();
+        // Bytes another session must never see.
+        assert_eq!(write_into(&pipe, b"secret"), 6);
+        drop(SpliceHalf { pipe: Some(pipe), in_pipe: 6, ..SpliceHalf::default() });
+        assert!(PIPES.with(|p| p.borrow().iter().all(|q| q.read.as_raw_fd() != fd)), "not pooled");
+    }
+
+    /// Writes into a pipe through std (a `File` over a duplicate of its write end).
+    fn write_into(pipe: &Pipe, bytes: &[u8]) -> usize {
+        use std::io::Write;
+        let mut f = std::fs::File::from(pipe.write.try_clone().unwrap());
+        f.write(bytes).unwrap()
     }
 
     #[test]

@@ -25,7 +25,8 @@ use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Postgres, Row as _, Sqlite, Transaction};
 
-pub use pg::{ConfigEvents, NodeRow, PgOptions};
+pub use pg::{ConfigEvents, NodeRow};
+pub use strait_config::PgSettings;
 
 /// One stored entity.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +201,7 @@ impl Store {
 
     /// A PostgreSQL store. Nothing is connected yet: the first query does,
     /// so a node can start (from its cache) while the database is down.
-    pub fn open_postgres(opts: &PgOptions) -> Store {
+    pub fn open_postgres(opts: &PgSettings) -> Store {
         Store { backend: Backend::Pg(pg::pool(opts)) }
     }
 

@@ -1,10 +1,11 @@
-//! PostgreSQL specifics: connection options from Kong's `pg_*` settings,
+//! PostgreSQL specifics: the connection from Kong's `pg_*` settings,
 //! the cluster-wide locks, change notifications and the node registry.
 
 use std::time::Duration;
 
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgSslMode};
+use strait_config::PgSettings;
 
 use crate::{Backend, Store, StoreError};
 
@@ -18,35 +19,7 @@ pub(crate) const MIGRATE_LOCK: i64 = 0x5354_5241_4954_0002;
 /// unreachable: bounds every Admin API write and `/status` during an outage.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Kong's `pg_*` settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgOptions {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<String>,
-    pub database: String,
-    /// `pg_ssl`: encrypt the connection.
-    pub ssl: bool,
-    /// `pg_ssl_verify`: also verify the server's certificate and name.
-    pub ssl_verify: bool,
-}
-
-impl Default for PgOptions {
-    fn default() -> Self {
-        PgOptions {
-            host: "127.0.0.1".into(),
-            port: 5432,
-            user: "strait".into(),
-            password: None,
-            database: "strait".into(),
-            ssl: false,
-            ssl_verify: false,
-        }
-    }
-}
-
-pub(crate) fn pool(o: &PgOptions) -> PgPool {
+pub(crate) fn pool(o: &PgSettings) -> PgPool {
     let mut opts = PgConnectOptions::new()
         .host(&o.host)
         .port(o.port)

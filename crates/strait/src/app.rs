@@ -207,7 +207,7 @@ async fn open_store(settings: &Settings) -> Result<Opened> {
             Ok(Opened::Ready(Some(store)))
         }
         Database::Postgres => {
-            let store = Store::open_postgres(&pg_options(settings));
+            let store = Store::open_postgres(&settings.pg);
             let ready =
                 if settings.auto_migrate { store.migrate_up().await.map(drop) } else { store.ensure_migrated().await };
             match ready {
@@ -227,19 +227,6 @@ async fn open_store_now(settings: &Settings) -> Result<Option<Store>> {
     match open_store(settings).await? {
         Opened::Ready(store) => Ok(store),
         Opened::Unreachable(_, why) => Err(why),
-    }
-}
-
-fn pg_options(settings: &Settings) -> strait_store::PgOptions {
-    let pg = &settings.pg;
-    strait_store::PgOptions {
-        host: pg.host.clone(),
-        port: pg.port,
-        user: pg.user.clone(),
-        password: pg.password.clone(),
-        database: pg.database.clone(),
-        ssl: pg.ssl,
-        ssl_verify: pg.ssl_verify,
     }
 }
 
@@ -459,7 +446,7 @@ pub fn migrations(conf: Option<&Path>, action: MigrationsAction) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let store = match settings.database {
-            Database::Postgres => Store::open_postgres(&pg_options(&settings)),
+            Database::Postgres => Store::open_postgres(&settings.pg),
             _ => {
                 let path = settings.prefix.join("strait.db");
                 Store::open_sqlite(&path).await.with_context(|| format!("database: {}", path.display()))?
