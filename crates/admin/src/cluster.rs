@@ -44,7 +44,15 @@ impl Node {
 }
 
 /// Keeps `control` in step with its shared store until `stop` says so.
-pub async fn watch(control: Arc<Control>, node: Node, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// `migrate` (a node that started from its cache with `auto_migrate`):
+/// apply pending migrations as soon as the database answers.
+pub async fn watch(
+    control: Arc<Control>,
+    node: Node,
+    every: Duration,
+    mut migrate: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let Some(store) = control.store().cloned() else { return };
     let mut events: Option<ConfigEvents> = None;
     let mut retry_events = Instant::now();
@@ -69,6 +77,16 @@ pub async fn watch(control: Arc<Control>, node: Node, every: Duration, mut stop:
                     retry_events = Instant::now() + backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+        if migrate {
+            match tokio::time::timeout(STALL, store.migrate_up()).await {
+                Ok(Ok(_)) => migrate = false,
+                Ok(Err(e)) if !e.is_unreachable() => {
+                    tracing::error!(error = %e, "database migrations failed");
+                    migrate = false;
+                }
+                _ => {}
             }
         }
         // Bounded: a database that accepts connections but never answers

@@ -112,6 +112,10 @@ pub struct Control {
     cache: OnceLock<PathBuf>,
     /// The version last written to the cache.
     cache_written: Arc<std::sync::Mutex<i64>>,
+    /// Serving a cached configuration not yet checked against the store: the
+    /// first sync reloads even at an equal version (the cache may come from
+    /// another database).
+    unverified: AtomicBool,
     /// The version served, for whoever waits on changes (the cluster heartbeat).
     served: tokio::sync::watch::Sender<i64>,
     current: ArcSwap<Current>,
@@ -217,6 +221,7 @@ impl Control {
         );
         let control = Control::assemble(Some(store), current, default_cert, options, upstreams, plugins);
         control.db_reachable.store(false, Ordering::Relaxed);
+        control.unverified.store(true, Ordering::Relaxed);
         let snapshot = control.compile(&control.current().config)?;
         Ok((control, snapshot))
     }
@@ -234,6 +239,7 @@ impl Control {
             db_reachable: AtomicBool::new(true),
             cache: OnceLock::new(),
             cache_written: Arc::new(std::sync::Mutex::new(-1)),
+            unverified: AtomicBool::new(false),
             served: tokio::sync::watch::Sender::new(current.version),
             current: ArcSwap::from_pointee(current),
             store,
@@ -320,13 +326,14 @@ impl Control {
         let _guard = self.write_lock.lock().await;
         let version = store.version().await;
         self.note_store_result(&version);
-        if version? == self.current().version {
+        if version? == self.current().version && !self.unverified.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let loaded = store.load().await;
         self.note_store_result(&loaded);
         let (rows, version) = loaded?;
         self.adopt(rows, version)?;
+        self.unverified.store(false, Ordering::Relaxed);
         Ok(true)
     }
 

@@ -243,7 +243,7 @@ impl Store {
             let exists: bool =
                 sqlx::query("SELECT to_regclass('strait_migrations') IS NOT NULL").fetch_one(&mut **t).await?.get(0);
             if !exists {
-                sqlx::raw_sql(MIGRATIONS_TABLE).execute(&mut **t).await?;
+                sqlx::query(MIGRATIONS_TABLE).execute(&mut **t).await?;
             }
         }
         let applied = with_backend!(tx &mut tx, t => applied_versions!(&mut **t));
@@ -251,7 +251,11 @@ impl Store {
         for status in status_of(known, &applied)?.into_iter().filter(|s| !s.applied) {
             let Some((_, _, sql)) = known.iter().find(|m| m.0 == status.version) else { continue };
             with_backend!(tx &mut tx, t => {
-                sqlx::raw_sql(sql).execute(&mut **t).await?;
+                // One statement at a time (`raw_sql`'s future cannot be
+                // spawned); the migrations hold no `;` inside literals.
+                for statement in sql.split(';').map(str::trim).filter(|q| !q.is_empty()) {
+                    sqlx::query(statement).execute(&mut **t).await?;
+                }
                 sqlx::query("INSERT INTO strait_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
                     .bind(status.version)
                     .bind(status.name)

@@ -114,6 +114,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
         let plugins = Plugins::new(Registry::builtin());
         let cache = settings.prefix.join("config_cache.json");
+        let from_cache = matches!(opened, Opened::Unreachable(..));
         let (control, snapshot) = match opened {
             Opened::Ready(store) => {
                 Control::start(store, loaded.config, default_cert, options(&settings), upstreams, plugins.clone())
@@ -156,6 +157,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
                 control.clone(),
                 node,
                 settings.db_update_frequency,
+                from_cache && settings.auto_migrate,
                 admin_stop.subscribe(),
             ));
         }
