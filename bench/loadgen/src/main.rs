@@ -86,6 +86,11 @@ enum Cmd {
         conns: usize,
         #[arg(long, default_value_t = 64)]
         bytes: usize,
+        /// After this many connections, print `mark` and wait for a line on
+        /// stdin before opening the rest (so a script can read the proxy's
+        /// memory at both points and take the difference).
+        #[arg(long)]
+        mark: Option<usize>,
     },
     /// Micro-benchmarks: router lookups with 10 and 10,000 routes, and the
     /// ClientHello parser, in nanoseconds per operation.
@@ -105,7 +110,7 @@ fn main() -> Result<()> {
             Cmd::Check { to, sni, ca, refused } => check(to, sni, ca, refused).await,
             Cmd::Rate { to, conc, secs, sni, ca } => rate(to, conc, secs, sni, ca).await,
             Cmd::Latency { to, conns, secs } => latency(to, conns, secs).await,
-            Cmd::Idle { to, conns, bytes } => idle(to, conns, bytes).await,
+            Cmd::Idle { to, conns, bytes, mark } => idle(to, conns, bytes, mark).await,
             Cmd::Micro { iters } => micro(iters),
         }
     })
@@ -311,11 +316,15 @@ async fn latency(to: SocketAddr, conns: usize, secs: f64) -> Result<()> {
     Ok(())
 }
 
-async fn idle(to: SocketAddr, conns: usize, bytes: usize) -> Result<()> {
+async fn idle(to: SocketAddr, conns: usize, bytes: usize, mark: Option<usize>) -> Result<()> {
     let msg = vec![5u8; bytes];
     let mut held = Vec::with_capacity(conns);
     let mut back = vec![0u8; bytes];
     for i in 0..conns {
+        if Some(i) == mark {
+            println!("mark={i}");
+            tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await??;
+        }
         let mut s = TcpStream::connect(to).await.with_context(|| format!("connection {i}"))?;
         s.write_all(&msg).await?;
         s.read_exact(&mut back).await?;

@@ -75,15 +75,24 @@ pub struct Try {
     pub error: Option<String>,
 }
 
+/// A PROXY protocol header and the peer that sent it.
+#[derive(Debug)]
+pub struct Proxied {
+    /// The load balancer.
+    pub by: SocketAddr,
+    /// What its header said, TLVs included.
+    pub header: crate::proxy_protocol::Header,
+}
+
 /// Everything known about a session when it closes.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
     /// The client: the peer, or the source a PROXY protocol header gave.
     pub client: SocketAddr,
-    /// The peer that sent a PROXY protocol header (the load balancer).
-    pub proxied_by: Option<SocketAddr>,
-    /// What that header said, TLVs included (for log plugins).
-    pub proxy_header: Option<std::sync::Arc<crate::proxy_protocol::Header>>,
+    /// The PROXY protocol header the session started with, and who sent it.
+    /// Shared and optional: most sessions have none, and every open session
+    /// keeps its record.
+    pub proxied: Option<std::sync::Arc<Proxied>>,
     pub listener: std::sync::Arc<str>,
     pub started: SystemTime,
     pub duration: Duration,
@@ -113,8 +122,7 @@ impl SessionRecord {
     pub fn new(client: SocketAddr, listener: std::sync::Arc<str>, protocol: &'static str, reason: CloseReason) -> Self {
         SessionRecord {
             client,
-            proxied_by: None,
-            proxy_header: None,
+            proxied: None,
             listener,
             started: SystemTime::now(),
             duration: Duration::ZERO,
@@ -185,8 +193,8 @@ impl SessionRecord {
         if let Some((from, to)) = self.datagrams {
             let _ = write!(s, " datagrams={from}/{to}");
         }
-        if let Some(p) = self.proxied_by {
-            let _ = write!(s, " proxied_by={p}");
+        if let Some(p) = &self.proxied {
+            let _ = write!(s, " proxied_by={}", p.by);
         }
         if let Some(d) = &self.detail {
             let _ = write!(s, " detail=\"{}\"", d.replace('"', "'"));
@@ -313,8 +321,7 @@ mod tests {
     fn line_has_basic_prefix_and_fields() {
         let r = SessionRecord {
             client: "127.0.0.1:5000".parse().unwrap(),
-            proxied_by: None,
-            proxy_header: None,
+            proxied: None,
             listener: "127.0.0.1:9000".into(),
             started: UNIX_EPOCH,
             duration: Duration::from_millis(1500),

@@ -20,13 +20,14 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use access_log::{AccessLogWriter, AccessLogger, CloseReason, SessionRecord};
+pub use access_log::{AccessLogWriter, AccessLogger, CloseReason, Proxied, SessionRecord};
 pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
 pub use plugin::prometheus::Metrics;
 pub use plugin::{Plugins, Registry};
@@ -59,7 +60,43 @@ pub(crate) struct Shared {
     tls_detect_timeout: Duration,
     trusted_ips: Vec<ipnet::IpNet>,
     udp_max_sessions: usize,
-    force_close: watch::Receiver<bool>,
+    force_close: Arc<ForceClose>,
+}
+
+/// The signal that closes every open session at once. A session waits on it
+/// with a `Notified` (64 bytes) rather than a `watch` receiver's `wait_for`
+/// future (144): it is part of every idle session's state.
+#[derive(Debug, Default)]
+pub(crate) struct ForceClose {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl ForceClose {
+    fn close_all(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// A waiter to create *before* checking [`is_set`](Self::is_set): a
+    /// `close_all` after its creation completes it even if it was never
+    /// polled, one before is seen by the check.
+    pub(crate) fn waiter(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Completes once every session is to be closed.
+    pub(crate) async fn closed(&self) {
+        let waiter = self.waiter();
+        if self.is_set() {
+            return;
+        }
+        waiter.await;
+    }
 }
 
 /// A running proxy.
@@ -67,7 +104,7 @@ pub(crate) struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     stop_accept: watch::Sender<bool>,
-    force_close: Arc<watch::Sender<bool>>,
+    force_close: Arc<ForceClose>,
     accept_tasks: Vec<JoinHandle<()>>,
     alive_rx: mpsc::Receiver<()>,
     addrs: Vec<SocketAddr>,
@@ -115,11 +152,11 @@ impl Stats {
 
 /// Closes every open session of a proxy; see [`Proxy::closer`].
 #[derive(Debug, Clone)]
-pub struct Closer(Arc<watch::Sender<bool>>);
+pub struct Closer(Arc<ForceClose>);
 
 impl Closer {
     pub fn close_all(&self) {
-        let _ = self.0.send(true);
+        self.0.close_all();
     }
 }
 
@@ -140,8 +177,7 @@ impl Proxy {
         options: SessionOptions,
     ) -> std::io::Result<Proxy> {
         let (stop_accept, stop_rx) = watch::channel(false);
-        let (force_close, force_rx) = watch::channel(false);
-        let force_close = Arc::new(force_close);
+        let force_close = Arc::new(ForceClose::default());
         let (alive_tx, alive_rx) = mpsc::channel(1);
         snapshot.activate();
         let shared = Arc::new(Shared {
@@ -152,7 +188,7 @@ impl Proxy {
             tls_detect_timeout: timeouts.tls_detect,
             trusted_ips: options.trusted_ips,
             udp_max_sessions: options.udp_max_sessions.max(1),
-            force_close: force_rx,
+            force_close: force_close.clone(),
         });
         let mut accept_tasks = Vec::new();
         let mut addrs = Vec::new();
@@ -221,7 +257,7 @@ impl Proxy {
         if tokio::time::timeout(drain, self.alive_rx.recv()).await.is_err() {
             forced = true;
             tracing::info!("drain_timeout reached: closing the remaining sessions");
-            let _ = self.force_close.send(true);
+            self.force_close.close_all();
             let _ = tokio::time::timeout(Duration::from_secs(5), self.alive_rx.recv()).await;
         }
         DrainReport { forced }

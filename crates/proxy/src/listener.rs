@@ -158,7 +158,15 @@ pub(crate) async fn accept_loop(
                 // wildcard listener where only the socket knows it.
                 let local = if wildcard { stream.local_addr().unwrap_or(info.addr) } else { info.addr };
                 let local = SocketAddr::new(local.ip().to_canonical(), local.port());
-                tokio::spawn(session::serve(stream, peer, local, info.clone(), shared.clone(), alive.clone()));
+                let conn = session::Accepted {
+                    stream,
+                    client: peer,
+                    local,
+                    listener: info.clone(),
+                    shared: shared.clone(),
+                    alive: alive.clone(),
+                };
+                tokio::spawn(session::serve(Box::new(conn)));
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE: back off instead of spinning.

@@ -14,19 +14,20 @@
 //! re-arms itself from the last activity or ends the session.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::futures::Notified;
+use tokio::time::{Instant, Sleep};
 
+use crate::ForceClose;
 use crate::rewind::Rewind;
 use crate::splice::SpliceHalf;
-use tokio::time::Instant;
 
 /// Per-direction buffer size: one full TLS record.
 const BUF_SIZE: usize = 16 * 1024;
@@ -35,16 +36,20 @@ const BUF_SIZE: usize = 16 * 1024;
 const POOL_MAX: usize = 256;
 
 thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<Buf>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A relay buffer. A fixed-size array behind a thin pointer: every session
+/// keeps one such pointer per direction, and a slice's would be twice as big.
+type Buf = Box<[u8; BUF_SIZE]>;
+
 /// A buffer from this thread's pool, or a new one when the pool is empty.
-fn take_buf() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice())
+fn take_buf() -> Buf {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Box::new([0; BUF_SIZE]))
 }
 
 /// Returns a buffer to this thread's pool (freed when the pool is full).
-fn give_buf(buf: Box<[u8]>) {
+fn give_buf(buf: Buf) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_MAX {
@@ -89,7 +94,7 @@ pub struct RelayOutcome {
 /// upstream to client), for log plugins' progress entries.
 pub struct Report<'a> {
     pub every: Duration,
-    pub call: &'a mut (dyn FnMut(u64, u64) + Send),
+    pub call: Box<dyn FnMut(u64, u64) + Send + 'a>,
 }
 
 impl std::fmt::Debug for Report<'_> {
@@ -101,9 +106,10 @@ impl std::fmt::Debug for Report<'_> {
 /// One direction: read from one side, write to the other.
 struct Half {
     /// Held only while bytes are in flight or a read is being made.
-    buf: Option<Box<[u8]>>,
-    start: usize,
-    end: usize,
+    buf: Option<Buf>,
+    // u32: a buffer is 16 KiB, and every open session keeps these.
+    start: u32,
+    end: u32,
     eof: bool,
     shut: bool,
     /// Written since the last flush; only TLS writers need the flush.
@@ -168,12 +174,12 @@ impl Half {
                     self.start = self.end;
                     break;
                 };
-                match writer.as_mut().poll_write(cx, &buf[self.start..self.end]) {
+                match writer.as_mut().poll_write(cx, &buf[self.start as usize..self.end as usize]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.start += n;
+                        self.start += n as u32;
                         self.bytes += n as u64;
                         self.unflushed = true;
                         *progress = true;
@@ -201,7 +207,7 @@ impl Half {
             self.start = 0;
             self.end = 0;
             let buf = self.buf.get_or_insert_with(take_buf);
-            let mut rb = ReadBuf::new(buf);
+            let mut rb = ReadBuf::new(&mut buf[..]);
             match reader.as_mut().poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
@@ -209,7 +215,7 @@ impl Half {
                     if n == 0 {
                         self.eof = true;
                     } else {
-                        self.end = n;
+                        self.end = n as u32;
                         *progress = true;
                     }
                 }
@@ -313,17 +319,17 @@ where
 /// few bytes), spliced in the kernel from the first read that fills a whole
 /// buffer on (bulk data).
 struct Hybrid {
+    /// Its `done` is the direction's, spliced or not.
     copy: Half,
     /// Boxed: most sessions never splice, and their state stays smaller.
     splice: Option<Box<SpliceHalf>>,
-    done: bool,
 }
 
 impl Hybrid {
     fn new() -> Self {
         let mut copy = Half::new();
         copy.stop_on_bulk = crate::splice::available();
-        Hybrid { copy, splice: None, done: false }
+        Hybrid { copy, splice: None }
     }
 
     fn bytes(&self) -> u64 {
@@ -403,21 +409,21 @@ impl<C: PlainSide, U: PlainSide> Directions for Plain<'_, C, U> {
         progress: &mut bool,
         first_closed: &mut Option<Side>,
     ) -> Option<RelayEnd> {
-        if !self.c2u.done {
+        if !self.c2u.copy.done {
             let r = self.c2u.poll_copy(cx, &mut *self.client, &mut *self.upstream, progress);
-            if let Some(end) = settle(r, &mut self.c2u.done, first_closed, Side::Client) {
+            if let Some(end) = settle(r, &mut self.c2u.copy.done, first_closed, Side::Client) {
                 return Some(end);
             }
         }
-        if !self.u2c.done {
+        if !self.u2c.copy.done {
             let r = self.u2c.poll_copy(cx, &mut *self.upstream, &mut *self.client, progress);
-            return settle(r, &mut self.u2c.done, first_closed, Side::Upstream);
+            return settle(r, &mut self.u2c.copy.done, first_closed, Side::Upstream);
         }
         None
     }
 
     fn done(&self) -> bool {
-        self.c2u.done && self.u2c.done
+        self.c2u.copy.done && self.u2c.copy.done
     }
 
     fn bytes(&self) -> (u64, u64) {
@@ -426,85 +432,126 @@ impl<C: PlainSide, U: PlainSide> Directions for Plain<'_, C, U> {
 }
 
 /// Relays between `client` and `upstream` until both close, the session is
-/// idle for `idle`, or `shutdown` turns true.
-pub async fn relay<C, U>(
-    client: &mut C,
-    upstream: &mut U,
+/// idle for `idle`, or every session is closed by force.
+pub(crate) fn relay<'a, C, U>(
+    client: &'a mut C,
+    upstream: &'a mut U,
     idle: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-    report: Option<Report<'_>>,
-) -> RelayOutcome
+    force: &'a ForceClose,
+    report: Option<Report<'a>>,
+) -> impl Future<Output = RelayOutcome> + 'a
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    run(Copying { client, upstream, c2u: Half::new(), u2c: Half::new() }, idle, shutdown, report).await
+    Run::new(Copying { client, upstream, c2u: Half::new(), u2c: Half::new() }, idle, force, report)
 }
 
 /// [`relay`] between plain TCP sockets: small messages are copied, bulk
 /// data is spliced in the kernel (`splice(2)`) and never enters user space.
-pub(crate) async fn relay_plain<C: PlainSide, U: PlainSide>(
-    client: &mut C,
-    upstream: &mut U,
+pub(crate) fn relay_plain<'a, C: PlainSide, U: PlainSide>(
+    client: &'a mut C,
+    upstream: &'a mut U,
     idle: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-    report: Option<Report<'_>>,
-) -> RelayOutcome {
-    run(Plain { client, upstream, c2u: Hybrid::new(), u2c: Hybrid::new() }, idle, shutdown, report).await
+    force: &'a ForceClose,
+    report: Option<Report<'a>>,
+) -> impl Future<Output = RelayOutcome> + 'a {
+    Run::new(Plain { client, upstream, c2u: Hybrid::new(), u2c: Hybrid::new() }, idle, force, report)
 }
 
-async fn run<D: Directions>(
-    mut d: D,
-    idle: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-    mut report: Option<Report<'_>>,
-) -> RelayOutcome {
-    let mut first_closed: Option<Side> = None;
-    let mut last_activity = Instant::now();
-    let mut timer = pin!(tokio::time::sleep_until(last_activity + idle));
-    let mut stop = pin!(shutdown.wait_for(|s| *s));
-    // A second timer only for sessions that report progress.
-    let mut tick = report.as_ref().map(|r| Box::pin(tokio::time::sleep(r.every)));
+pin_project_lite::pin_project! {
+    /// The progress reports of a session that has them, with their own timer.
+    struct Ticker<'a> {
+        report: Report<'a>,
+        #[pin]
+        tick: Sleep,
+    }
+}
 
-    let end = poll_fn(|cx| {
-        if stop.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(RelayEnd::Shutdown);
-        }
-        let mut progress = false;
-        if let Some(end) = d.drive(cx, &mut progress, &mut first_closed) {
-            return Poll::Ready(end);
-        }
-        if d.done() {
-            return Poll::Ready(RelayEnd::Closed { first: first_closed.unwrap_or(Side::Client) });
-        }
-        if progress {
-            last_activity = Instant::now();
-        }
-        if let (Some(r), Some(t)) = (report.as_mut(), tick.as_mut()) {
-            while t.as_mut().poll(cx).is_ready() {
-                let (up, down) = d.bytes();
-                (r.call)(up, down);
-                t.as_mut().reset(Instant::now() + r.every);
-            }
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            let deadline = last_activity + idle;
-            if deadline <= Instant::now() {
-                return Poll::Ready(RelayEnd::IdleTimeout);
-            }
-            timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
-    })
-    .await;
+pin_project_lite::pin_project! {
+    /// The relay as a future, written out rather than an `async fn`: it is
+    /// the state every open session keeps for its whole life, and a written
+    /// future holds each field once (an `async fn` keeps its arguments and
+    /// the locals moved out of them side by side).
+    struct Run<'a, D> {
+        d: D,
+        force: &'a ForceClose,
+        #[pin]
+        stop: Notified<'a>,
+        #[pin]
+        timer: Sleep,
+        idle: Duration,
+        last_activity: Instant,
+        // Boxed: only sessions with progress-reporting plugins have one.
+        ticker: Option<Pin<Box<Ticker<'a>>>>,
+        first_closed: Option<Side>,
+    }
+}
 
-    let (client_to_upstream, upstream_to_client) = d.bytes();
-    RelayOutcome { end, client_to_upstream, upstream_to_client }
+impl<'a, D: Directions> Run<'a, D> {
+    fn new(d: D, idle: Duration, force: &'a ForceClose, report: Option<Report<'a>>) -> Self {
+        let now = Instant::now();
+        let ticker =
+            report.map(|report| Box::pin(Ticker { tick: tokio::time::sleep_until(now + report.every), report }));
+        Run {
+            d,
+            force,
+            stop: force.waiter(),
+            timer: tokio::time::sleep_until(now + idle),
+            idle,
+            last_activity: now,
+            ticker,
+            first_closed: None,
+        }
+    }
+}
+
+impl<D: Directions> Future for Run<'_, D> {
+    type Output = RelayOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
+        let mut this = self.project();
+        let end = 'end: {
+            // The waiter was made before this check: no close_all is missed.
+            if this.stop.as_mut().poll(cx).is_ready() || this.force.is_set() {
+                break 'end RelayEnd::Shutdown;
+            }
+            let mut progress = false;
+            if let Some(end) = this.d.drive(cx, &mut progress, this.first_closed) {
+                break 'end end;
+            }
+            if this.d.done() {
+                break 'end RelayEnd::Closed { first: this.first_closed.unwrap_or(Side::Client) };
+            }
+            if progress {
+                *this.last_activity = Instant::now();
+            }
+            if let Some(t) = this.ticker.as_mut() {
+                let mut t = t.as_mut().project();
+                while t.tick.as_mut().poll(cx).is_ready() {
+                    let (up, down) = this.d.bytes();
+                    (t.report.call)(up, down);
+                    t.tick.as_mut().reset(Instant::now() + t.report.every);
+                }
+            }
+            while this.timer.as_mut().poll(cx).is_ready() {
+                let deadline = *this.last_activity + *this.idle;
+                if deadline <= Instant::now() {
+                    break 'end RelayEnd::IdleTimeout;
+                }
+                this.timer.as_mut().reset(deadline);
+            }
+            return Poll::Pending;
+        };
+        let (client_to_upstream, upstream_to_client) = this.d.bytes();
+        Poll::Ready(RelayOutcome { end, client_to_upstream, upstream_to_client })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     #[test]
@@ -526,10 +573,10 @@ mod tests {
     async fn copies_both_ways_and_forwards_half_close() {
         let (mut client_far, mut client_near) = duplex(64);
         let (mut up_near, mut up_far) = duplex(64);
-        let (_tx, mut rx) = watch::channel(false);
+        let force = ForceClose::default();
         let relay =
             tokio::spawn(
-                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &mut rx, None).await },
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &force, None).await },
             );
         client_far.write_all(b"ping").await.unwrap();
         client_far.shutdown().await.unwrap();
@@ -598,8 +645,8 @@ mod tests {
     async fn idle_timeout_ends_a_silent_session() {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
-        let (_tx, mut rx) = watch::channel(false);
-        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &mut rx, None).await;
+        let force = ForceClose::default();
+        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &force, None).await;
         assert!(matches!(out.end, RelayEnd::IdleTimeout));
     }
 
@@ -607,10 +654,10 @@ mod tests {
     async fn activity_postpones_the_idle_timeout() {
         let (mut client_far, mut client_near) = duplex(64);
         let (mut up_near, mut up_far) = duplex(64);
-        let (_tx, mut rx) = watch::channel(false);
+        let force = ForceClose::default();
         let task =
             tokio::spawn(
-                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &mut rx, None).await },
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &force, None).await },
             );
         let start = Instant::now();
         for _ in 0..5 {
@@ -629,11 +676,15 @@ mod tests {
     async fn shutdown_signal_ends_the_relay() {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
-        let (tx, mut rx) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            relay(&mut client_near, &mut up_near, Duration::from_secs(600), &mut rx, None).await
-        });
-        tx.send(true).unwrap();
+        let force = std::sync::Arc::new(ForceClose::default());
+        let f = force.clone();
+        let task =
+            tokio::spawn(
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(600), &f, None).await },
+            );
+        // Let the relay start waiting first: the signal must wake it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        force.close_all();
         let out = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert!(matches!(out.end, RelayEnd::Shutdown));
     }

@@ -13,33 +13,39 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 #[derive(Debug)]
 pub struct Rewind<S> {
-    prefix: Vec<u8>,
-    pos: usize,
+    /// Boxed, `None` once replayed: a plain session keeps its stream in this
+    /// wrapper for its whole life, and one word is all it then costs.
+    replay: Option<Box<Replay>>,
     inner: S,
+}
+
+#[derive(Debug)]
+struct Replay {
+    bytes: Vec<u8>,
+    pos: usize,
 }
 
 impl<S> Rewind<S> {
     pub fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Rewind { prefix, pos: 0, inner }
+        let replay = (!prefix.is_empty()).then(|| Box::new(Replay { bytes: prefix, pos: 0 }));
+        Rewind { replay, inner }
     }
 
     /// The underlying stream, once every replayed byte has been read (so
     /// reading it directly loses nothing); `None` before that.
     pub fn drained(&self) -> Option<&S> {
-        (self.pos >= self.prefix.len()).then_some(&self.inner)
+        self.replay.is_none().then_some(&self.inner)
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if self.pos < self.prefix.len() {
-            let n = (self.prefix.len() - self.pos).min(buf.remaining());
-            let start = self.pos;
-            buf.put_slice(&self.prefix[start..start + n]);
-            self.pos += n;
-            if self.pos == self.prefix.len() {
-                self.prefix = Vec::new();
-                self.pos = 0;
+        if let Some(r) = self.replay.as_mut() {
+            let n = (r.bytes.len() - r.pos).min(buf.remaining());
+            buf.put_slice(&r.bytes[r.pos..r.pos + n]);
+            r.pos += n;
+            if r.pos == r.bytes.len() {
+                self.replay = None;
             }
             return Poll::Ready(Ok(()));
         }

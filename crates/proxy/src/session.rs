@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::access_log::{CloseReason, SessionRecord};
+use crate::access_log::{CloseReason, Proxied, SessionRecord};
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
 use crate::plugin::{Chain, PhaseOutcome, Session, TlsInfo};
 use crate::proxy_protocol::{self, Parsed};
@@ -81,46 +81,39 @@ struct Plugged {
     s: Session,
 }
 
-/// Runs one session to its end and writes its log line.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    client: SocketAddr,
-    local: SocketAddr,
-    listener: Arc<ListenerInfo>,
-    shared: Arc<Shared>,
-    _alive: mpsc::Sender<()>,
-) {
-    shared.stats.session_started();
-    let t0 = Instant::now();
-    // One snapshot for the whole session: later configuration changes do not touch it.
-    let snap = shared.snapshot.load_full();
-    let mut rec = SessionRecord::new(client, listener.label.clone(), "tcp", CloseReason::ClientClosed);
-    let mut force = shared.force_close.clone();
-    // Boxed: a session without plugins keeps one word for them in its task.
-    let mut plugged: Option<Box<Plugged>> = None;
+/// A connection just accepted, with what its session needs.
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) client: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) listener: Arc<ListenerInfo>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) alive: mpsc::Sender<()>,
+}
 
-    let prepared = tokio::select! {
-        biased;
-        _ = force.wait_for(|v| *v) => Err(Fail::new(503, CloseReason::Shutdown, None)),
-        // Boxed: the setup's state (peek, handshakes, connect attempts) is
-        // freed when the relay starts instead of staying in the task for the
-        // session's whole life.
-        r = Box::pin(prepare(&mut rec, &mut plugged, stream, local, &listener, &shared, &snap)) => r,
-    };
-    match prepared {
-        Err(fail) => {
-            rec.status = fail.status;
-            rec.reason = fail.reason;
-            rec.detail = fail.detail;
-        }
-        Ok(mut ready) => {
-            rec.connected_after = Some(t0.elapsed());
-            use ClientStream as C;
-            use UpstreamStream as U;
-            let idle = ready.idle;
-            // Log plugins that report long sessions while they run.
-            let every = plugged.as_ref().and_then(|p| p.chain.progress_every);
-            let mut progress = |up: u64, down: u64| {
+/// Runs one session to its end and writes its log line.
+///
+/// This future is the state every open session keeps (see `bench/README.md`,
+/// idle memory): it takes its arguments boxed, as an `async fn` keeps its
+/// arguments beside the locals moved out of them; the setup runs boxed and is
+/// freed when the relay starts; and nothing the relay does not need is kept
+/// across it.
+pub(crate) async fn serve(conn: Box<Accepted>) {
+    let t0 = Instant::now();
+    // Boxed, like its argument: what only the setup needs (the stream, the
+    // peek buffer, handshakes, connect attempts) is freed when the relay
+    // starts instead of staying in the task for the session's whole life.
+    let (shared, _alive, mut rec, mut plugged, mut ready) = Box::pin(setup(conn)).await;
+    if let Some(ready) = ready.as_mut() {
+        rec.connected_after = Some(t0.elapsed());
+        use ClientStream as C;
+        use UpstreamStream as U;
+        let idle = ready.idle;
+        // Log plugins that report long sessions while they run.
+        let every = plugged.as_ref().and_then(|p| p.chain.progress_every);
+        let report = every.map(|every| {
+            let (plugged, rec) = (&mut plugged, &rec);
+            let call = Box::new(move |up: u64, down: u64| {
                 if let Some(p) = plugged.as_mut() {
                     let mut now = rec.clone();
                     now.bytes_received = up;
@@ -130,41 +123,38 @@ pub(crate) async fn serve(
                     p.chain.progress(&mut p.s, t0.elapsed());
                     p.s.record = None;
                 }
-            };
-            let report = every.map(|every| Report { every, call: &mut progress });
-            let out = match (&mut ready.client, &mut ready.upstream) {
-                (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, &mut force, report).await,
-                (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, &mut force, report).await,
-                (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, &mut force, report).await,
-                (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, &mut force, report).await,
-            };
-            rec.bytes_received = out.client_to_upstream;
-            rec.bytes_sent = out.upstream_to_client;
-            rec.reason = match out.end {
-                RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
-                RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
-                RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
-                RelayEnd::Shutdown => CloseReason::Shutdown,
-                RelayEnd::Error { side, error } => {
-                    rec.detail = Some(error.to_string());
-                    match side {
-                        Side::Client => CloseReason::ClientError,
-                        Side::Upstream => CloseReason::UpstreamError,
-                    }
+            });
+            Report { every, call }
+        });
+        let force = &shared.force_close;
+        let out = match (&mut ready.client, &mut ready.upstream) {
+            (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, force, report).await,
+            (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, force, report).await,
+            (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, force, report).await,
+            (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, force, report).await,
+        };
+        rec.bytes_received = out.client_to_upstream;
+        rec.bytes_sent = out.upstream_to_client;
+        rec.reason = match out.end {
+            RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
+            RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
+            RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+            RelayEnd::Shutdown => CloseReason::Shutdown,
+            RelayEnd::Error { side, error } => {
+                rec.detail = Some(error.to_string());
+                match side {
+                    Side::Client => CloseReason::ClientError,
+                    Side::Upstream => CloseReason::UpstreamError,
                 }
-            };
-        }
+            }
+        };
     }
+    // The sockets close before the log phase, as the session ends.
+    drop(ready);
     rec.duration = t0.elapsed();
     if rec.status >= 400 {
         tracing::debug!(client = %rec.client, status = rec.status, reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
     }
-    // The log phase: the route's plugins, or the global ones for a session
-    // that never reached a route.
-    let plugged = plugged.or_else(|| {
-        let chain = snap.chain(None)?.clone();
-        Some(Box::new(Plugged { chain, s: Session::new(snap.clone(), rec.client, local, listener.label.clone()) }))
-    });
     let rec = match plugged {
         Some(mut p) => {
             p.s.record = Some(rec);
@@ -177,6 +167,46 @@ pub(crate) async fn serve(
         shared.log.log(rec);
     }
     shared.stats.session_ended();
+}
+
+/// What a session keeps once its setup is over: the proxy, its place among
+/// the open sessions, the record, the plugins, and the streams to relay
+/// (`None` when the session ended before its relay).
+type SetUp = (Arc<Shared>, mpsc::Sender<()>, SessionRecord, Option<Box<Plugged>>, Option<Ready>);
+
+/// Everything before the relay, with the way out on a forced close.
+async fn setup(conn: Box<Accepted>) -> SetUp {
+    let Accepted { stream, client, local, listener, shared, alive } = *conn;
+    shared.stats.session_started();
+    // One snapshot for the whole setup; later configuration changes do not touch this session.
+    let snap = shared.snapshot.load_full();
+    let mut rec = SessionRecord::new(client, listener.label.clone(), "tcp", CloseReason::ClientClosed);
+    // Boxed: a session without plugins keeps one word for them.
+    let mut plugged: Option<Box<Plugged>> = None;
+    let prepared = tokio::select! {
+        biased;
+        _ = shared.force_close.closed() => Err(Fail::new(503, CloseReason::Shutdown, None)),
+        r = prepare(&mut rec, &mut plugged, stream, local, &listener, &shared, &snap) => r,
+    };
+    let ready = match prepared {
+        Ok(ready) => Some(ready),
+        Err(fail) => {
+            rec.status = fail.status;
+            rec.reason = fail.reason;
+            rec.detail = fail.detail;
+            None
+        }
+    };
+    // The log phase runs the route's plugins, or the global ones for a
+    // session that never reached a route: decided now, so that the relay
+    // keeps nothing for it.
+    if plugged.is_none() {
+        plugged = snap.chain(None).map(|chain| {
+            let s = Session::new(snap.clone(), rec.client, local, listener.label.clone());
+            Box::new(Plugged { chain: chain.clone(), s })
+        });
+    }
+    (shared, alive, rec, plugged, ready)
 }
 
 /// Everything before the relay: classify, route, TLS, connect.
@@ -427,9 +457,8 @@ async fn read_proxy_header(
                 buf.drain(..len);
                 let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
                 let (client, dst) = header.addrs.map_or((peer, local), |(src, dst)| (canonical(src), canonical(dst)));
-                rec.proxied_by = Some(peer);
                 rec.client = client;
-                rec.proxy_header = Some(Arc::from(header));
+                rec.proxied = Some(Arc::new(Proxied { by: peer, header: *header }));
                 return Ok((client, dst));
             }
             Parsed::Invalid(why) => return Err(Fail::new(400, CloseReason::BadProxyHeader, why)),

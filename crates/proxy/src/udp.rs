@@ -239,19 +239,22 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             // Log plugins that report long sessions while they run.
             let every = plugged.as_ref().and_then(|p| p.0.progress_every);
             let began = ctx.link.began;
-            let mut progress = |up: u64, down: u64| {
-                if let Some(p) = plugged.as_mut() {
-                    let (chain, s) = &mut **p;
-                    let mut now = rec.clone();
-                    now.bytes_received = up;
-                    now.bytes_sent = down;
-                    now.duration = began.elapsed();
-                    s.record = Some(now);
-                    chain.progress(s, began.elapsed());
-                    s.record = None;
-                }
-            };
-            let report = every.map(|every| Report { every, call: &mut progress });
+            let report = every.map(|every| {
+                let (plugged, rec) = (&mut plugged, &rec);
+                let call = Box::new(move |up: u64, down: u64| {
+                    if let Some(p) = plugged.as_mut() {
+                        let (chain, s) = &mut **p;
+                        let mut now = rec.clone();
+                        now.bytes_received = up;
+                        now.bytes_sent = down;
+                        now.duration = began.elapsed();
+                        s.record = Some(now);
+                        chain.progress(s, began.elapsed());
+                        s.record = None;
+                    }
+                });
+                Report { every, call }
+            });
             rec.reason = relay(&ctx, &upstream, idle, &mut to_client, report).await;
         }
     }
@@ -426,7 +429,7 @@ async fn relay(
     to_client: &mut (u64, u64),
     mut report: Option<Report<'_>>,
 ) -> CloseReason {
-    let mut force = ctx.shared.force_close.clone();
+    let force = &ctx.shared.force_close;
     let mut closing = ctx.closing.clone();
     // A second timer only for sessions that report progress.
     let mut tick = report.as_ref().map(|r| Box::pin(tokio::time::sleep(r.every)));
@@ -438,7 +441,7 @@ async fn relay(
         }
         tokio::select! {
             biased;
-            _ = force.wait_for(|v| *v) => return CloseReason::Shutdown,
+            _ = force.closed() => return CloseReason::Shutdown,
             _ = closing.wait_for(|v| *v) => return CloseReason::Shutdown,
             _ = tokio::time::sleep_until(deadline) => continue,
             _ = async {

@@ -75,7 +75,7 @@ pub fn serialize(s: &Session) -> Value {
             "client_port": r.client.port(),
             "sni": r.sni,
             "upstream": r.upstream.map(|a| a.to_string()),
-            "proxied_by": r.proxied_by.map(|a| a.to_string()),
+            "proxied_by": r.proxied.as_ref().map(|p| p.by.to_string()),
             "detail": r.detail,
         },
     });
