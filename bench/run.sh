@@ -277,19 +277,25 @@ idle_rss() {
       sleep 0.3
       base=$(rss_kb "$pid")
       fifo="$WORK/idle.in"; rm -f "$fifo"; mkfifo "$fifo"
+      : > "$WORK/idle.out"
       $LOAD "$GEN" idle --to "127.0.0.1:$p" --conns "$IDLE" --bytes $bytes --mark $mark < "$fifo" > "$WORK/idle.out" &
       gen=$!
       exec 9>"$fifo"
       for _ in $(seq 1 600); do grep -q mark "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
       sleep 0.5
       mid=$(rss_kb "$pid")
-      echo go >&9
+      # In a subshell: if the generator died, the write's SIGPIPE ends only that.
+      (echo go >&9) 2>/dev/null || true
       for _ in $(seq 1 600); do grep -q ready "$WORK/idle.out" 2>/dev/null && break; sleep 0.1; done
       sleep 0.5
       after=$(rss_kb "$pid")
       exec 9>&-
       wait $gen || true
       stop_pid "$pid"
+      if ! grep -q ready "$WORK/idle.out"; then
+        echo "$name: the idle sessions did not all open; no idle figures for this run" >&2
+        continue
+      fi
       record "$name" "idle_rss_after_${bytes}B" "$run" \
         "$(awk -v a="$after" -v b="$base" -v n="$IDLE" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')" bytes/session "" ""
       record "$name" "idle_rss_marginal_${bytes}B" "$run" \

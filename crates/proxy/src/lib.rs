@@ -64,18 +64,27 @@ pub(crate) struct Shared {
 }
 
 /// The signal that closes every open session at once. A session waits on it
-/// with a `Notified` (64 bytes) rather than a `watch` receiver's `wait_for`
-/// future (144): it is part of every idle session's state.
+/// with a `Notify` waiter (64 bytes) rather than a `watch` receiver's
+/// `wait_for` future (144): it is part of every idle session's state. The
+/// waiters are spread over a few `Notify`s, as registering and dropping one
+/// takes its lock.
 #[derive(Debug, Default)]
 pub(crate) struct ForceClose {
     set: AtomicBool,
-    notify: Notify,
+    notify: [Notify; 8],
+}
+
+thread_local! {
+    /// Which of the `Notify`s this thread's next waiter uses.
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl ForceClose {
     fn close_all(&self) {
         self.set.store(true, Ordering::SeqCst);
-        self.notify.notify_waiters();
+        for n in &self.notify {
+            n.notify_waiters();
+        }
     }
 
     pub(crate) fn is_set(&self) -> bool {
@@ -86,7 +95,12 @@ impl ForceClose {
     /// `close_all` after its creation completes it even if it was never
     /// polled, one before is seen by the check.
     pub(crate) fn waiter(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+        let i = SHARD.with(|s| {
+            let i = s.get();
+            s.set(i.wrapping_add(1));
+            i
+        });
+        self.notify[i % self.notify.len()].notified()
     }
 
     /// Completes once every session is to be closed.
@@ -99,12 +113,24 @@ impl ForceClose {
     }
 }
 
+/// Closes every session when the last of the proxy and its [`Closer`]s is
+/// dropped, so that a proxy dropped without [`Proxy::shutdown`] does not
+/// leave sessions running.
+#[derive(Debug)]
+struct CloseOnDrop(Arc<ForceClose>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close_all();
+    }
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
     shared: Arc<Shared>,
     stop_accept: watch::Sender<bool>,
-    force_close: Arc<ForceClose>,
+    force_close: Arc<CloseOnDrop>,
     accept_tasks: Vec<JoinHandle<()>>,
     alive_rx: mpsc::Receiver<()>,
     addrs: Vec<SocketAddr>,
@@ -152,11 +178,11 @@ impl Stats {
 
 /// Closes every open session of a proxy; see [`Proxy::closer`].
 #[derive(Debug, Clone)]
-pub struct Closer(Arc<ForceClose>);
+pub struct Closer(Arc<CloseOnDrop>);
 
 impl Closer {
     pub fn close_all(&self) {
-        self.0.close_all();
+        self.0.0.close_all();
     }
 }
 
@@ -214,6 +240,7 @@ impl Proxy {
             };
             accept_tasks.push(task);
         }
+        let force_close = Arc::new(CloseOnDrop(force_close));
         Ok(Proxy { shared, stop_accept, force_close, accept_tasks, alive_rx, addrs })
     }
 
@@ -257,9 +284,41 @@ impl Proxy {
         if tokio::time::timeout(drain, self.alive_rx.recv()).await.is_err() {
             forced = true;
             tracing::info!("drain_timeout reached: closing the remaining sessions");
-            self.force_close.close_all();
+            self.force_close.0.close_all();
             let _ = tokio::time::timeout(Duration::from_secs(5), self.alive_rx.recv()).await;
         }
         DrainReport { forced }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_all_completes_waiters_on_every_shard_made_before_or_after() {
+        let force = ForceClose::default();
+        // More waiters than shards, made before the signal and never polled.
+        let before: Vec<_> = (0..20).map(|_| force.waiter()).collect();
+        assert!(!force.is_set());
+        force.close_all();
+        for w in before {
+            tokio::time::timeout(Duration::from_secs(5), w).await.expect("a waiter made before close_all completes");
+        }
+        // After the signal, `closed` sees the flag.
+        tokio::time::timeout(Duration::from_secs(5), force.closed()).await.expect("closed() after close_all");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_proxy_and_its_closers_closes_every_session() {
+        let force = Arc::new(ForceClose::default());
+        let held = Arc::new(CloseOnDrop(force.clone()));
+        let closer = Closer(held.clone());
+        let waiter = force.waiter();
+        drop(held);
+        assert!(!force.is_set(), "a Closer still alive keeps sessions open");
+        drop(closer);
+        assert!(force.is_set(), "the last holder gone: every session is closed");
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("waiting sessions are woken");
     }
 }

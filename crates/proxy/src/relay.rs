@@ -115,7 +115,8 @@ struct Half {
     /// Written since the last flush; only TLS writers need the flush.
     unflushed: bool,
     bytes: u64,
-    /// Reader ended and writer shut down.
+    /// Reader ended and writer shut down (or, with `close_sends_fin`, left
+    /// for the close).
     done: bool,
     /// The last read filled the whole buffer: bulk data is flowing.
     bulk: bool,
@@ -161,7 +162,8 @@ impl Half {
     }
 
     /// Moves as much as possible; `Ready(Ok)` once the reader ended and the
-    /// writer has been shut down.
+    /// writer has been shut down (unless `close_sends_fin` leaves that to the
+    /// close).
     fn poll_copy<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -486,8 +488,12 @@ pin_project_lite::pin_project! {
     struct Run<'a, D> {
         d: D,
         force: &'a ForceClose,
+        // Polled until registered only: a registered waiter wakes this task
+        // on `close_all` without being polled again, and polling it takes a
+        // lock. Every later poll checks the flag instead.
         #[pin]
         stop: Notified<'a>,
+        waiting: bool,
         #[pin]
         timer: Sleep,
         idle: Duration,
@@ -507,6 +513,7 @@ impl<'a, D: Directions> Run<'a, D> {
             d,
             force,
             stop: force.waiter(),
+            waiting: false,
             timer: tokio::time::sleep_until(now + idle),
             idle,
             last_activity: now,
@@ -522,8 +529,14 @@ impl<D: Directions> Future for Run<'_, D> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
         let mut this = self.project();
         let end = 'end: {
+            if !*this.waiting {
+                if this.stop.as_mut().poll(cx).is_ready() {
+                    break 'end RelayEnd::Shutdown;
+                }
+                *this.waiting = true;
+            }
             // The waiter was made before this check: no close_all is missed.
-            if this.stop.as_mut().poll(cx).is_ready() || this.force.is_set() {
+            if this.force.is_set() {
                 break 'end RelayEnd::Shutdown;
             }
             let mut progress = false;
