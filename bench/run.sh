@@ -181,6 +181,8 @@ admin_listen = "127.0.0.1:$((p + 4))"
 proxy_stream_access_log = "off"
 worker_threads = 1
 log_level = "warn"
+ssl_session_tickets = "off"
+ssl_session_cache_size = "off"
 EOF
   $PROXYCPU "$STRAIT" start -c "$WORK/strait.toml" >"$WORK/strait.out" 2>&1 &
   echo $! >> "$WORK/pids"

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
 use strait_model::{Config, EntityError, KeyPair, LoadError, Options, export, load_value_with};
-use strait_proxy::{Plugins, Snapshot, Upstreams};
+use strait_proxy::{Plugins, Resumption, Snapshot, Upstreams};
 use strait_store::{Row, Store, StoreError};
 
 use crate::error::ApiError;
@@ -121,10 +121,20 @@ pub struct Control {
     current: ArcSwap<Current>,
     store: Option<Store>,
     default_cert: KeyPair,
+    resumption: Resumption,
     options: Options,
     publish: OnceLock<Publisher>,
     upstreams: Arc<Upstreams>,
     plugins: Arc<Plugins>,
+}
+
+/// What every TLS server configuration compiled from the entities shares:
+/// the certificate for clients whose SNI matches none, and how clients may
+/// resume sessions.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub default_cert: KeyPair,
+    pub resumption: Resumption,
 }
 
 impl std::fmt::Debug for Control {
@@ -163,7 +173,7 @@ impl Control {
     pub async fn start(
         store: Option<Store>,
         initial: Config,
-        default_cert: KeyPair,
+        tls: ServerTls,
         options: Options,
         upstreams: Arc<Upstreams>,
         plugins: Arc<Plugins>,
@@ -177,7 +187,7 @@ impl Control {
             }
         };
         let seed = if current.version == 0 { seed_doc } else { None };
-        let control = Control::assemble(store, current, default_cert, options, upstreams, plugins);
+        let control = Control::assemble(store, current, tls, options, upstreams, plugins);
         if let Some(doc) = seed {
             // Decided again under the writer lock, against the latest stored
             // configuration: another node may have seeded (or written) first.
@@ -207,7 +217,7 @@ impl Control {
     pub fn start_cached(
         store: Store,
         cache: &std::path::Path,
-        default_cert: KeyPair,
+        tls: ServerTls,
         options: Options,
         upstreams: Arc<Upstreams>,
         plugins: Arc<Plugins>,
@@ -219,7 +229,7 @@ impl Control {
             cache = %cache.display(),
             "the database is unreachable: serving the cached configuration until it returns"
         );
-        let control = Control::assemble(Some(store), current, default_cert, options, upstreams, plugins);
+        let control = Control::assemble(Some(store), current, tls, options, upstreams, plugins);
         control.db_reachable.store(false, Ordering::Relaxed);
         control.unverified.store(true, Ordering::Relaxed);
         let snapshot = control.compile(&control.current().config)?;
@@ -229,7 +239,7 @@ impl Control {
     fn assemble(
         store: Option<Store>,
         current: Current,
-        default_cert: KeyPair,
+        tls: ServerTls,
         options: Options,
         upstreams: Arc<Upstreams>,
         plugins: Arc<Plugins>,
@@ -243,7 +253,8 @@ impl Control {
             served: tokio::sync::watch::Sender::new(current.version),
             current: ArcSwap::from_pointee(current),
             store,
-            default_cert,
+            default_cert: tls.default_cert,
+            resumption: tls.resumption,
             options,
             publish: OnceLock::new(),
             upstreams,
@@ -252,7 +263,7 @@ impl Control {
     }
 
     fn compile(&self, config: &Config) -> Result<Snapshot, strait_proxy::CompileError> {
-        Snapshot::compile(config.clone(), &self.default_cert, &self.upstreams, &self.plugins)
+        Snapshot::compile(config.clone(), &self.default_cert, self.resumption, &self.upstreams, &self.plugins)
     }
 
     /// Keeps the configuration in `path` after every change from now on
@@ -437,8 +448,14 @@ impl Control {
                 .map(|i| format!("{kind}[{}]", i + 1))
         });
         let loaded = load_value_with(&doc, &self.options).map_err(|e| load_error(e, target_path.as_deref()))?;
-        let snapshot = Snapshot::compile(loaded.config.clone(), &self.default_cert, &self.upstreams, &self.plugins)
-            .map_err(compile_error)?;
+        let snapshot = Snapshot::compile(
+            loaded.config.clone(),
+            &self.default_cert,
+            self.resumption,
+            &self.upstreams,
+            &self.plugins,
+        )
+        .map_err(compile_error)?;
         if dry_run {
             return Ok(Applied { current: old, target });
         }

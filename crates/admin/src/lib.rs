@@ -18,7 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use strait_proxy::Stats;
 
-pub use control::{Control, ControlError, Current};
+pub use control::{Control, ControlError, Current, ServerTls};
 pub use error::ApiError;
 
 /// Largest request body accepted (a whole `POST /config` of many routes fits).

@@ -127,6 +127,11 @@ pub struct Settings {
     pub trusted_ips: Vec<ipnet::IpNet>,
     /// Most UDP sessions one `udp` listener keeps at once (Strait extension).
     pub udp_max_sessions: usize,
+    /// Kong's `ssl_session_tickets`: resumption by stateless tickets.
+    pub ssl_session_tickets: bool,
+    /// Kong's `ssl_session_cache_size`, in sessions (nginx keeps about 4,000
+    /// per megabyte); 0 keeps none.
+    pub ssl_session_cache: usize,
 }
 
 /// One refused setting.
@@ -194,6 +199,8 @@ pub const KEYS: &[&str] = &[
     "dns_error_ttl",
     "trusted_ips",
     "udp_max_sessions",
+    "ssl_session_tickets",
+    "ssl_session_cache_size",
 ];
 
 /// A value before parsing: from the TOML file or from the environment.
@@ -391,6 +398,8 @@ impl Settings {
                             .filter(|n| (1..=10_000_000).contains(n))
                             .ok_or_else(|| format!("expected a number from 1 to 10000000, found '{v}'"))?;
                     }
+                    "ssl_session_tickets" => s.ssl_session_tickets = parse_flag(&raw.text()?)?,
+                    "ssl_session_cache_size" => s.ssl_session_cache = parse_session_cache_size(&raw.text()?)?,
                     _ => {}
                 }
                 Ok(())
@@ -485,6 +494,8 @@ impl Settings {
             dns: DnsSettings::default(),
             trusted_ips: Vec::new(),
             udp_max_sessions: 10_000,
+            ssl_session_tickets: true,
+            ssl_session_cache: 10 * SESSIONS_PER_MB,
         }
     }
 }
@@ -508,6 +519,34 @@ fn parse_trusted_ips(items: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
 
 fn non_empty(v: String) -> Result<String, String> {
     if v.is_empty() { Err("must not be empty".into()) } else { Ok(v) }
+}
+
+/// TLS sessions nginx keeps per megabyte of `ssl_session_cache`.
+const SESSIONS_PER_MB: usize = 4000;
+
+/// Kong's `ssl_session_cache_size`: nginx's size syntax (`10m`, `512k`, bytes),
+/// turned into a number of sessions as nginx sizes its cache; `0` or `off`
+/// (Strait extensions) keep none.
+fn parse_session_cache_size(v: &str) -> Result<usize, String> {
+    let t = v.trim().to_ascii_lowercase();
+    if t == "off" || t == "0" {
+        return Ok(0);
+    }
+    let (num, unit) = match t.strip_suffix('m') {
+        Some(n) => (n, 1024 * 1024),
+        None => match t.strip_suffix('k') {
+            Some(n) => (n, 1024),
+            None => (t.as_str(), 1),
+        },
+    };
+    let bytes = num
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|b| *b <= 1024 * 1024 * 1024)
+        .ok_or_else(|| format!("expected a size such as 10m or 512k (at most 1024m), or off, found '{v}'"))?;
+    // Sessions of about 256 bytes, as nginx counts them; at least one.
+    Ok(((bytes * SESSIONS_PER_MB as u64) / (1024 * 1024)).max(1) as usize)
 }
 
 /// Kong's booleans: `on`/`off` (TOML `true`/`false` arrive as those).
@@ -632,6 +671,23 @@ mod tests {
         ] {
             assert!(err.contains(needle), "missing {needle:?} in {err}");
         }
+    }
+
+    #[test]
+    fn tls_session_settings_follow_kong() {
+        let s = load("", &[]).unwrap();
+        assert!(s.ssl_session_tickets, "Kong's default: on");
+        assert_eq!(s.ssl_session_cache, 40_000, "Kong's default 10m, as nginx counts sessions");
+        let s = load(r#"ssl_session_tickets = "off""#, &[("STRAIT_SSL_SESSION_CACHE_SIZE", "512k")]).unwrap();
+        assert!(!s.ssl_session_tickets);
+        assert_eq!(s.ssl_session_cache, 2_000);
+        let s = load("ssl_session_tickets = false\nssl_session_cache_size = \"off\"", &[]).unwrap();
+        assert_eq!((s.ssl_session_tickets, s.ssl_session_cache), (false, 0));
+        let err = load(r#"ssl_session_cache_size = "lots""#, &[("STRAIT_SSL_SESSION_TICKETS", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ssl_session_cache_size (from file): expected a size such as 10m"), "{err}");
+        assert!(err.contains("ssl_session_tickets (from STRAIT_SSL_SESSION_TICKETS): expected on or off"), "{err}");
     }
 
     #[test]

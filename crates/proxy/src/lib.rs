@@ -32,6 +32,7 @@ pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
 pub use plugin::prometheus::Metrics;
 pub use plugin::{Plugins, Registry};
 pub use snapshot::{CompileError, Snapshot};
+pub use strait_tls::Resumption;
 pub use upstream::{AddressHealth, SetHealthError, TargetHealth, UpstreamHealth, Upstreams};
 
 /// Timeouts that apply to every session, from the settings.

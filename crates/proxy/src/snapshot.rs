@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::{ClientConfig, ServerConfig};
 use strait_model::{Config, KeyPair, Protocol, UpstreamIdx};
 use strait_router::Router;
-use strait_tls::{CertStore, UpstreamTlsOptions};
+use strait_tls::{CertStore, Resumption, UpstreamTlsOptions};
 
 use crate::plugin::prometheus::Metrics;
 use crate::plugin::{Chain, Chains, Plugins};
@@ -67,21 +67,22 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles `config`. `default_cert` serves clients whose SNI matches no
-    /// certificate; `upstreams` keeps balancer and health state across
+    /// certificate; `resumption` says how TLS clients may resume; `upstreams` keeps balancer and health state across
     /// snapshots, `plugins` the plugins' state and the metrics. Nothing
     /// starts running until [`Snapshot::activate`].
     pub fn compile(
         config: Config,
         default_cert: &KeyPair,
+        resumption: Resumption,
         upstreams: &Arc<Upstreams>,
         plugins: &Plugins,
     ) -> Result<Snapshot, CompileError> {
         let store =
             Arc::new(CertStore::new(&config, default_cert).map_err(|e| CompileError::Certificates(e.to_string()))?);
-        let tls_server =
-            strait_tls::server_config(store.clone()).map_err(|e| CompileError::Certificates(e.to_string()))?;
+        let tls_server = strait_tls::server_config(store.clone(), resumption)
+            .map_err(|e| CompileError::Certificates(e.to_string()))?;
         let chains = Chains::compile(&config, plugins, &|verifier| {
-            strait_tls::server_config_with_client_auth(store.clone(), verifier).map_err(|e| e.to_string())
+            strait_tls::server_config_with_client_auth(store.clone(), verifier, resumption).map_err(|e| e.to_string())
         })?;
         let upstream_of = |host: &str| config.upstreams.iter().position(|u| u.name.eq_ignore_ascii_case(host));
 

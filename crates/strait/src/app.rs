@@ -6,10 +6,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 
-use strait_admin::{AdminState, Control, NodeInfo};
+use strait_admin::{AdminState, Control, NodeInfo, ServerTls};
 use strait_config::{Database, LogLevel, Settings};
 use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
-use strait_proxy::{AccessLogger, Plugins, Proxy, Registry, SessionOptions, Snapshot, Timeouts, Upstreams};
+use strait_proxy::{AccessLogger, Plugins, Proxy, Registry, Resumption, SessionOptions, Snapshot, Timeouts, Upstreams};
 use strait_store::Store;
 
 /// Everything `start` needs, validated; also what `check` validates.
@@ -56,6 +56,15 @@ fn load_declarative(what: &str, path: &Path, options: &Options) -> Result<Loaded
 }
 
 /// Validation options from the settings (`plugins`).
+/// The TLS server side every compiled configuration shares.
+fn server_tls(settings: &Settings, default_cert: strait_model::KeyPair) -> ServerTls {
+    ServerTls { default_cert, resumption: resumption(settings) }
+}
+
+fn resumption(settings: &Settings) -> Resumption {
+    Resumption { tickets: settings.ssl_session_tickets, cache: settings.ssl_session_cache }
+}
+
 fn options(settings: &Settings) -> Options {
     Options {
         schemas: Some(Arc::new(Registry::builtin())),
@@ -117,7 +126,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let from_cache = matches!(opened, Opened::Unreachable(..));
         let (control, snapshot) = match opened {
             Opened::Ready(store) => {
-                Control::start(store, loaded.config, default_cert, options(&settings), upstreams, plugins.clone())
+                Control::start(store, loaded.config, server_tls(&settings, default_cert), options(&settings), upstreams, plugins.clone())
                     .await?
             }
             Opened::Unreachable(store, why) => {
@@ -128,7 +137,14 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
                     bail!("{why:#}\n(no cached configuration at {} to start from: this node never reached the database)", cache.display());
                 }
                 tracing::warn!("{why:#}");
-                Control::start_cached(store, &cache, default_cert, options(&settings), upstreams, plugins.clone())?
+                Control::start_cached(
+                    store,
+                    &cache,
+                    server_tls(&settings, default_cert),
+                    options(&settings),
+                    upstreams,
+                    plugins.clone(),
+                )?
             }
         };
         let counts = summary(&control.current().config);
@@ -400,7 +416,13 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
     }
     let counts = summary(&loaded.config);
     let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
-    Snapshot::compile(loaded.config, &default_cert, &upstreams, &Plugins::new(Registry::builtin()))?;
+    Snapshot::compile(
+        loaded.config,
+        &default_cert,
+        resumption(&settings),
+        &upstreams,
+        &Plugins::new(Registry::builtin()),
+    )?;
     println!("configuration OK: {} stream listener(s); {counts}", settings.stream_listen.len());
     Ok(())
 }
@@ -489,7 +511,7 @@ async fn offline_control(settings: &Settings) -> Result<Arc<Control>> {
     let (control, _) = Control::start(
         store,
         strait_model::Config::default(),
-        throwaway_cert()?,
+        server_tls(settings, throwaway_cert()?),
         options(settings),
         Arc::new(Upstreams::new(settings.dns.clone())),
         Plugins::new(Registry::builtin()),

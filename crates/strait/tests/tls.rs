@@ -393,3 +393,51 @@ impl TempFile {
         TempFile(dir.write(name, text), dir)
     }
 }
+
+/// Connects twice with one client configuration (which keeps what the
+/// server sent to resume with) and says how the second handshake went.
+async fn second_handshake(to: std::net::SocketAddr, ca: &TestCa) -> rustls::HandshakeKind {
+    let config = client_config(ca);
+    for _ in 0..2 {
+        let mut s = tls_connect(to, "a.test", config.clone()).await.expect("TLS connect");
+        // Reading past the handshake takes in the server's session tickets.
+        assert_eq!(read_banner(&mut s).await.expect("banner"), "plain-backend");
+        let kind = s.get_ref().1.handshake_kind().expect("handshake done");
+        if kind == rustls::HandshakeKind::Resumed {
+            return kind;
+        }
+    }
+    rustls::HandshakeKind::Full
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_follows_ssl_session_tickets_and_cache_size() {
+    let ca = TestCa::new("test CA");
+    let a = ca.leaf(&["a.test"]);
+    let backend = Backend::plain("plain-backend").await;
+    let yaml = format!(
+        "_format_version: \"3.0\"\ncertificates:\n{}services:\n- url: tcp://{}\n  routes:\n  - protocols: [tls]\n    snis: [a.test]\n",
+        certificate_yaml(&a, &["a.test"]),
+        backend.addr
+    );
+    for (tickets, cache, want) in [
+        // Kong's defaults: tickets on, a 10m cache.
+        (None, None, rustls::HandshakeKind::Resumed),
+        // Tickets off: resumed from the session cache.
+        (Some("\"off\""), None, rustls::HandshakeKind::Resumed),
+        // Both off: every handshake is a full one.
+        (Some("\"off\""), Some("\"off\""), rustls::HandshakeKind::Full),
+    ] {
+        let port = test_support::free_port();
+        let mut config = GatewayConfig::new(format!("127.0.0.1:{port} ssl"), yaml.clone());
+        if let Some(t) = tickets {
+            config = config.setting("ssl_session_tickets", t);
+        }
+        if let Some(c) = cache {
+            config = config.setting("ssl_session_cache_size", c);
+        }
+        let _gw = Gateway::start(bin(), config);
+        let to = format!("127.0.0.1:{port}").parse().unwrap();
+        assert_eq!(second_handshake(to, &ca).await, want, "tickets {tickets:?}, cache {cache:?}");
+    }
+}

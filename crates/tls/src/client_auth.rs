@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{CertStore, TlsError};
+use crate::{CertStore, Resumption, TlsError};
 
 /// Verifies client certificates against `cas`; with `allowed_names`, the
 /// certificate must also carry one of them as its subject CN or a SAN.
@@ -136,11 +136,13 @@ pub fn certificate_subject(der: &CertificateDer<'_>) -> Option<String> {
 pub fn server_config_with_client_auth(
     store: Arc<CertStore>,
     verifier: Arc<dyn ClientCertVerifier>,
+    resumption: Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let config = ServerConfig::builder_with_provider(crate::provider())
+    let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(store);
+    resumption.apply(&mut config)?;
     Ok(Arc::new(config))
 }

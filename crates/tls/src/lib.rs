@@ -16,7 +16,7 @@ pub use client::{UpstreamTlsOptions, client_config};
 pub use client_auth::{certificate_names, certificate_subject, client_verifier, server_config_with_client_auth};
 pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek, peek_handshake};
 pub use quic::{InitialReader, QuicPeek};
-pub use server::{CertStore, server_config};
+pub use server::{CertStore, Resumption, server_config};
 
 /// Errors building TLS configurations from validated entities.
 #[derive(Debug, thiserror::Error)]

@@ -111,12 +111,54 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// How clients may resume a TLS session instead of a full handshake: Kong's
+/// `ssl_session_tickets` and `ssl_session_cache_size`.
+///
+/// Each server configuration gets its own ticket keys and session cache, so a
+/// session is only ever resumed under the configuration that made it: one
+/// made without a client certificate can never be resumed on a route whose
+/// `mtls-auth` asks for one (a resumed handshake verifies no certificate). A
+/// configuration change therefore starts with fresh keys and an empty cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resumption {
+    /// Stateless tickets (keys rotated every six hours by rustls).
+    pub tickets: bool,
+    /// Sessions kept for resumption by ID; 0 keeps none.
+    pub cache: usize,
+}
+
+impl Default for Resumption {
+    /// Kong's defaults: tickets on, a 10 MB cache (about 40,000 sessions).
+    fn default() -> Self {
+        Resumption { tickets: true, cache: 40_000 }
+    }
+}
+
+impl Resumption {
+    pub(crate) fn apply(self, config: &mut ServerConfig) -> Result<(), TlsError> {
+        config.session_storage = if self.cache == 0 {
+            Arc::new(rustls::server::NoServerSessionStorage {})
+        } else {
+            rustls::server::ServerSessionMemoryCache::new(self.cache)
+        };
+        if self.tickets {
+            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        if !self.tickets && self.cache == 0 {
+            // Nothing to resume with: send no NewSessionTicket at all.
+            config.send_tls13_tickets = 0;
+        }
+        Ok(())
+    }
+}
+
 /// A TLS 1.2 + 1.3 server configuration that picks certificates from `store`.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let config = ServerConfig::builder_with_provider(crate::provider())
+pub fn server_config(store: Arc<CertStore>, resumption: Resumption) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(store);
+    resumption.apply(&mut config)?;
     Ok(Arc::new(config))
 }

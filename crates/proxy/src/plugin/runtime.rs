@@ -354,7 +354,10 @@ mod tests {
         let pair =
             strait_model::pem::key_pair(&g.cert.pem(), &g.signing_key.serialize_pem(), "mismatch").expect("key pair");
         let upstreams = Arc::new(Upstreams::new(Default::default()));
-        Arc::new(Snapshot::compile(config, &pair, &upstreams, &Plugins::new(registry)).expect("compiles"))
+        Arc::new(
+            Snapshot::compile(config, &pair, Default::default(), &upstreams, &Plugins::new(registry))
+                .expect("compiles"),
+        )
     }
 
     fn session(snap: &Arc<Snapshot>, route: usize, protocol: Protocol) -> Session {
