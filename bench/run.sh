@@ -206,12 +206,16 @@ measure() {
 }
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
 
-run_proxy() {
-  local name=$1 p=$2 pid=$3
-  local plain=127.0.0.1:$p tls=127.0.0.1:$((p + 1)) pass=127.0.0.1:$((p + 2)) ip=$((p + 3))
-  if [ "$name" = direct ]; then tls=""; pass=127.0.0.1:$TLSECHO; ip=$IPERF; fi
+# Where proxy $1 (listening from port $2) takes each kind of session.
+endpoints() {
+  plain=127.0.0.1:$2 tls=127.0.0.1:$(($2 + 1)) pass=127.0.0.1:$(($2 + 2)) ip=$(($2 + 3))
+  if [ "$1" = direct ]; then tls=""; pass=127.0.0.1:$TLSECHO; ip=$IPERF; fi
+}
 
-  # Correctness first: no numbers for a proxy that does not proxy right.
+# Correctness first: no numbers for a proxy that does not proxy right.
+check_proxy() {
+  local name=$1 plain tls pass ip
+  endpoints "$name" "$2"
   local ok=1
   "$GEN" check --to "$plain" >/dev/null || ok=0
   if [ -n "$tls" ]; then "$GEN" check --to "$tls" --sni bench.test --ca "$WORK/certs/ca.pem" >/dev/null || ok=0; fi
@@ -219,48 +223,50 @@ run_proxy() {
   if [ "$name" != direct ]; then
     "$GEN" check --to "$pass" --sni nobody.test --ca "$WORK/certs/ca.pem" --refused >/dev/null || ok=0
   fi
-  if [ $ok = 0 ]; then echo "$name: correctness check FAILED: no numbers" >&2; record "$name" check 1 fail "" "" ""; return; fi
+  if [ $ok = 0 ]; then echo "$name: correctness check FAILED: no numbers" >&2; record "$name" check 1 fail "" "" ""; return 1; fi
+}
 
-  for run in 1 2; do
-    local o
-    o=$(measure "$pid" iperf3 -c 127.0.0.1 -p "$ip" -t "$IPERF_SECS" -J)
-    local bps bytes cpu
-    read -r bps bytes < <(echo "$o" | python3 -c '
+# One run of every scenario through proxy $1 (port $2, process $3), as run $4.
+measure_run() {
+  local name=$1 pid=$3 run=$4 plain tls pass ip
+  endpoints "$name" "$2"
+  local o
+  o=$(measure "$pid" iperf3 -c 127.0.0.1 -p "$ip" -t "$IPERF_SECS" -J)
+  local bps bytes cpu
+  read -r bps bytes < <(echo "$o" | python3 -c '
 import json, sys
 t = sys.stdin.read()
 d = json.loads(t[:t.rindex("}") + 1])
 r = d.get("end", {}).get("sum_received")
 print(r["bits_per_second"], r["bytes"]) if r else print(0, 0)')
-    cpu=$(echo "$o" | sed -n 's/.*cpu_s=\([0-9.]*\).*/\1/p' | tail -1)
-    if [ "$bytes" = 0 ]; then
-      echo "$name: iperf3 failed: $(echo "$o" | grep -m1 '"error"')" >&2
-      record "$name" throughput "$run" fail Gbit/s "" ""
-    else
-      record "$name" throughput "$run" "$(awk -v b="$bps" 'BEGIN {printf "%.2f", b / 1e9}')" Gbit/s \
-        "$(awk -v c="$cpu" -v y="$bytes" 'BEGIN {printf "%.3f", c / (y / 1073741824)}')" "cpu-s/GiB"
-    fi
+  cpu=$(echo "$o" | sed -n 's/.*cpu_s=\([0-9.]*\).*/\1/p' | tail -1)
+  if [ "$bytes" = 0 ]; then
+    echo "$name: iperf3 failed: $(echo "$o" | grep -m1 '"error"')" >&2
+    record "$name" throughput "$run" fail Gbit/s "" ""
+  else
+    record "$name" throughput "$run" "$(awk -v b="$bps" 'BEGIN {printf "%.2f", b / 1e9}')" Gbit/s \
+      "$(awk -v c="$cpu" -v y="$bytes" 'BEGIN {printf "%.3f", c / (y / 1073741824)}')" "cpu-s/GiB"
+  fi
 
-    o=$(measure "$pid" "$GEN" rate --to "$plain" --conc 32 --secs "$SECS")
-    record "$name" new_sessions "$run" "$(field "$o" rate)" sessions/s \
-      "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" sessions)" 'BEGIN {printf "%.1f", c * 1e6 / n}')" "us/session"
+  o=$(measure "$pid" "$GEN" rate --to "$plain" --conc 32 --secs "$SECS")
+  record "$name" new_sessions "$run" "$(field "$o" rate)" sessions/s \
+    "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" sessions)" 'BEGIN {printf "%.1f", c * 1e6 / n}')" "us/session"
 
-    for c in 1 32; do
-      o=$(measure "$pid" "$GEN" latency --to "$plain" --conns $c --secs "$SECS")
-      record "$name" "p99_latency_${c}conn" "$run" "$(field "$o" p99_us)" us \
-        "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" requests)" 'BEGIN {printf "%.2f", c * 1e6 / n}')" "us/request"
-      record "$name" "p50_latency_${c}conn" "$run" "$(field "$o" p50_us)" us "" ""
-    done
-
-    if [ -n "$tls" ]; then
-      o=$(measure "$pid" "$GEN" rate --to "$tls" --conc 32 --secs "$SECS" --sni bench.test --ca "$WORK/certs/ca.pem")
-      record "$name" tls_handshakes "$run" "$(field "$o" rate)" handshakes/s \
-        "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" sessions)" 'BEGIN {printf "%.1f", c * 1e6 / n}')" "us/handshake"
-    fi
-    o=$(measure "$pid" "$GEN" rate --to "$pass" --conc 32 --secs "$SECS" --sni pt.test --ca "$WORK/certs/ca.pem")
-    record "$name" passthrough "$run" "$(field "$o" rate)" sessions/s \
-      "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" sessions)" 'BEGIN {printf "%.1f", c * 1e6 / n}')" "us/session"
-
+  for c in 1 32; do
+    o=$(measure "$pid" "$GEN" latency --to "$plain" --conns $c --secs "$SECS")
+    record "$name" "p99_latency_${c}conn" "$run" "$(field "$o" p99_us)" us \
+      "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" requests)" 'BEGIN {printf "%.2f", c * 1e6 / n}')" "us/request"
+    record "$name" "p50_latency_${c}conn" "$run" "$(field "$o" p50_us)" us "" ""
   done
+
+  if [ -n "$tls" ]; then
+    o=$(measure "$pid" "$GEN" rate --to "$tls" --conc 32 --secs "$SECS" --sni bench.test --ca "$WORK/certs/ca.pem")
+    record "$name" tls_handshakes "$run" "$(field "$o" rate)" handshakes/s \
+      "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" sessions)" 'BEGIN {printf "%.1f", c * 1e6 / n}')" "us/handshake"
+  fi
+  o=$(measure "$pid" "$GEN" rate --to "$pass" --conc 32 --secs "$SECS" --sni pt.test --ca "$WORK/certs/ca.pem")
+  record "$name" passthrough "$run" "$(field "$o" rate)" sessions/s \
+    "$(awk -v c="$(field "$o" cpu_s)" -v n="$(field "$o" sessions)" 'BEGIN {printf "%.1f", c * 1e6 / n}')" "us/session"
 }
 
 # Memory per idle session, each measurement in a fresh proxy process (memory
@@ -306,37 +312,58 @@ idle_rss() {
   done
 }
 
+# All proxies run at once, idle but for the one being measured, and the runs
+# alternate between them: a machine that gets slower or noisier during the
+# benchmark then weighs on every proxy alike, not on the last one measured.
+declare -A PORT PID
+PORT[direct]=$ECHO; PID[direct]=0
 P=19100
-run_proxy direct $ECHO 0
 for proxy in nginx haproxy strait; do
-  pid=$("start_$proxy" $P)
-  wait_port $P && wait_port $((P + 3)) || { echo "$proxy did not start" >&2; record "$proxy" start 1 fail "" "" ""; continue; }
+  PORT[$proxy]=$P
+  PID[$proxy]=$("start_$proxy" $P)
+  P=$((P + 10))
+done
+names=()
+for proxy in direct nginx haproxy strait; do
+  if [ "$proxy" != direct ]; then
+    p=${PORT[$proxy]}
+    wait_port "$p" && wait_port $((p + 3)) || { echo "$proxy did not start" >&2; record "$proxy" start 1 fail "" "" ""; continue; }
+  fi
   sleep 0.3
-  run_proxy "$proxy" $P "$pid"
-  if [ "$proxy" = strait ] && [ $QUICK = 0 ]; then
-    # Strait alone: apply 10,000 routes while sessions flow; none may fail.
-    python3 - "$WORK/big.json" $ECHO $P <<'PY'
+  check_proxy "$proxy" "${PORT[$proxy]}" && names+=("$proxy")
+done
+for run in 1 2; do
+  for proxy in "${names[@]}"; do
+    measure_run "$proxy" "${PORT[$proxy]}" "${PID[$proxy]}" "$run"
+  done
+done
+
+if [ $QUICK = 0 ] && [[ " ${names[*]} " == *" strait "* ]]; then
+  # Strait alone: apply 10,000 routes while sessions flow; none may fail.
+  SP=${PORT[strait]}
+  python3 - "$WORK/big.json" $ECHO $SP <<'PY'
 import json, sys
 out, echo, p = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 routes = [{"protocols": ["tcp"], "destinations": [{"ip": f"10.{i // 250}.{i % 250}.1", "port": 1000 + i % 50000}]} for i in range(10000)]
 routes.append({"protocols": ["tcp"], "destinations": [{"port": p}]})
 print(json.dumps({"_format_version": "3.0", "services": [{"url": f"tcp://127.0.0.1:{echo}", "routes": routes}]}), file=open(out, "w"))
 PY
-    $LOAD "$GEN" rate --to 127.0.0.1:$P --conc 8 --secs 6 > "$WORK/during.out" &
-    rg=$!
-    sleep 1
-    read -r code t < <(curl -s -o "$WORK/apply.out" -w '%{http_code} %{time_total}\n' -X POST \
-      -H 'content-type: application/json' --data-binary @"$WORK/big.json" http://127.0.0.1:$((P + 4))/config)
-    wait $rg
-    if [ "$code" = 201 ]; then
-      record strait apply_10k_routes 1 "$t" s "$(field "$(cat "$WORK/during.out")" errors)" "failed sessions"
-    else
-      echo "applying 10,000 routes failed: $code $(head -c 300 "$WORK/apply.out")" >&2
-      record strait apply_10k_routes 1 fail s "" ""
-    fi
+  $LOAD "$GEN" rate --to 127.0.0.1:$SP --conc 8 --secs 6 > "$WORK/during.out" &
+  rg=$!
+  sleep 1
+  read -r code t < <(curl -s -o "$WORK/apply.out" -w '%{http_code} %{time_total}\n' -X POST \
+    -H 'content-type: application/json' --data-binary @"$WORK/big.json" http://127.0.0.1:$((SP + 4))/config)
+  wait $rg
+  if [ "$code" = 201 ]; then
+    record strait apply_10k_routes 1 "$t" s "$(field "$(cat "$WORK/during.out")" errors)" "failed sessions"
+  else
+    echo "applying 10,000 routes failed: $code $(head -c 300 "$WORK/apply.out")" >&2
+    record strait apply_10k_routes 1 fail s "" ""
   fi
-  stop_pid "$pid"
-  P=$((P + 10))
+fi
+for proxy in nginx haproxy strait; do stop_pid "${PID[$proxy]}"; done
+
+for proxy in nginx haproxy strait; do
   idle_rss "$proxy" $P
   P=$((P + 10))
 done
