@@ -313,8 +313,9 @@ idle_rss() {
 }
 
 # All proxies run at once, idle but for the one being measured, and the runs
-# alternate between them: a machine that gets slower or noisier during the
-# benchmark then weighs on every proxy alike, not on the last one measured.
+# alternate between them, in opposite orders: a machine that gets slower or
+# noisier during the benchmark then weighs on every proxy, not on the last
+# one measured.
 declare -A PORT PID
 PORT[direct]=$ECHO; PID[direct]=0
 P=19100
@@ -333,7 +334,10 @@ for proxy in direct nginx haproxy strait; do
   check_proxy "$proxy" "${PORT[$proxy]}" && names+=("$proxy")
 done
 for run in 1 2; do
-  for proxy in "${names[@]}"; do
+  order=("${names[@]}")
+  # The second run goes the other way: no proxy is always measured last.
+  if [ $run = 2 ]; then mapfile -t order < <(printf '%s\n' "${names[@]}" | tac); fi
+  for proxy in "${order[@]}"; do
     measure_run "$proxy" "${PORT[$proxy]}" "${PID[$proxy]}" "$run"
   done
 done

@@ -263,7 +263,7 @@ impl Control {
     }
 
     fn compile(&self, config: &Config) -> Result<Snapshot, strait_proxy::CompileError> {
-        Snapshot::compile(config.clone(), &self.default_cert, self.resumption, &self.upstreams, &self.plugins)
+        Snapshot::compile(config.clone(), &self.default_cert, &self.resumption, &self.upstreams, &self.plugins)
     }
 
     /// Keeps the configuration in `path` after every change from now on
@@ -451,7 +451,7 @@ impl Control {
         let snapshot = Snapshot::compile(
             loaded.config.clone(),
             &self.default_cert,
-            self.resumption,
+            &self.resumption,
             &self.upstreams,
             &self.plugins,
         )

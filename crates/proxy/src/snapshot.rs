@@ -73,7 +73,7 @@ impl Snapshot {
     pub fn compile(
         config: Config,
         default_cert: &KeyPair,
-        resumption: Resumption,
+        resumption: &Resumption,
         upstreams: &Arc<Upstreams>,
         plugins: &Plugins,
     ) -> Result<Snapshot, CompileError> {

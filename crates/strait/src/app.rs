@@ -55,16 +55,17 @@ fn load_declarative(what: &str, path: &Path, options: &Options) -> Result<Loaded
     strait_model::load_str_with(&text, options).with_context(|| format!("{what} {}", path.display()))
 }
 
-/// Validation options from the settings (`plugins`).
 /// The TLS server side every compiled configuration shares.
 fn server_tls(settings: &Settings, default_cert: strait_model::KeyPair) -> ServerTls {
     ServerTls { default_cert, resumption: resumption(settings) }
 }
 
+/// Made once per process: its session cache is shared by every configuration.
 fn resumption(settings: &Settings) -> Resumption {
-    Resumption { tickets: settings.ssl_session_tickets, cache: settings.ssl_session_cache }
+    Resumption::new(settings.ssl_session_tickets, settings.ssl_session_cache)
 }
 
+/// Validation options from the settings (`plugins`).
 fn options(settings: &Settings) -> Options {
     Options {
         schemas: Some(Arc::new(Registry::builtin())),
@@ -126,8 +127,8 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let from_cache = matches!(opened, Opened::Unreachable(..));
         let (control, snapshot) = match opened {
             Opened::Ready(store) => {
-                Control::start(store, loaded.config, server_tls(&settings, default_cert), options(&settings), upstreams, plugins.clone())
-                    .await?
+                let tls = server_tls(&settings, default_cert);
+                Control::start(store, loaded.config, tls, options(&settings), upstreams, plugins.clone()).await?
             }
             Opened::Unreachable(store, why) => {
                 if !settings.db_cache {
@@ -419,7 +420,7 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
     Snapshot::compile(
         loaded.config,
         &default_cert,
-        resumption(&settings),
+        &resumption(&settings),
         &upstreams,
         &Plugins::new(Registry::builtin()),
     )?;

@@ -425,6 +425,8 @@ async fn session_resumption_follows_ssl_session_tickets_and_cache_size() {
         (None, None, rustls::HandshakeKind::Resumed),
         // Tickets off: resumed from the session cache.
         (Some("\"off\""), None, rustls::HandshakeKind::Resumed),
+        // The cache off: resumed with a stateless ticket.
+        (None, Some("\"off\""), rustls::HandshakeKind::Resumed),
         // Both off: every handshake is a full one.
         (Some("\"off\""), Some("\"off\""), rustls::HandshakeKind::Full),
     ] {
@@ -439,5 +441,73 @@ async fn session_resumption_follows_ssl_session_tickets_and_cache_size() {
         let _gw = Gateway::start(bin(), config);
         let to = format!("127.0.0.1:{port}").parse().unwrap();
         assert_eq!(second_handshake(to, &ca).await, want, "tickets {tickets:?}, cache {cache:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_never_resumes_where_mtls_auth_asks_for_a_certificate() {
+    let ca = TestCa::new("test CA");
+    let client_ca = TestCa::new("client CA");
+    let a = ca.leaf(&["a.test"]);
+    let backend = Backend::plain("plain-backend").await;
+    let (open, strict) = (test_support::free_port(), test_support::free_port());
+    let ca_id = "6a1e2f4c-7b0d-4e5f-8a9b-0c1d2e3f4a5b";
+    let yaml = format!(
+        r#"_format_version: "3.0"
+certificates:
+{}ca_certificates:
+- id: {ca_id}
+  cert: |
+{}services:
+- url: tcp://{}
+  routes:
+  - name: open
+    protocols: [tls]
+    snis: [a.test]
+    destinations: [{{port: {open}}}]
+  - name: strict
+    protocols: [tls]
+    snis: [a.test]
+    destinations: [{{port: {strict}}}]
+    plugins:
+    - name: mtls-auth
+      config:
+        ca_certificates: [{ca_id}]
+"#,
+        certificate_yaml(&a, &["a.test"]),
+        yaml_block(&client_ca.pem.cert, 4),
+        backend.addr
+    );
+    // With tickets (their keys), and with the session cache alone (its partitions).
+    for tickets in ["\"on\"", "\"off\""] {
+        let config = GatewayConfig::new(format!("127.0.0.1:{open} ssl, 127.0.0.1:{strict} ssl"), yaml.clone())
+            .setting("ssl_session_tickets", tickets);
+        let gw = Gateway::start(bin(), config);
+        offer_open_session_to_strict_route(open, strict, &ca).await;
+        drop(gw);
+    }
+}
+
+async fn offer_open_session_to_strict_route(open: u16, strict: u16, ca: &TestCa) {
+    // One client configuration, no client certificate: it keeps the tickets
+    // the open route's handshake gave it, and offers them to the strict one.
+    let config = client_config(ca);
+    let open_to = format!("127.0.0.1:{open}").parse().expect("address");
+    let mut s = tls_connect(open_to, "a.test", config.clone()).await.expect("open route");
+    assert_eq!(read_banner(&mut s).await.expect("banner"), "plain-backend");
+    drop(s);
+    let again = tls_connect(open_to, "a.test", config.clone()).await.expect("open route again");
+    assert_eq!(again.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "resumes where it was made");
+    drop(again);
+
+    let strict_to = format!("127.0.0.1:{strict}").parse().expect("address");
+    match tls_connect(strict_to, "a.test", config).await {
+        Err(_) => {}
+        Ok(mut s) => {
+            assert_ne!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("no answer in time");
+            assert!(matches!(r, Err(_) | Ok(0)), "without a certificate the session must not reach the upstream");
+        }
     }
 }

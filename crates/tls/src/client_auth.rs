@@ -136,7 +136,7 @@ pub fn certificate_subject(der: &CertificateDer<'_>) -> Option<String> {
 pub fn server_config_with_client_auth(
     store: Arc<CertStore>,
     verifier: Arc<dyn ClientCertVerifier>,
-    resumption: Resumption,
+    resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

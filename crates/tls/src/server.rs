@@ -8,9 +8,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use strait_model::{Config, KeyPair, SniPattern};
 
@@ -114,37 +118,36 @@ impl ResolvesServerCert for CertStore {
 /// How clients may resume a TLS session instead of a full handshake: Kong's
 /// `ssl_session_tickets` and `ssl_session_cache_size`.
 ///
-/// Each server configuration gets its own ticket keys and session cache, so a
-/// session is only ever resumed under the configuration that made it: one
-/// made without a client certificate can never be resumed on a route whose
-/// `mtls-auth` asks for one (a resumed handshake verifies no certificate). A
-/// configuration change therefore starts with fresh keys and an empty cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Each server configuration gets its own ticket keys and its own partition
+/// of the one session cache, so a session is only ever resumed under the
+/// configuration that made it: one made without a client certificate can
+/// never be resumed on a route whose `mtls-auth` asks for one (a resumed
+/// handshake verifies no certificate). The cache's size bounds all
+/// partitions together, as Kong's one shared zone does. A configuration
+/// change starts with fresh keys and an empty partition.
+#[derive(Debug, Clone)]
 pub struct Resumption {
-    /// Stateless tickets (keys rotated every six hours by rustls).
-    pub tickets: bool,
-    /// Sessions kept for resumption by ID; 0 keeps none.
-    pub cache: usize,
-}
-
-impl Default for Resumption {
-    /// Kong's defaults: tickets on, a 10 MB cache (about 40,000 sessions).
-    fn default() -> Self {
-        Resumption { tickets: true, cache: 40_000 }
-    }
+    /// Stateless tickets (keys rotated by rustls).
+    tickets: bool,
+    /// Sessions kept for resumption by ID; `None` keeps none.
+    cache: Option<Arc<ServerSessionMemoryCache>>,
 }
 
 impl Resumption {
-    pub(crate) fn apply(self, config: &mut ServerConfig) -> Result<(), TlsError> {
-        config.session_storage = if self.cache == 0 {
-            Arc::new(rustls::server::NoServerSessionStorage {})
-        } else {
-            rustls::server::ServerSessionMemoryCache::new(self.cache)
+    /// `cache` sessions at most, for every configuration together (0: none).
+    pub fn new(tickets: bool, cache: usize) -> Resumption {
+        Resumption { tickets, cache: (cache > 0).then(|| ServerSessionMemoryCache::new(cache)) }
+    }
+
+    pub(crate) fn apply(&self, config: &mut ServerConfig) -> Result<(), TlsError> {
+        config.session_storage = match &self.cache {
+            Some(shared) => Arc::new(Partition::new(shared.clone())),
+            None => Arc::new(NoServerSessionStorage {}),
         };
         if self.tickets {
             config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
         }
-        if !self.tickets && self.cache == 0 {
+        if !self.tickets && self.cache.is_none() {
             // Nothing to resume with: send no NewSessionTicket at all.
             config.send_tls13_tickets = 0;
         }
@@ -152,8 +155,55 @@ impl Resumption {
     }
 }
 
+impl Default for Resumption {
+    /// Kong's defaults: tickets on, a 10 MB cache (about 40,000 sessions).
+    fn default() -> Self {
+        Resumption::new(true, 40_000)
+    }
+}
+
+/// One configuration's share of the session cache: its keys carry a prefix
+/// no other configuration of this process uses.
+#[derive(Debug)]
+struct Partition {
+    prefix: [u8; 8],
+    shared: Arc<ServerSessionMemoryCache>,
+}
+
+impl Partition {
+    fn new(shared: Arc<ServerSessionMemoryCache>) -> Partition {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Partition { prefix: NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes(), shared }
+    }
+
+    fn key(&self, id: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + id.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(id);
+        k
+    }
+}
+
+impl StoresServerSessions for Partition {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.shared.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.shared.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
 /// A TLS 1.2 + 1.3 server configuration that picks certificates from `store`.
-pub fn server_config(store: Arc<CertStore>, resumption: Resumption) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(store: Arc<CertStore>, resumption: &Resumption) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?

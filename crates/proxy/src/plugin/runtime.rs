@@ -355,7 +355,7 @@ mod tests {
             strait_model::pem::key_pair(&g.cert.pem(), &g.signing_key.serialize_pem(), "mismatch").expect("key pair");
         let upstreams = Arc::new(Upstreams::new(Default::default()));
         Arc::new(
-            Snapshot::compile(config, &pair, Default::default(), &upstreams, &Plugins::new(registry))
+            Snapshot::compile(config, &pair, &Default::default(), &upstreams, &Plugins::new(registry))
                 .expect("compiles"),
         )
     }
