@@ -166,7 +166,7 @@ pub(crate) async fn accept_loop(
                     shared: shared.clone(),
                     alive: alive.clone(),
                 };
-                tokio::spawn(session::serve(Box::new(conn)));
+                tokio::spawn(session::serve(Box::pin(session::setup(conn))));
             }
             Err(e) => {
                 // Usually EMFILE/ENFILE: back off instead of spinning.

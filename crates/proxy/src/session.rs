@@ -7,7 +7,9 @@
 //! every way a session can end maps to a Kong stream status and a close
 //! reason in the access log.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +69,7 @@ enum ClientStream {
     Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
 }
 
-struct Ready {
+pub(crate) struct Ready {
     client: ClientStream,
     upstream: UpstreamStream,
     idle: Duration,
@@ -76,7 +78,7 @@ struct Ready {
 }
 
 /// The plugins running for a session, with its state as they see it.
-struct Plugged {
+pub(crate) struct Plugged {
     chain: Arc<Chain>,
     s: Session,
 }
@@ -94,16 +96,13 @@ pub(crate) struct Accepted {
 /// Runs one session to its end and writes its log line.
 ///
 /// This future is the state every open session keeps (see `bench/README.md`,
-/// idle memory): it takes its arguments boxed, as an `async fn` keeps its
-/// arguments beside the locals moved out of them; the setup runs boxed and is
-/// freed when the relay starts; and nothing the relay does not need is kept
-/// across it.
-pub(crate) async fn serve(conn: Box<Accepted>) {
-    let t0 = Instant::now();
-    // Boxed, like its argument: what only the setup needs (the stream, the
-    // peek buffer, handshakes, connect attempts) is freed when the relay
-    // starts instead of staying in the task for the session's whole life.
-    let (shared, _alive, mut rec, mut plugged, mut ready) = Box::pin(setup(conn)).await;
+/// idle memory). It receives its setup already boxed (see [`setup`]): what
+/// only the setup needs (the accepted connection, the peek buffer,
+/// handshakes, connect attempts) is freed when the relay starts instead of
+/// staying in the task for the session's whole life, and nothing the relay
+/// does not need is kept across it.
+pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
+    let (t0, shared, _alive, mut rec, mut plugged, mut ready) = setup.await;
     if let Some(ready) = ready.as_mut() {
         rec.connected_after = Some(t0.elapsed());
         use ClientStream as C;
@@ -169,14 +168,17 @@ pub(crate) async fn serve(conn: Box<Accepted>) {
     shared.stats.session_ended();
 }
 
-/// What a session keeps once its setup is over: the proxy, its place among
-/// the open sessions, the record, the plugins, and the streams to relay
-/// (`None` when the session ended before its relay).
-type SetUp = (Arc<Shared>, mpsc::Sender<()>, SessionRecord, Option<Box<Plugged>>, Option<Ready>);
+/// What a session keeps once its setup is over: when it began, the proxy,
+/// its place among the open sessions, the record, the plugins, and the
+/// streams to relay (`None` when the session ended before its relay).
+pub(crate) type SetUp = (Instant, Arc<Shared>, mpsc::Sender<()>, SessionRecord, Option<Box<Plugged>>, Option<Ready>);
 
-/// Everything before the relay, with the way out on a forced close.
-async fn setup(conn: Box<Accepted>) -> SetUp {
-    let Accepted { stream, client, local, listener, shared, alive } = *conn;
+/// Everything before the relay, with the way out on a forced close. The
+/// accept loop boxes this future and hands it to [`serve`]: one allocation
+/// per session holds the connection and all of the setup's state.
+pub(crate) async fn setup(conn: Accepted) -> SetUp {
+    let t0 = Instant::now();
+    let Accepted { stream, client, local, listener, shared, alive } = conn;
     shared.stats.session_started();
     // One snapshot for the whole setup; later configuration changes do not touch this session.
     let snap = shared.snapshot.load_full();
@@ -206,7 +208,7 @@ async fn setup(conn: Box<Accepted>) -> SetUp {
             Box::new(Plugged { chain: chain.clone(), s })
         });
     }
-    (shared, alive, rec, plugged, ready)
+    (t0, shared, alive, rec, plugged, ready)
 }
 
 /// Everything before the relay: classify, route, TLS, connect.
