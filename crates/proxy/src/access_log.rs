@@ -203,6 +203,142 @@ impl SessionRecord {
     }
 }
 
+/// What an open TCP session keeps of its [`SessionRecord`] while the relay
+/// runs: the fields its setup filled in. The others (duration, byte counts,
+/// why it closed, an error) are only known when it ends, and every open
+/// session keeps this, so it leaves them out (80 bytes of the session's
+/// 784; see `bench/README.md`, idle memory).
+#[derive(Debug)]
+pub(crate) struct OpenRecord {
+    client: SocketAddr,
+    proxied: Option<std::sync::Arc<Proxied>>,
+    listener: std::sync::Arc<str>,
+    /// Nanoseconds since the epoch: half a `SystemTime`.
+    started: u64,
+    protocol: &'static str,
+    status: u16,
+    route: Option<std::sync::Arc<str>>,
+    service: Option<std::sync::Arc<str>>,
+    upstream: Option<SocketAddr>,
+    sni: Option<String>,
+    tries: Vec<Try>,
+    /// Nanoseconds, as `started`; `u64::MAX` for none.
+    connected_after: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+}
+
+/// How an open session ended: the fields an [`OpenRecord`] leaves out.
+#[derive(Debug)]
+pub(crate) struct Closing {
+    pub(crate) duration: Duration,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) reason: CloseReason,
+    pub(crate) detail: Option<String>,
+}
+
+impl OpenRecord {
+    /// Keeps what the setup found. Every field is named, so a field added to
+    /// the record must be decided on here.
+    pub(crate) fn new(rec: SessionRecord) -> Self {
+        let SessionRecord {
+            client,
+            proxied,
+            listener,
+            started,
+            duration: _,
+            protocol,
+            status,
+            route,
+            service,
+            upstream,
+            sni,
+            tries,
+            connected_after,
+            bytes_sent: _,
+            bytes_received: _,
+            datagrams: _,
+            reason: _,
+            detail: _,
+        } = rec;
+        OpenRecord {
+            client,
+            proxied,
+            listener,
+            // Before the epoch (a clock set far back) counts as the epoch.
+            started: nanos(started.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            protocol,
+            status,
+            route,
+            service,
+            upstream,
+            sni,
+            tries,
+            connected_after: connected_after.map_or(u64::MAX, nanos),
+        }
+    }
+
+    /// The whole record again, once the session has ended.
+    pub(crate) fn close(self, end: Closing) -> SessionRecord {
+        let OpenRecord {
+            client,
+            proxied,
+            listener,
+            started,
+            protocol,
+            status,
+            route,
+            service,
+            upstream,
+            sni,
+            tries,
+            connected_after,
+        } = self;
+        SessionRecord {
+            client,
+            proxied,
+            listener,
+            started: UNIX_EPOCH + Duration::from_nanos(started),
+            duration: end.duration,
+            protocol,
+            status,
+            route,
+            service,
+            upstream,
+            sni,
+            tries,
+            connected_after: (connected_after != u64::MAX).then(|| Duration::from_nanos(connected_after)),
+            bytes_sent: end.bytes_sent,
+            bytes_received: end.bytes_received,
+            datagrams: None,
+            reason: end.reason,
+            detail: end.detail,
+        }
+    }
+
+    /// The record of the session so far, for a progress report.
+    pub(crate) fn so_far(&self, end: Closing) -> SessionRecord {
+        OpenRecord {
+            client: self.client,
+            proxied: self.proxied.clone(),
+            listener: self.listener.clone(),
+            started: self.started,
+            protocol: self.protocol,
+            status: self.status,
+            route: self.route.clone(),
+            service: self.service.clone(),
+            upstream: self.upstream,
+            sni: self.sni.clone(),
+            tries: self.tries.clone(),
+            connected_after: self.connected_after,
+        }
+        .close(end)
+    }
+}
+
 /// `26/Nov/2026:15:04:32 +0000`, nginx's `$time_local` in UTC.
 fn clf_time(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -353,5 +489,41 @@ mod tests {
              protocol=tls route=r1 service=- upstream=127.0.0.1:6379 sni=a.test tries=2 reason=\"client closed\" \
              failed_tries=\"127.0.0.1:6380 Connection refused (os error 111) at +0.0ms after 0.2ms\""
         );
+    }
+
+    #[test]
+    fn an_open_record_gives_back_what_the_setup_found() {
+        let started = UNIX_EPOCH + Duration::new(1_795_705_472, 123_456_789);
+        let mut r = SessionRecord::new("127.0.0.1:5000".parse().unwrap(), "l".into(), "tls", CloseReason::ClientClosed);
+        r.started = started;
+        r.status = 201;
+        r.route = Some("r".into());
+        r.service = Some("s".into());
+        r.upstream = Some("127.0.0.1:6379".parse().unwrap());
+        r.sni = Some("a.test".into());
+        r.tries = vec![Try { addr: "127.0.0.1:6379".parse().unwrap(), started, took: Duration::ZERO, error: None }];
+        r.connected_after = Some(Duration::from_micros(1234));
+        let open = OpenRecord::new(r);
+        let end = |reason| Closing {
+            duration: Duration::from_secs(3),
+            bytes_sent: 7,
+            bytes_received: 9,
+            reason,
+            detail: Some("x".into()),
+        };
+        let now = open.so_far(end(CloseReason::ClientClosed));
+        let done = open.close(end(CloseReason::IdleTimeout));
+        for r in [&now, &done] {
+            assert_eq!(r.started, started, "to the nanosecond");
+            assert_eq!((r.protocol, r.status, r.sni.as_deref()), ("tls", 201, Some("a.test")));
+            assert_eq!((r.route.as_deref(), r.service.as_deref()), (Some("r"), Some("s")));
+            assert_eq!(r.upstream, Some("127.0.0.1:6379".parse().unwrap()));
+            assert_eq!((r.tries.len(), r.connected_after), (1, Some(Duration::from_micros(1234))));
+            assert_eq!((r.duration, r.bytes_sent, r.bytes_received), (Duration::from_secs(3), 7, 9));
+            assert_eq!(r.detail.as_deref(), Some("x"));
+        }
+        assert_eq!(done.reason, CloseReason::IdleTimeout);
+        let none = OpenRecord::new(SessionRecord::new(now.client, "l".into(), "tcp", CloseReason::ClientClosed));
+        assert_eq!(none.close(end(CloseReason::Shutdown)).connected_after, None);
     }
 }

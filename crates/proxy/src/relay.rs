@@ -496,7 +496,9 @@ pin_project_lite::pin_project! {
         waiting: bool,
         #[pin]
         timer: Sleep,
-        idle: Duration,
+        // Milliseconds (Kong's unit for timeouts): beside the flags below it
+        // takes no room of its own.
+        idle_ms: u32,
         last_activity: Instant,
         // Boxed: only sessions with progress-reporting plugins have one.
         ticker: Option<Pin<Box<Ticker<'a>>>>,
@@ -515,7 +517,8 @@ impl<'a, D: Directions> Run<'a, D> {
             stop: force.waiter(),
             waiting: false,
             timer: tokio::time::sleep_until(now + idle),
-            idle,
+            // Rounded up, so that a sub-millisecond timeout is not none.
+            idle_ms: u32::try_from(idle.as_micros().div_ceil(1000)).unwrap_or(u32::MAX),
             last_activity: now,
             ticker,
             first_closed: None,
@@ -558,7 +561,7 @@ impl<D: Directions> Future for Run<'_, D> {
                 }
             }
             while this.timer.as_mut().poll(cx).is_ready() {
-                let deadline = *this.last_activity + *this.idle;
+                let deadline = *this.last_activity + Duration::from_millis(u64::from(*this.idle_ms));
                 if deadline <= Instant::now() {
                     break 'end RelayEnd::IdleTimeout;
                 }

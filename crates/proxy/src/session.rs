@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::access_log::{CloseReason, Proxied, SessionRecord};
+use crate::access_log::{CloseReason, Closing, OpenRecord, Proxied, SessionRecord};
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
 use crate::plugin::{Chain, PhaseOutcome, Session, TlsInfo};
 use crate::proxy_protocol::{self, Parsed};
@@ -69,10 +69,12 @@ enum ClientStream {
     Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
 }
 
+/// The streams of a session about to relay. Kept whole through the relay,
+/// which borrows them, so it holds nothing else (the idle timeout travels
+/// beside it, into the relay).
 pub(crate) struct Ready {
     client: ClientStream,
     upstream: UpstreamStream,
-    idle: Duration,
     /// Counts this session against its upstream address until it ends.
     _in_use: Option<InUse>,
 }
@@ -102,22 +104,26 @@ pub(crate) struct Accepted {
 /// staying in the task for the session's whole life, and nothing the relay
 /// does not need is kept across it.
 pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
-    let (t0, shared, _alive, mut rec, mut plugged, mut ready) = setup.await;
-    if let Some(ready) = ready.as_mut() {
+    let SetUp { t0, shared, _alive, mut rec, mut plugged, mut ready, idle } = setup.await;
+    if let Some(streams) = ready.as_mut() {
         rec.connected_after = Some(t0.elapsed());
+        // Through the relay the session keeps only what its setup found.
+        let open = OpenRecord::new(rec);
         use ClientStream as C;
         use UpstreamStream as U;
-        let idle = ready.idle;
         // Log plugins that report long sessions while they run.
         let every = plugged.as_ref().and_then(|p| p.chain.progress_every);
         let report = every.map(|every| {
-            let (plugged, rec) = (&mut plugged, &rec);
+            let (plugged, open) = (&mut plugged, &open);
             let call = Box::new(move |up: u64, down: u64| {
                 if let Some(p) = plugged.as_mut() {
-                    let mut now = rec.clone();
-                    now.bytes_received = up;
-                    now.bytes_sent = down;
-                    now.duration = t0.elapsed();
+                    let now = open.so_far(Closing {
+                        duration: t0.elapsed(),
+                        bytes_sent: down,
+                        bytes_received: up,
+                        reason: CloseReason::ClientClosed,
+                        detail: None,
+                    });
                     p.s.record = Some(now);
                     p.chain.progress(&mut p.s, t0.elapsed());
                     p.s.record = None;
@@ -126,31 +132,38 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             Report { every, call }
         });
         let force = &shared.force_close;
-        let out = match (&mut ready.client, &mut ready.upstream) {
+        let out = match (&mut streams.client, &mut streams.upstream) {
             (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, force, report).await,
             (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, force, report).await,
             (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, force, report).await,
             (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, force, report).await,
         };
-        rec.bytes_received = out.client_to_upstream;
-        rec.bytes_sent = out.upstream_to_client;
-        rec.reason = match out.end {
+        // The sockets close before the log phase, as the session ends.
+        drop(ready.take());
+        let mut detail = None;
+        let reason = match out.end {
             RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
             RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
             RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
             RelayEnd::Shutdown => CloseReason::Shutdown,
             RelayEnd::Error { side, error } => {
-                rec.detail = Some(error.to_string());
+                detail = Some(error.to_string());
                 match side {
                     Side::Client => CloseReason::ClientError,
                     Side::Upstream => CloseReason::UpstreamError,
                 }
             }
         };
+        rec = open.close(Closing {
+            duration: t0.elapsed(),
+            bytes_sent: out.upstream_to_client,
+            bytes_received: out.client_to_upstream,
+            reason,
+            detail,
+        });
+    } else {
+        rec.duration = t0.elapsed();
     }
-    // The sockets close before the log phase, as the session ends.
-    drop(ready);
-    rec.duration = t0.elapsed();
     if rec.status >= 400 {
         tracing::debug!(client = %rec.client, status = rec.status, reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
     }
@@ -168,10 +181,20 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
     shared.stats.session_ended();
 }
 
-/// What a session keeps once its setup is over: when it began, the proxy,
-/// its place among the open sessions, the record, the plugins, and the
-/// streams to relay (`None` when the session ended before its relay).
-pub(crate) type SetUp = (Instant, Arc<Shared>, mpsc::Sender<()>, SessionRecord, Option<Box<Plugged>>, Option<Ready>);
+/// What a session keeps once its setup is over.
+pub(crate) struct SetUp {
+    /// When it began.
+    t0: Instant,
+    shared: Arc<Shared>,
+    /// Its place among the open sessions.
+    _alive: mpsc::Sender<()>,
+    rec: SessionRecord,
+    plugged: Option<Box<Plugged>>,
+    /// The streams to relay: `None` when the session ended before its relay.
+    ready: Option<Ready>,
+    /// The service's idle timeout, for the relay.
+    idle: Duration,
+}
 
 /// Everything before the relay, with the way out on a forced close. The
 /// accept loop boxes this future and hands it to [`serve`]: one allocation
@@ -190,13 +213,13 @@ pub(crate) async fn setup(conn: Accepted) -> SetUp {
         _ = shared.force_close.closed() => Err(Fail::new(503, CloseReason::Shutdown, None)),
         r = prepare(&mut rec, &mut plugged, stream, local, &listener, &shared, &snap) => r,
     };
-    let ready = match prepared {
-        Ok(ready) => Some(ready),
+    let (ready, idle) = match prepared {
+        Ok((ready, idle)) => (Some(ready), idle),
         Err(fail) => {
             rec.status = fail.status;
             rec.reason = fail.reason;
             rec.detail = fail.detail;
-            None
+            (None, Duration::ZERO)
         }
     };
     // The log phase runs the route's plugins, or the global ones for a
@@ -208,10 +231,11 @@ pub(crate) async fn setup(conn: Accepted) -> SetUp {
             Box::new(Plugged { chain: chain.clone(), s })
         });
     }
-    (t0, shared, alive, rec, plugged, ready)
+    SetUp { t0, shared, _alive: alive, rec, plugged, ready, idle }
 }
 
-/// Everything before the relay: classify, route, TLS, connect.
+/// Everything before the relay: classify, route, TLS, connect. Gives the
+/// streams and the service's idle timeout.
 async fn prepare(
     rec: &mut SessionRecord,
     plugged: &mut Option<Box<Plugged>>,
@@ -220,7 +244,7 @@ async fn prepare(
     listener: &ListenerInfo,
     shared: &Shared,
     snap: &Arc<Snapshot>,
-) -> Result<Ready, Fail> {
+) -> Result<(Ready, Duration), Fail> {
     let mut buf = Vec::new();
     // Behind a load balancer: the header's addresses are the session's.
     let (client, local) = if listener.proxy_protocol {
@@ -384,12 +408,7 @@ async fn prepare(
     rec.tries = connected.tries;
     rec.upstream = Some(connected.addr);
 
-    Ok(Ready {
-        client: client_stream,
-        upstream: connected.stream,
-        idle: svc.idle_timeout(),
-        _in_use: connected._in_use,
-    })
+    Ok((Ready { client: client_stream, upstream: connected.stream, _in_use: connected._in_use }, svc.idle_timeout()))
 }
 
 fn rejected(status: u16, plugin: &str, message: Option<String>) -> Fail {
