@@ -81,8 +81,8 @@ impl Snapshot {
             Arc::new(CertStore::new(&config, default_cert).map_err(|e| CompileError::Certificates(e.to_string()))?);
         let tls_server = strait_tls::server_config(store.clone(), resumption)
             .map_err(|e| CompileError::Certificates(e.to_string()))?;
-        let chains = Chains::compile(&config, plugins, &|verifier| {
-            strait_tls::server_config_with_client_auth(store.clone(), verifier, resumption).map_err(|e| e.to_string())
+        let chains = Chains::compile(&config, plugins, &|auth| {
+            strait_tls::server_config_with_client_auth(store.clone(), auth, resumption).map_err(|e| e.to_string())
         })?;
         let upstream_of = |host: &str| config.upstreams.iter().position(|u| u.name.eq_ignore_ascii_case(host));
 

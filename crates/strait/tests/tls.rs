@@ -444,6 +444,68 @@ async fn session_resumption_follows_ssl_session_tickets_and_cache_size() {
     }
 }
 
+/// One handshake with `config` (which keeps what the server gave it to
+/// resume with): how it went, and the certificate the server presented.
+async fn handshake(
+    to: std::net::SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> (rustls::HandshakeKind, Vec<u8>) {
+    let mut s = tls_connect(to, "a.test", config.clone()).await.expect("TLS connect");
+    // Reading past the handshake takes in the server's session tickets.
+    assert_eq!(read_banner(&mut s).await.expect("banner"), "plain-backend");
+    (s.get_ref().1.handshake_kind().expect("handshake done"), presented(&s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_resumable_across_changes_that_leave_tls_alone() {
+    let ca = TestCa::new("test CA");
+    let backend = Backend::plain("plain-backend").await;
+    let doc = |leaf: &test_support::certs::Pem, extra: Option<u16>| {
+        let mut d = format!(
+            "_format_version: \"3.0\"\ncertificates:\n{}services:\n- url: tcp://{}\n  routes:\n  - protocols: [tls]\n    snis: [a.test]\n",
+            certificate_yaml(leaf, &["a.test"]),
+            backend.addr
+        );
+        if let Some(port) = extra {
+            d.push_str(&format!("  - protocols: [tcp]\n    destinations: [{{port: {port}}}]\n"));
+        }
+        d
+    };
+    let post = |admin: u16, body: String| async move {
+        let to = format!("127.0.0.1:{admin}").parse().expect("address");
+        let r =
+            test_support::http::request(to, "POST", "/config", Some(("application/yaml", body.as_bytes())), &[]).await;
+        assert_eq!(r.status, 201, "{:?}", r.json());
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    // With stateless tickets alone, and with the session cache alone.
+    for (tickets, cache) in [("\"on\"", "\"off\""), ("\"off\"", "\"10m\"")] {
+        let (port, admin) = (test_support::free_port(), test_support::free_port());
+        let first = ca.leaf(&["a.test"]);
+        let config = GatewayConfig::new(format!("127.0.0.1:{port} ssl"), doc(&first, None))
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin}\""))
+            .setting("ssl_session_tickets", tickets)
+            .setting("ssl_session_cache_size", cache);
+        let _gw = Gateway::start(bin(), config);
+        let to = format!("127.0.0.1:{port}").parse().expect("address");
+        let client = client_config(&ca);
+        let case = format!("tickets {tickets}, cache {cache}");
+        assert_eq!(handshake(to, &client).await.0, Full, "{case}");
+        assert_eq!(handshake(to, &client).await.0, Resumed, "{case}");
+
+        // A new route: the TLS configuration is the same, sessions resume.
+        post(admin, doc(&first, Some(test_support::free_port()))).await;
+        assert_eq!(handshake(to, &client).await.0, Resumed, "{case}: after a change that leaves TLS alone");
+
+        // A new certificate for the name: nothing made under the old one resumes.
+        let second = ca.leaf(&["a.test"]);
+        post(admin, doc(&second, None)).await;
+        let (kind, cert) = handshake(to, &client).await;
+        assert_eq!((kind, cert == second.leaf_der()), (Full, true), "{case}: after a certificate change");
+        assert_eq!(handshake(to, &client).await.0, Resumed, "{case}: under the new certificate");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_never_resumes_where_mtls_auth_asks_for_a_certificate() {
     let ca = TestCa::new("test CA");

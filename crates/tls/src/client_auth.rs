@@ -16,12 +16,31 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::{CertStore, Resumption, TlsError};
 
+/// What a server configuration asks of client certificates: the verifier,
+/// and a digest of what it accepts (two that accept the same may resume each
+/// other's sessions; see [`crate::Resumption`]).
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    verifier: Arc<dyn ClientCertVerifier>,
+    identity: u64,
+}
+
+impl ClientAuth {
+    /// `identity` names everything `verifier` decides on (its CAs, names,
+    /// settings): sessions are resumed, without verifying again, only
+    /// under a configuration whose client authentication has the same.
+    pub fn new<'a>(verifier: Arc<dyn ClientCertVerifier>, identity: impl IntoIterator<Item = &'a [u8]>) -> ClientAuth {
+        ClientAuth { verifier, identity: crate::server::identity(identity) }
+    }
+
+    pub fn verifier(&self) -> &Arc<dyn ClientCertVerifier> {
+        &self.verifier
+    }
+}
+
 /// Verifies client certificates against `cas`; with `allowed_names`, the
 /// certificate must also carry one of them as its subject CN or a SAN.
-pub fn client_verifier(
-    cas: &[&CertificateDer<'static>],
-    allowed_names: Vec<String>,
-) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+pub fn client_auth(cas: &[&CertificateDer<'static>], allowed_names: Vec<String>) -> Result<ClientAuth, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         roots.add((*ca).clone()).map_err(|e| TlsError::Config(format!("unusable CA certificate: {e}")))?;
@@ -29,7 +48,15 @@ pub fn client_verifier(
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(Arc::new(Names { inner, allowed: allowed_names }))
+    // How many CAs first: the parts are length-prefixed, so CAs and names
+    // cannot be mistaken for each other.
+    let count = cas.len().to_be_bytes();
+    let id: Vec<&[u8]> = std::iter::once(&count[..])
+        .chain(cas.iter().map(|c| c.as_ref()))
+        .chain(allowed_names.iter().map(|n| n.as_bytes()))
+        .collect();
+    let identity = crate::server::identity(id);
+    Ok(ClientAuth { verifier: Arc::new(Names { inner, allowed: allowed_names }), identity })
 }
 
 #[derive(Debug)]
@@ -132,17 +159,22 @@ pub fn certificate_subject(der: &CertificateDer<'_>) -> Option<String> {
     X509Certificate::from_der(der).ok().map(|(_, c)| c.subject().to_string())
 }
 
-/// As [`crate::server_config`], requiring client certificates `verifier` accepts.
+/// As [`crate::server_config`], requiring client certificates `auth` accepts.
 pub fn server_config_with_client_auth(
     store: Arc<CertStore>,
-    verifier: Arc<dyn ClientCertVerifier>,
+    auth: &ClientAuth,
     resumption: &Resumption,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    let id = crate::server::identity([
+        &b"client certificates"[..],
+        &store.identity().to_be_bytes(),
+        &auth.identity.to_be_bytes(),
+    ]);
     let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(auth.verifier.clone())
         .with_cert_resolver(store);
-    resumption.apply(&mut config)?;
+    resumption.apply(&mut config, id)?;
     Ok(Arc::new(config))
 }

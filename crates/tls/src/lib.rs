@@ -13,7 +13,9 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use client::{UpstreamTlsOptions, client_config};
-pub use client_auth::{certificate_names, certificate_subject, client_verifier, server_config_with_client_auth};
+pub use client_auth::{
+    ClientAuth, certificate_names, certificate_subject, client_auth, server_config_with_client_auth,
+};
 pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek, peek_handshake};
 pub use quic::{InitialReader, QuicPeek};
 pub use server::{CertStore, Resumption, server_config};

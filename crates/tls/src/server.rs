@@ -6,16 +6,17 @@
 //! is chosen.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{
-    ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions,
 };
 use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, pki_types::CertificateDer};
 use strait_model::{Config, KeyPair, SniPattern};
 
 use crate::TlsError;
@@ -31,6 +32,36 @@ pub struct CertStore {
     prefix: HashMap<String, Offer>,
     any: Option<Offer>,
     default: Offer,
+    /// Which certificate each name gets (see [`identity`]).
+    identity: u64,
+}
+
+/// A digest of what makes two TLS server configurations the same: two with
+/// the same one may resume each other's sessions. Keyed with a secret
+/// random to this process, so no one can make two different configurations
+/// collide on purpose.
+pub(crate) fn identity<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    let mut h = KEY.get_or_init(RandomState::new).build_hasher();
+    for p in parts {
+        h.write_usize(p.len());
+        h.write(p);
+    }
+    h.finish()
+}
+
+/// The identity of a certificate chain offered under a name (`kind` tells
+/// exact names, suffixes, prefixes, `*` and the default apart).
+fn named_chains(kind: u8, name: &str, chains: &[&[CertificateDer<'static>]]) -> u64 {
+    // Each chain's length first, so that where one ends is never in doubt.
+    let lengths: Vec<[u8; 8]> = chains.iter().map(|c| c.len().to_be_bytes()).collect();
+    let kind = [kind];
+    let mut parts: Vec<&[u8]> = vec![&kind, name.as_bytes()];
+    for (chain, len) in chains.iter().zip(&lengths) {
+        parts.push(len);
+        parts.extend(chain.iter().map(|d| d.as_ref()));
+    }
+    identity(parts)
 }
 
 pub(crate) fn certified(provider: &CryptoProvider, pair: &KeyPair) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -61,20 +92,45 @@ impl CertStore {
             prefix: HashMap::new(),
             any: None,
             default: offer(&provider, default, None)?,
+            identity: 0,
         };
+        // Summed, so that the order the SNIs come in does not matter.
+        let mut names = named_chains(0, "", &[&default.chain]);
         for sni in &config.snis {
-            let Some(o) = offers.get(sni.certificate.0) else {
+            let (Some(o), Some(c)) = (offers.get(sni.certificate.0), config.certificates.get(sni.certificate.0)) else {
                 continue;
             };
+            let chains: Vec<&[CertificateDer<'static>]> =
+                std::iter::once(&c.pair).chain(c.alt.as_ref()).map(|p| p.chain.as_slice()).collect();
             let o = o.clone();
-            match &sni.name {
-                SniPattern::Exact(n) => store.exact.insert(n.clone(), o),
-                SniPattern::Suffix(n) => store.suffix.insert(n.clone(), o),
-                SniPattern::Prefix(n) => store.prefix.insert(n.clone(), o),
-                SniPattern::Any => store.any.replace(o),
+            let (kind, name) = match &sni.name {
+                SniPattern::Exact(n) => {
+                    store.exact.insert(n.clone(), o);
+                    (1, n.as_str())
+                }
+                SniPattern::Suffix(n) => {
+                    store.suffix.insert(n.clone(), o);
+                    (2, n.as_str())
+                }
+                SniPattern::Prefix(n) => {
+                    store.prefix.insert(n.clone(), o);
+                    (3, n.as_str())
+                }
+                SniPattern::Any => {
+                    store.any = Some(o);
+                    (4, "*")
+                }
             };
+            names = names.wrapping_add(named_chains(kind, name, &chains));
         }
+        store.identity = identity([&names.to_be_bytes()[..]]);
         Ok(store)
+    }
+
+    /// What names get which certificates, as a digest: equal for two
+    /// stores built from the same certificates and SNIs.
+    pub fn identity(&self) -> u64 {
+        self.identity
     }
 
     /// The certificates to offer for `sni`.
@@ -118,38 +174,92 @@ impl ResolvesServerCert for CertStore {
 /// How clients may resume a TLS session instead of a full handshake: Kong's
 /// `ssl_session_tickets` and `ssl_session_cache_size`.
 ///
-/// Each server configuration gets its own ticket keys and its own partition
-/// of the one session cache, so a session is only ever resumed under the
-/// configuration that made it: one made without a client certificate can
-/// never be resumed on a route whose `mtls-auth` asks for one (a resumed
-/// handshake verifies no certificate). The cache's size bounds all
-/// partitions together, as Kong's one shared zone does. A configuration
-/// change starts with fresh keys and an empty partition.
+/// Each distinct server configuration gets its own ticket keys and its own
+/// partition of the one session cache, so a session is only ever resumed
+/// under a configuration like the one that made it: one made without a
+/// client certificate can never be resumed on a route whose `mtls-auth` asks
+/// for one (a resumed handshake verifies no certificate). Configurations are
+/// told apart by their identity (which certificate each name gets, and for
+/// client certificates which CAs and names are accepted), so a configuration
+/// change that leaves TLS alone (routes, services, upstreams, targets)
+/// keeps every session resumable, and one that changes a certificate starts
+/// that configuration afresh, as nginx's session ID context does. The
+/// cache's size bounds all partitions together, as Kong's one shared zone
+/// does.
 #[derive(Debug, Clone)]
 pub struct Resumption {
     /// Stateless tickets (keys rotated by rustls).
     tickets: bool,
     /// Sessions kept for resumption by ID; `None` keeps none.
     cache: Option<Arc<ServerSessionMemoryCache>>,
+    /// The keys and partitions of the configurations in use, by identity.
+    /// Weak: they go when the last configuration using them does.
+    kept: Arc<Mutex<HashMap<u64, Kept>>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    ticketer: Option<Weak<dyn ProducesTickets>>,
+    partition: Option<Weak<Partition>>,
 }
 
 impl Resumption {
     /// `cache` sessions at most, for every configuration together (0: none).
     pub fn new(tickets: bool, cache: usize) -> Resumption {
-        Resumption { tickets, cache: (cache > 0).then(|| ServerSessionMemoryCache::new(cache)) }
+        Resumption { tickets, cache: (cache > 0).then(|| ServerSessionMemoryCache::new(cache)), kept: Arc::default() }
     }
 
-    pub(crate) fn apply(&self, config: &mut ServerConfig) -> Result<(), TlsError> {
-        config.session_storage = match &self.cache {
-            Some(shared) => Arc::new(Partition::new(shared.clone())),
-            None => Arc::new(NoServerSessionStorage {}),
-        };
-        if self.tickets {
-            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
-        }
+    /// Sets `config` up to resume sessions made under configurations of
+    /// the same `identity`, and only those.
+    pub(crate) fn apply(&self, config: &mut ServerConfig, identity: u64) -> Result<(), TlsError> {
         if !self.tickets && self.cache.is_none() {
             // Nothing to resume with: send no NewSessionTicket at all.
+            config.session_storage = Arc::new(NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
+            return Ok(());
+        }
+        // Only compiling a configuration takes this lock, never a handshake.
+        let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reused = kept.get(&identity).and_then(|k| {
+            let ticketer = match &k.ticketer {
+                Some(t) => Some(t.upgrade()?),
+                None => None,
+            };
+            let partition = match &k.partition {
+                Some(p) => Some(p.upgrade()?),
+                None => None,
+            };
+            Some((ticketer, partition))
+        });
+        let (ticketer, partition) = match reused {
+            Some(both) => both,
+            None => {
+                let ticketer = if self.tickets {
+                    Some(rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?)
+                } else {
+                    None
+                };
+                let partition = self.cache.as_ref().map(|shared| Arc::new(Partition::new(shared.clone())));
+                kept.retain(|_, k| {
+                    k.ticketer.as_ref().is_some_and(|t| t.strong_count() > 0)
+                        || k.partition.as_ref().is_some_and(|p| p.strong_count() > 0)
+                });
+                kept.insert(
+                    identity,
+                    Kept {
+                        ticketer: ticketer.as_ref().map(Arc::downgrade),
+                        partition: partition.as_ref().map(Arc::downgrade),
+                    },
+                );
+                (ticketer, partition)
+            }
+        };
+        config.session_storage = match partition {
+            Some(p) => p,
+            None => Arc::new(NoServerSessionStorage {}),
+        };
+        if let Some(t) = ticketer {
+            config.ticketer = t;
         }
         Ok(())
     }
@@ -204,11 +314,12 @@ impl StoresServerSessions for Partition {
 
 /// A TLS 1.2 + 1.3 server configuration that picks certificates from `store`.
 pub fn server_config(store: Arc<CertStore>, resumption: &Resumption) -> Result<Arc<ServerConfig>, TlsError> {
+    let id = identity([&b"no client certificates"[..], &store.identity().to_be_bytes()]);
     let mut config = ServerConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(store);
-    resumption.apply(&mut config)?;
+    resumption.apply(&mut config, id)?;
     Ok(Arc::new(config))
 }

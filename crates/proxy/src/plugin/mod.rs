@@ -156,8 +156,9 @@ pub trait Instance: Send + Sync + 'static {
     fn log(&self, _s: &mut Session) {}
 
     /// Requires and verifies client certificates on the route's TLS
-    /// handshakes (mtls-auth).
-    fn client_verifier(&self) -> Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    /// handshakes (mtls-auth): a verifier, and what it accepts (see
+    /// [`strait_tls::ClientAuth::new`]).
+    fn client_auth(&self) -> Option<strait_tls::ClientAuth> {
         None
     }
 

@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 
-use rustls::server::danger::ClientCertVerifier;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -83,18 +82,18 @@ impl Plugin for MtlsAuth {
                 None => return Err(format!("config.ca_certificates[{}]: no CA certificate with id '{id}'", i + 1)),
             }
         }
-        let verifier = strait_tls::client_verifier(&cas, c.allowed_names).map_err(|e| e.to_string())?;
-        Ok(Arc::new(MtlsInstance { verifier }))
+        let auth = strait_tls::client_auth(&cas, c.allowed_names).map_err(|e| e.to_string())?;
+        Ok(Arc::new(MtlsInstance { auth }))
     }
 }
 
 struct MtlsInstance {
-    verifier: Arc<dyn ClientCertVerifier>,
+    auth: strait_tls::ClientAuth,
 }
 
 impl Instance for MtlsInstance {
-    fn client_verifier(&self) -> Option<Arc<dyn ClientCertVerifier>> {
-        Some(self.verifier.clone())
+    fn client_auth(&self) -> Option<strait_tls::ClientAuth> {
+        Some(self.auth.clone())
     }
 
     fn preread(&self, s: &mut Session) -> Verdict {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use rustls::server::danger::ClientCertVerifier;
 use strait_model::{Config, Protocol, ProtocolSet};
 
 use super::registry::{ConfigureCx, Plugins};
@@ -135,7 +134,7 @@ pub(crate) struct Chains {
 }
 
 /// Builds a TLS server configuration that verifies client certificates.
-pub(crate) type TlsWithClientAuth<'a> = dyn Fn(Arc<dyn ClientCertVerifier>) -> Result<Arc<ServerConfig>, String> + 'a;
+pub(crate) type TlsWithClientAuth<'a> = dyn Fn(&strait_tls::ClientAuth) -> Result<Arc<ServerConfig>, String> + 'a;
 
 impl Chains {
     pub(crate) fn compile(
@@ -189,12 +188,12 @@ impl Chains {
             let mut tls_server = None;
             for (b, on) in &chosen {
                 if on.contains(Protocol::Tls) {
-                    if let Some(v) = b.instance.client_verifier() {
+                    if let Some(auth) = b.instance.client_auth() {
                         let key: *const Built = *b;
                         let cfg = match tls_configs.iter().find(|(k, _)| *k == key) {
                             Some((_, c)) => c.clone(),
                             None => {
-                                let c = tls_with_client_auth(v)
+                                let c = tls_with_client_auth(&auth)
                                     .map_err(|reason| CompileError::Plugin { plugin: b.name.to_owned(), reason })?;
                                 tls_configs.push((key, c.clone()));
                                 c
@@ -280,7 +279,7 @@ impl Chains {
                 }
             }
             // mtls-auth needs a route that terminates TLS.
-            if chosen.iter().any(|(b, _)| b.instance.client_verifier().is_some() && rank(b) >= Some(1))
+            if chosen.iter().any(|(b, _)| b.instance.client_auth().is_some() && rank(b) >= Some(1))
                 && !route.protocols.contains(Protocol::Tls)
             {
                 return Err(CompileError::Plugin {
