@@ -555,10 +555,12 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, &'static str> {
     } else {
         return Err("missing the http or https scheme");
     };
-    let (authority, target) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    // The authority ends at the path, the query or the fragment (RFC 3986
+    // section 3.2): `http://h?x` is host `h` and target `/?x`.
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    // A fragment is the client's own: never sent.
+    let tail = tail.split_once('#').map_or(tail, |(t, _)| t);
+    let target = if tail.starts_with('/') { tail.to_owned() } else { format!("/{tail}") };
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_owned()), h),
         None => (None, authority),
@@ -584,7 +586,7 @@ fn parse_endpoint(url: &str) -> Result<Endpoint, &'static str> {
     if target.parse::<hyper::Uri>().is_err() {
         return Err("an invalid path");
     }
-    Ok(Endpoint { tls, host, port, target: target.to_owned(), userinfo })
+    Ok(Endpoint { tls, host, port, target, userinfo })
 }
 
 fn base64(input: &[u8]) -> String {
@@ -826,6 +828,12 @@ mod tests {
         assert_eq!((e.tls, e.port, e.target.as_str(), e.userinfo.as_deref()), (true, 443, "/", Some("user:pw")));
         let e = parse_endpoint("http://[::1]:9/").unwrap();
         assert_eq!((e.host.as_str(), e.port), ("::1", 9));
+        let e = parse_endpoint("http://h?x=1").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.target.as_str()), ("h", 80, "/?x=1"));
+        let e = parse_endpoint("http://u@h:81#frag").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.target.as_str(), e.userinfo.as_deref()), ("h", 81, "/", Some("u")));
+        let e = parse_endpoint("http://h/p?q#f").unwrap();
+        assert_eq!(e.target, "/p?q");
         assert!(parse_endpoint("ftp://x").is_err());
         assert!(parse_endpoint("http://:80/").is_err());
         assert!(parse_endpoint("http://h:x/").is_err());
