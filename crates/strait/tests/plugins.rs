@@ -724,6 +724,44 @@ certificates:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_mtls_auth_says_which_routes_it_closes_to_plain_sessions() {
+    let client_ca = TestCa::new("client CA");
+    let backend = Backend::plain("secured").await;
+    let port = free_port();
+    let ca_id = "5d8e4b1c-0c55-4d4e-9d0c-2f8a3b1e7a10";
+    let yaml = format!(
+        r#"_format_version: "3.0"
+ca_certificates:
+- id: {ca_id}
+  cert: |
+{}plugins:
+- name: mtls-auth
+  config:
+    ca_certificates: [{ca_id}]
+services:
+- url: tcp://{backend}
+  routes:
+  - name: plain-route
+    protocols: [tcp]
+    destinations: [{{port: {port}}}]
+"#,
+        yaml_block(&client_ca.pem.cert, 4),
+        backend = backend.addr
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
+    let mut plain = TcpStream::connect(addr(port)).await.unwrap();
+    plain.write_all(b"PING\r\n").await.unwrap();
+    assert!(closed_without_data(&mut plain).await);
+    gw.wait_log(&[" 403 ", "route=plain-route", "a verified client certificate is required"]).await;
+    let stderr = gw.stderr();
+    assert!(
+        stderr.contains("a global mtls-auth refuses") && stderr.contains("first=plain-route"),
+        "no warning naming the route:\n{stderr}"
+    );
+    assert_eq!(backend.accepted(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plugin_configs_are_refused_with_the_field_named() {
     let backend = Backend::plain("x").await;
     let (port, admin) = (free_port(), free_port());

@@ -231,10 +231,20 @@ impl Chains {
             }
         }
         let mut routes = Vec::with_capacity(config.routes.len());
+        // Routes that a global mtls-auth closes to sessions other than TLS.
+        let mut closed_by_global_mtls = Vec::new();
         for (ri, route) in config.routes.iter().enumerate() {
             let own = by_route.get(&ri).map_or(&[][..], Vec::as_slice);
             let of_service = route.service.and_then(|s| by_service.get(&s.0)).map_or(&[][..], Vec::as_slice);
+            // Verifies client certificates on a protocol of this route that has none.
+            let closes = |b: &Built, on: ProtocolSet| {
+                b.instance.client_auth().is_some()
+                    && route.protocols.iter().any(|p| p != Protocol::Tls && on.contains(p))
+            };
             if own.is_empty() && of_service.is_empty() {
+                if built.iter().any(|b| scope(b) == (None, None) && closes(b, b.runs_on)) {
+                    closed_by_global_mtls.push(route.label());
+                }
                 // Only global plugins: the global chain itself.
                 routes.push(global.clone());
                 continue;
@@ -287,7 +297,19 @@ impl Chains {
                     reason: format!("route '{}' must have protocol 'tls' to verify client certificates", route.label()),
                 });
             }
+            if chosen.iter().any(|(b, on)| rank(b) == Some(0) && closes(b, *on)) {
+                closed_by_global_mtls.push(route.label());
+            }
             routes.push(make(chosen)?);
+        }
+        if let Some(first) = closed_by_global_mtls.first() {
+            // Failing closed is right, but it should not come as a surprise.
+            tracing::warn!(
+                routes = closed_by_global_mtls.len(),
+                first = %first,
+                "a global mtls-auth refuses (403) every session without a verified client certificate, \
+                 so the non-TLS protocols of these routes (tcp, tls_passthrough, udp) are closed"
+            );
         }
         Ok(Chains { routes, global })
     }
