@@ -555,6 +555,55 @@ plugins:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_open_across_a_tcp_log_change_is_logged_where_it_began() {
+    let backend = Backend::plain("long").await;
+    let (port, admin) = (free_port(), free_port());
+    let (before, after) =
+        (TcpListener::bind("127.0.0.1:0").await.unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let (before_port, after_port) = (before.local_addr().unwrap().port(), after.local_addr().unwrap().port());
+    let (mut before, mut after) = (tcp_sink(before), tcp_sink(after));
+    let doc = |sink: u16| {
+        format!(
+            r#"_format_version: "3.0"
+services:
+- url: tcp://{backend}
+  routes:
+  - protocols: [tcp]
+    destinations: [{{port: {port}}}]
+plugins:
+- name: tcp-log
+  config: {{host: 127.0.0.1, port: {sink}, keepalive: 100}}
+"#,
+            backend = backend.addr
+        )
+    };
+    let cfg = GatewayConfig::new(format!("127.0.0.1:{port}"), doc(before_port))
+        .setting("admin_listen", &format!("\"127.0.0.1:{admin}\""));
+    let _gw = Gateway::start(bin(), cfg);
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    read_banner(&mut s).await.unwrap();
+    s.write_all(b"abc").await.unwrap();
+    let mut back = [0u8; 3];
+    s.read_exact(&mut back).await.unwrap();
+
+    // The sink moves; the open session keeps the configuration it began with.
+    let body = doc(after_port);
+    let r =
+        test_support::http::request(addr(admin), "POST", "/config", Some(("application/yaml", body.as_bytes())), &[])
+            .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    echo_session(addr(port), b"new").await;
+    assert_eq!(next_tcp_entry(&mut after).await["session"]["received"], 3, "a new session logs to the new sink");
+
+    // The old sink's task has no connection left (none was ever opened) and
+    // its plugin is gone: the session's last entry must still be delivered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+    let e = next_tcp_entry(&mut before).await;
+    assert_eq!((e["session"]["received"].clone(), e["session"]["status"].clone()), (json!(3), json!(200)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_on_status_listen() {
     let backend = Backend::plain("m").await;
     let (port, status) = (free_port(), free_port());

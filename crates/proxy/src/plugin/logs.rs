@@ -358,8 +358,10 @@ async fn tcp_task(c: TcpConfig, tls: Option<Arc<rustls::ClientConfig>>, mut rx: 
         let Some(entry) = next_entry(&mut rx, conn.is_some(), c.keepalive, || conn = None).await else {
             return;
         };
-        // A removed plugin's sink delivers what it can without reconnecting.
-        if conn.is_none() && rx.is_closed() {
+        // A replaced or removed plugin's sink still delivers the entries of
+        // the sessions that began under it (connecting once if it must),
+        // but gives up on them rather than wait out a sink that is down.
+        if conn.is_none() && rx.is_closed() && down.waiting() {
             return;
         }
         // While the sink is down, entries are dropped until the next retry:
@@ -481,7 +483,9 @@ async fn udp_task(c: UdpConfig, mut rx: mpsc::Receiver<Vec<u8>>) {
     while let Some(mut entry) = rx.recv().await {
         entry.pop();
         if sock.is_none() {
-            if down.waiting() || rx.is_closed() {
+            // Even for a replaced or removed plugin: its last sessions'
+            // entries still go out (making a UDP socket waits on no peer).
+            if down.waiting() {
                 continue;
             }
             let made = async {
