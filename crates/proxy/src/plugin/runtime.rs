@@ -267,7 +267,10 @@ impl Chains {
             // runs on it: an instance narrowed to other protocols does not
             // hide a less specific one for this protocol.
             let mut chosen: Vec<(&Built, ProtocolSet)> = Vec::new();
-            for proto in [Protocol::Tcp, Protocol::Tls, Protocol::TlsPassthrough, Protocol::Udp] {
+            // Only the route's own protocols: its sessions have no other, and
+            // an instance narrowed to `tls` on a service must not count
+            // against the service's tcp-only routes.
+            for proto in route.protocols.iter() {
                 let mut best: Vec<(&Built, u8)> = Vec::new();
                 for b in candidates.iter().filter(|b| b.runs_on.contains(proto)) {
                     let Some(r) = rank(b) else { continue };
@@ -365,7 +368,7 @@ mod tests {
     }
 
     fn snapshot(yaml: &str) -> Arc<Snapshot> {
-        let registry = Registry::default().with(Probe("high")).with(Probe("low"));
+        let registry = Registry::builtin().with(Probe("high")).with(Probe("low"));
         let options = Options {
             plugins: PluginNames { bundled: true, custom: vec!["high".into(), "low".into()] },
             schemas: Some(Arc::new(registry.clone())),
@@ -446,6 +449,35 @@ plugins:
         // Global instances alone for sessions without a route.
         let global = snap.chain(None).expect("global chain");
         assert_eq!(global.entries.iter().map(|e| e.name).collect::<Vec<_>>(), ["high", "low"]);
+    }
+
+    #[test]
+    fn an_mtls_auth_narrowed_to_tls_on_a_service_leaves_its_tcp_routes_alone() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("CA certificate").pem();
+        let id = "5d8e4b1c-0c55-4d4e-9d0c-2f8a3b1e7a10";
+        let indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+        let yaml = format!(
+            r#"_format_version: "3.0"
+ca_certificates:
+- id: {id}
+  cert: |
+{indented}services:
+- url: tcp://127.0.0.1:1
+  plugins:
+  - {{name: mtls-auth, protocols: [tls], config: {{ca_certificates: [{id}]}}}}
+  routes:
+  - {{protocols: [tls], snis: [a.test]}}
+  - {{protocols: [tcp], destinations: [{{port: 2}}]}}
+"#
+        );
+        let snap = snapshot(&yaml);
+        let tls = snap.chain(Some(0)).expect("the tls route's chain");
+        assert!(tls.tls_server.is_some(), "client certificates are asked for on the tls route");
+        assert!(snap.chain(Some(1)).is_none(), "nothing runs on the tcp-only route");
     }
 
     #[test]
