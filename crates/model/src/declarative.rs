@@ -308,6 +308,11 @@ struct Builder {
     upstream_origin: Vec<Origin>,
     target_origin: Vec<Origin>,
     plugin_origin: Vec<Origin>,
+    /// Each plugin's `protocols` as written (in order, unparsable ones as
+    /// `None`), for errors that name `protocols[i]`.
+    plugin_protocols: Vec<Vec<Option<Protocol>>>,
+    /// Plugins naming a route or service that does not exist (already an error).
+    plugin_broken: std::collections::HashSet<usize>,
     // References waiting for every entity to be known.
     route_service: Vec<(RouteIdx, Ref)>,
     service_cas: Vec<(ServiceIdx, Vec<Ref>)>,
@@ -1097,13 +1102,16 @@ impl Builder {
                 f.err(key, "stream plugins cannot be scoped to consumers");
             }
         }
+        let mut written = Vec::new();
         let protocols = f.str_list("protocols").map(|list| {
             let mut set = ProtocolSet::default();
             for (i, p) in list.iter().enumerate() {
-                match Protocol::parse(p) {
+                let parsed = Protocol::parse(p);
+                match parsed {
                     Some(p) => set.insert(p),
                     None => f.err(format!("protocols[{}]", i + 1), protocol_choices()),
                 }
+                written.push(parsed);
             }
             set
         });
@@ -1130,6 +1138,7 @@ impl Builder {
             self.plugin_refs.push((i, service_ref, route_ref));
         }
         self.plugin_origin.push(origin);
+        self.plugin_protocols.push(written);
     }
 
     /// Plugins: one instance of a plugin per scope (Kong's unique key), stream
@@ -1151,7 +1160,9 @@ impl Builder {
             let id_ref = |id: Option<Uuid>| id.map_or("null".to_owned(), |id| format!("{{id=\"{id}\"}}"));
             let route_id = p.route.map(|r| self.config.routes[r.0].meta.id);
             let service_id = p.service.map(|s| self.config.services[s.0].meta.id);
-            if seen.insert((p.name.clone(), route_id, service_id), i).is_some() {
+            // A plugin whose route or service does not exist already has its
+            // error; its scope is unknown, so it is never a duplicate.
+            if !self.plugin_broken.contains(&i) && seen.insert((p.name.clone(), route_id, service_id), i).is_some() {
                 errors.push(err(
                     "name",
                     format!(
@@ -1163,8 +1174,9 @@ impl Builder {
                 ));
             }
             let runs_on = self.options.schemas.as_ref().and_then(|s| s.protocols(&p.name));
-            if let (Some(supported), Some(set)) = (runs_on, p.protocols) {
-                for (j, proto) in set.iter().enumerate() {
+            if let Some(supported) = runs_on {
+                for (j, proto) in self.plugin_protocols[i].iter().enumerate() {
+                    let Some(proto) = *proto else { continue };
                     if proto.is_stream() && !supported.contains(&proto) {
                         let names: Vec<&str> = supported.iter().chain(http.iter()).map(|x| x.as_str()).collect();
                         errors.push(err(
@@ -1293,13 +1305,19 @@ impl Builder {
             if let Some(s) = s {
                 match services.find(&s) {
                     Some(x) => self.config.plugins[i].service = Some(ServiceIdx(x)),
-                    None => missing("plugin", &self.plugin_origin[i], "service", "service", &s),
+                    None => {
+                        missing("plugin", &self.plugin_origin[i], "service", "service", &s);
+                        self.plugin_broken.insert(i);
+                    }
                 }
             }
             if let Some(r) = r {
                 match routes.find(&r) {
                     Some(x) => self.config.plugins[i].route = Some(RouteIdx(x)),
-                    None => missing("plugin", &self.plugin_origin[i], "route", "route", &r),
+                    None => {
+                        missing("plugin", &self.plugin_origin[i], "route", "route", &r);
+                        self.plugin_broken.insert(i);
+                    }
                 }
             }
         }

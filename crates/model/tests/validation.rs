@@ -386,3 +386,51 @@ fn syntax_errors_never_echo_the_input() {
     let err = load_str(text).unwrap_err().to_string();
     assert!(!err.contains("c2VjcmV0") && !err.contains("PRIVATE KEY"), "{err}");
 }
+
+/// A plugin that runs on `tcp` and `tls` only.
+struct TcpTlsOnly;
+
+impl strait_model::PluginSchemas for TcpTlsOnly {
+    fn check(
+        &self,
+        _name: &str,
+        config: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<strait_model::ConfigCheck> {
+        Some(Ok(config.clone()))
+    }
+
+    fn protocols(&self, _name: &str) -> Option<&'static [strait_model::Protocol]> {
+        Some(&[strait_model::Protocol::Tcp, strait_model::Protocol::Tls])
+    }
+}
+
+#[test]
+fn plugin_errors_name_the_protocol_as_written_and_no_false_duplicate() {
+    let options = strait_model::Options {
+        plugins: strait_model::PluginNames { bundled: true, custom: vec!["narrow".into()] },
+        schemas: Some(std::sync::Arc::new(TcpTlsOnly)),
+    };
+    let text = file(
+        r#"plugins:
+- name: narrow
+  protocols: [udp, tcp, tls_passthrough]
+- name: narrow
+  route: nowhere
+- name: narrow
+  route: nothing-either
+"#,
+    );
+    let errs = match strait_model::load_str_with(&text, &options) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(LoadError::Invalid(errs)) => errs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        Err(e) => panic!("{e}"),
+    };
+    // In the order written: udp first, tls_passthrough third.
+    for n in ["plugins[1]", "protocols[1]: expected one of: tcp, tls", "protocols[3]: expected one of: tcp, tls"] {
+        assert!(errs.iter().any(|e| e.contains(n)), "no error contains {n:?}: {errs:#?}");
+    }
+    assert!(!errs.iter().any(|e| e.contains("protocols[2]")), "{errs:#?}");
+    // Two plugins naming missing routes: their errors, and no UNIQUE violation.
+    assert_eq!(errs.iter().filter(|e| e.contains("nowhere") || e.contains("nothing-either")).count(), 2, "{errs:#?}");
+    assert!(!errs.iter().any(|e| e.contains("UNIQUE")), "{errs:#?}");
+}
