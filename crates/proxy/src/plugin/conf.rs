@@ -24,11 +24,20 @@ pub struct Conf<'a> {
     errors: Vec<(String, String)>,
     /// What each field read is, in Kong's schema terms (`/schemas/plugins/{name}`).
     fields: Vec<(&'static str, Value)>,
+    /// Only describing the fields: a required field that is absent reads as
+    /// a stand-in value and no error is kept, so that a plugin's `schema`
+    /// goes on past its first `?` and every field gets described.
+    describing: bool,
 }
 
 impl<'a> Conf<'a> {
     pub fn new(input: &'a Map<String, Value>) -> Conf<'a> {
-        Conf { input, known: Vec::new(), out: Map::new(), errors: Vec::new(), fields: Vec::new() }
+        Conf { input, known: Vec::new(), out: Map::new(), errors: Vec::new(), fields: Vec::new(), describing: false }
+    }
+
+    /// A `Conf` for describing a plugin's fields (see `describing`).
+    pub(crate) fn describing(input: &'a Map<String, Value>) -> Conf<'a> {
+        Conf { describing: true, ..Conf::new(input) }
     }
 
     /// Describes a field (the last description of a field wins).
@@ -44,7 +53,9 @@ impl<'a> Conf<'a> {
 
     /// Records an error on `field` (a path under `config`, e.g. `allow[2]`).
     pub fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push((field.into(), message.into()));
+        if !self.describing {
+            self.errors.push((field.into(), message.into()));
+        }
     }
 
     /// True while no error was recorded.
@@ -95,6 +106,9 @@ impl<'a> Conf<'a> {
         self.describe(key, json!({"type": "string", "required": true}));
         if v.is_none() && self.raw(key).is_none() {
             self.error(key, "required field missing");
+            if self.describing {
+                return Some(String::new());
+            }
         }
         v
     }
@@ -102,7 +116,7 @@ impl<'a> Conf<'a> {
     pub fn integer(&mut self, key: &'static str, default: Option<i64>, range: RangeInclusive<i64>) -> Option<i64> {
         self.describe(key, json!({"type": "integer", "default": default, "between": [range.start(), range.end()]}));
         let v = match self.raw(key) {
-            None => default,
+            None => default.or(self.describing.then_some(*range.start())),
             Some(raw) => {
                 let parsed = match raw {
                     Value::Number(n) => {
@@ -133,7 +147,7 @@ impl<'a> Conf<'a> {
         let v = if self.raw(key).is_none() {
             self.error(key, "required field missing");
             self.fill(key, Value::Null);
-            None
+            self.describing.then_some(*range.start())
         } else {
             self.integer(key, None, range)
         };
@@ -147,7 +161,7 @@ impl<'a> Conf<'a> {
         let v = match self.raw(key) {
             None if default.is_none() => {
                 self.error(key, "required field missing");
-                None
+                self.describing.then_some(1.0)
             }
             None => default,
             Some(v @ (Value::Number(_) | Value::String(_))) => {
@@ -274,7 +288,7 @@ impl<'a> Conf<'a> {
                 EMPTY.get_or_init(Map::new)
             }
         };
-        let mut sub = Conf::new(input);
+        let mut sub = Conf { describing: self.describing, ..Conf::new(input) };
         let out = read(&mut sub);
         self.describe(key, json!({"type": "record", "fields": sub.schema_fields()}));
         match sub.finish() {

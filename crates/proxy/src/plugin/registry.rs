@@ -25,10 +25,14 @@ pub(crate) trait Erased: Send + Sync {
 
 impl<P: Plugin> Erased for P {
     fn describe(&self) -> Value {
-        let empty = Map::new();
-        let mut conf = Conf::new(&empty);
-        let _ = self.schema(&mut conf);
-        conf.schema_fields()
+        // As in `check`: a plugin's panic must not take the Admin API down.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let empty = Map::new();
+            let mut conf = Conf::describing(&empty);
+            let _ = self.schema(&mut conf);
+            conf.schema_fields()
+        }))
+        .unwrap_or_else(|_| Value::Array(Vec::new()))
     }
     fn name(&self) -> &'static str {
         Plugin::name(self)
@@ -230,5 +234,48 @@ impl ConfigureCx<'_> {
     /// The process-wide metrics (for the prometheus plugin).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.plugins.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::ConfigureCx;
+
+    /// Required fields first, each read with `?`, then optional ones.
+    struct Strict(bool);
+
+    impl Plugin for Strict {
+        type Config = ();
+        fn name(&self) -> &'static str {
+            "strict"
+        }
+        fn priority(&self) -> i32 {
+            0
+        }
+        fn schema(&self, conf: &mut Conf<'_>) -> Option<()> {
+            assert!(!self.0, "a plugin whose schema panics");
+            let _host = conf.required_string("host")?;
+            let _port = conf.required_integer("port", 1..=65535)?;
+            let _limit = conf.integer("limit", None, 1..=10)?;
+            let _rate = conf.record("rate", |r| r.positive_number("per_second", None))?;
+            conf.boolean("verbose", false);
+            conf.is_ok().then_some(())
+        }
+        fn configure(&self, _c: (), _cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, String> {
+            Err("not built in this test".to_owned())
+        }
+    }
+
+    #[test]
+    fn every_field_is_described_and_a_panic_is_contained() {
+        let fields = Erased::describe(&Strict(false));
+        let names: Vec<String> =
+            fields.as_array().expect("a list").iter().filter_map(|f| f.as_object()?.keys().next().cloned()).collect();
+        assert_eq!(names, ["host", "port", "limit", "rate", "verbose"]);
+        assert_eq!(fields[3]["rate"]["fields"][0]["per_second"]["type"], "number");
+        // Describing reports no errors, and checking still does.
+        assert!(Erased::check(&Strict(false), &Map::new()).is_err());
+        assert_eq!(Erased::describe(&Strict(true)), Value::Array(Vec::new()));
     }
 }
