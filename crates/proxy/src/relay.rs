@@ -518,7 +518,7 @@ impl<'a, D: Directions> Run<'a, D> {
             waiting: false,
             timer: tokio::time::sleep_until(now + idle),
             // Rounded up, so that a sub-millisecond timeout is not none.
-            idle_ms: u32::try_from(idle.as_micros().div_ceil(1000)).unwrap_or(u32::MAX),
+            idle_ms: u32::try_from(idle.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX),
             last_activity: now,
             ticker,
             first_closed: None,

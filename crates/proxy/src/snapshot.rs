@@ -180,5 +180,6 @@ impl Snapshot {
     /// it right before publishing the snapshot.
     pub fn activate(&self) {
         self.upstreams.activate(&self.balancers);
+        self.chains.announce();
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use test_support::backend::{Backend, closed_without_data, read_banner, tls_connect};
-use test_support::certs::{TestCa, client_config, insecure_client_config, server_config};
+use test_support::certs::{TestCa, client_config, client_config_with_cert, insecure_client_config, server_config};
 use test_support::gateway::{Gateway, GatewayConfig, certificate_yaml, one_route, yaml_block};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -503,6 +503,75 @@ async fn sessions_stay_resumable_across_changes_that_leave_tls_alone() {
         let (kind, cert) = handshake(to, &client).await;
         assert_eq!((kind, cert == second.leaf_der()), (Full, true), "{case}: after a certificate change");
         assert_eq!(handshake(to, &client).await.0, Resumed, "{case}: under the new certificate");
+    }
+}
+
+/// A handshake that must neither resume nor reach the upstream.
+async fn refused(to: std::net::SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>, case: &str) {
+    match tls_connect(to, "a.test", config.clone()).await {
+        Err(_) => {}
+        Ok(mut s) => {
+            assert_ne!(s.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "{case}: resumed");
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await.expect("no answer in time");
+            assert!(matches!(r, Err(_) | Ok(0)), "{case}: the session reached the upstream");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_resumes_once_client_certificate_rules_change() {
+    let ca = TestCa::new("test CA");
+    let client_ca = TestCa::new("client CA");
+    let a = ca.leaf(&["a.test"]);
+    let alice = client_ca.leaf(&["alice.clients.test"]);
+    let backend = Backend::plain("plain-backend").await;
+    let ca_id = "6a1e2f4c-7b0d-4e5f-8a9b-0c1d2e3f4a5b";
+    let doc = |allowed: Option<&str>| {
+        let mut d = format!(
+            "_format_version: \"3.0\"\ncertificates:\n{}ca_certificates:\n- id: {ca_id}\n  cert: |\n{}services:\n- url: tcp://{}\n  routes:\n  - protocols: [tls]\n    snis: [a.test]\n",
+            certificate_yaml(&a, &["a.test"]),
+            yaml_block(&client_ca.pem.cert, 4),
+            backend.addr
+        );
+        if let Some(name) = allowed {
+            d.push_str(&format!(
+                "    plugins:\n    - name: mtls-auth\n      config: {{ca_certificates: [{ca_id}], allowed_names: [{name}]}}\n"
+            ));
+        }
+        d
+    };
+    let post = |admin: u16, body: String| async move {
+        let to = format!("127.0.0.1:{admin}").parse().expect("address");
+        let r =
+            test_support::http::request(to, "POST", "/config", Some(("application/yaml", body.as_bytes())), &[]).await;
+        assert_eq!(r.status, 201, "{:?}", r.json());
+    };
+    use rustls::HandshakeKind::{Full, Resumed};
+    // With stateless tickets alone, and with the session cache alone.
+    for (tickets, cache) in [("\"on\"", "\"off\""), ("\"off\"", "\"10m\"")] {
+        let (port, admin) = (test_support::free_port(), test_support::free_port());
+        let config = GatewayConfig::new(format!("127.0.0.1:{port} ssl"), doc(None))
+            .setting("admin_listen", &format!("\"127.0.0.1:{admin}\""))
+            .setting("ssl_session_tickets", tickets)
+            .setting("ssl_session_cache_size", cache);
+        let _gw = Gateway::start(bin(), config);
+        let to = format!("127.0.0.1:{port}").parse().expect("address");
+        let case = format!("tickets {tickets}, cache {cache}");
+
+        // A session made on the open route, then mtls-auth added to it.
+        let anonymous = client_config(&ca);
+        assert_eq!(handshake(to, &anonymous).await.0, Full, "{case}");
+        assert_eq!(handshake(to, &anonymous).await.0, Resumed, "{case}");
+        post(admin, doc(Some("alice.clients.test"))).await;
+        refused(to, &anonymous, &format!("{case}: once mtls-auth applies")).await;
+
+        // Alice's session under a rule that names her, then one that does not.
+        let as_alice = client_config_with_cert(&ca, &alice);
+        assert_eq!(handshake(to, &as_alice).await.0, Full, "{case}");
+        assert_eq!(handshake(to, &as_alice).await.0, Resumed, "{case}");
+        post(admin, doc(Some("bob.clients.test"))).await;
+        refused(to, &as_alice, &format!("{case}: once her name is no longer allowed")).await;
     }
 }
 

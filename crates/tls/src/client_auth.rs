@@ -27,10 +27,17 @@ pub struct ClientAuth {
 
 impl ClientAuth {
     /// `identity` names everything `verifier` decides on (its CAs, names,
-    /// settings): sessions are resumed, without verifying again, only
-    /// under a configuration whose client authentication has the same.
-    pub fn new<'a>(verifier: Arc<dyn ClientCertVerifier>, identity: impl IntoIterator<Item = &'a [u8]>) -> ClientAuth {
-        ClientAuth { verifier, identity: crate::server::identity(identity) }
+    /// settings), and `kind` the code that decides (a plugin's name):
+    /// sessions are resumed, without verifying again, only under a
+    /// configuration whose client authentication has the same kind and
+    /// identity.
+    pub fn new<'a>(
+        verifier: Arc<dyn ClientCertVerifier>,
+        kind: &'a str,
+        identity: impl IntoIterator<Item = &'a [u8]>,
+    ) -> ClientAuth {
+        let parts = std::iter::once(kind.as_bytes()).chain(identity);
+        ClientAuth { verifier, identity: crate::server::identity(parts) }
     }
 
     pub fn verifier(&self) -> &Arc<dyn ClientCertVerifier> {
@@ -50,13 +57,13 @@ pub fn client_auth(cas: &[&CertificateDer<'static>], allowed_names: Vec<String>)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     // How many CAs first: the parts are length-prefixed, so CAs and names
     // cannot be mistaken for each other.
+    let names = Arc::new(Names { inner, allowed: allowed_names });
     let count = cas.len().to_be_bytes();
-    let id: Vec<&[u8]> = std::iter::once(&count[..])
+    let parts: Vec<&[u8]> = std::iter::once(&count[..])
         .chain(cas.iter().map(|c| c.as_ref()))
-        .chain(allowed_names.iter().map(|n| n.as_bytes()))
+        .chain(names.allowed.iter().map(|n| n.as_bytes()))
         .collect();
-    let identity = crate::server::identity(id);
-    Ok(ClientAuth { verifier: Arc::new(Names { inner, allowed: allowed_names }), identity })
+    Ok(ClientAuth::new(names.clone(), "mtls-auth", parts))
 }
 
 #[derive(Debug)]

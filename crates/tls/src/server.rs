@@ -323,3 +323,63 @@ pub fn server_config(store: Arc<CertStore>, resumption: &Resumption) -> Result<A
     resumption.apply(&mut config, id)?;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Pem {
+        cert: String,
+        key: String,
+    }
+
+    fn leaf(names: &[&str]) -> Pem {
+        let g = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("certificate");
+        Pem { cert: g.cert.pem(), key: g.signing_key.serialize_pem() }
+    }
+
+    fn indent(text: &str) -> String {
+        text.lines().map(|l| format!("    {l}\n")).collect()
+    }
+
+    /// A store from certificates and the SNIs each one serves, in this order.
+    fn store(certs: &[(&Pem, &[&str])], default: &KeyPair) -> CertStore {
+        let mut yaml = String::from("_format_version: \"3.0\"\ncertificates:\n");
+        for (pem, snis) in certs {
+            yaml.push_str(&format!(
+                "- cert: |\n{}  key: |\n{}  snis: [{}]\n",
+                indent(&pem.cert),
+                indent(&pem.key),
+                snis.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let config = strait_model::load_str(&yaml).expect("valid configuration").config;
+        CertStore::new(&config, default).expect("store")
+    }
+
+    #[test]
+    fn a_store_identity_follows_which_chain_each_name_gets() {
+        let d = leaf(&["default"]);
+        let default = strait_model::pem::key_pair(&d.cert, &d.key, "default").expect("key pair");
+        let (a, b, a2) = (leaf(&["a.test"]), leaf(&["b.test"]), leaf(&["a.test"]));
+        let base = store(&[(&a, &["a.test", "*.a.test"]), (&b, &["b.test"])], &default).identity();
+
+        // The same content, in another order: the same identity.
+        assert_eq!(store(&[(&a, &["a.test", "*.a.test"]), (&b, &["b.test"])], &default).identity(), base);
+        assert_eq!(store(&[(&b, &["b.test"]), (&a, &["*.a.test", "a.test"])], &default).identity(), base);
+
+        // Anything a client could see differently: another identity.
+        for (case, other) in [
+            ("another chain for a name", store(&[(&a2, &["a.test", "*.a.test"]), (&b, &["b.test"])], &default)),
+            ("a name served by another chain", store(&[(&a, &["a.test"]), (&b, &["b.test", "*.a.test"])], &default)),
+            ("a name fewer", store(&[(&a, &["a.test", "*.a.test"])], &default)),
+            ("an exact name for a wildcard", store(&[(&a, &["a.test", "x.a.test"]), (&b, &["b.test"])], &default)),
+        ] {
+            assert_ne!(other.identity(), base, "{case}");
+        }
+        let e = leaf(&["default"]);
+        let other_default = strait_model::pem::key_pair(&e.cert, &e.key, "default").expect("key pair");
+        assert_ne!(store(&[(&a, &["a.test", "*.a.test"]), (&b, &["b.test"])], &other_default).identity(), base);
+    }
+}

@@ -40,8 +40,10 @@ impl<'a> Conf<'a> {
         Conf { describing: true, ..Conf::new(input) }
     }
 
-    /// Describes a field (the last description of a field wins).
-    fn describe(&mut self, key: &'static str, description: Value) {
+    /// Describes a field in Kong's schema terms, for `/schemas/plugins/{name}`
+    /// (the last description of a field wins). The typed accessors describe
+    /// their fields; a field read with [`Conf::raw`] is described with this.
+    pub fn describe(&mut self, key: &'static str, description: Value) {
         self.fields.retain(|(k, _)| *k != key);
         self.fields.push((key, description));
     }

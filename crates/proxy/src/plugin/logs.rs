@@ -112,6 +112,10 @@ fn line(v: &Value) -> Vec<u8> {
 /// Fields every log plugin has: Kong's `custom_fields_by_lua` (only empty:
 /// Strait runs no Lua) and Strait's `interval` (seconds; 0 = off).
 fn common(conf: &mut Conf<'_>) -> Option<Duration> {
+    conf.describe(
+        "custom_fields_by_lua",
+        json!({"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}),
+    );
     match conf.raw("custom_fields_by_lua") {
         None => conf.fill("custom_fields_by_lua", Value::Null),
         Some(Value::Object(o)) if o.is_empty() => conf.fill("custom_fields_by_lua", json!({})),
@@ -119,6 +123,7 @@ fn common(conf: &mut Conf<'_>) -> Option<Duration> {
     }
     // Strait's own field: written back only when set, so that exports of
     // configurations that do not use it still load into Kong.
+    conf.describe("interval", json!({"type": "integer", "default": 0, "between": [0, 86_400]}));
     conf.raw("interval")?;
     let secs = conf.integer("interval", None, 0..=86_400)?;
     (secs > 0).then(|| Duration::from_secs(secs as u64))
@@ -823,6 +828,56 @@ async fn http_task(c: HttpConfig, tls: Option<Arc<rustls::ClientConfig>>, mut rx
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries queued by sessions of a plugin that was since replaced or
+    /// removed (every sender gone), with no connection open yet.
+    fn orphaned(entries: &[&str]) -> mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = mpsc::channel(8);
+        for e in entries {
+            tx.try_send(format!("{e}\n").into_bytes()).expect("room in the queue");
+        }
+        rx
+    }
+
+    #[tokio::test]
+    async fn a_tcp_sink_whose_plugin_is_gone_still_delivers_what_was_queued() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let c = TcpConfig {
+            host: "127.0.0.1".into(),
+            port,
+            timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(5),
+            tls: false,
+            tls_sni: None,
+            interval: None,
+        };
+        let task = tokio::spawn(tcp_task(c, None, orphaned(&["one", "two"])));
+        let (mut s, _) =
+            tokio::time::timeout(Duration::from_secs(5), listener.accept()).await.expect("in time").expect("accept");
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the task ends").expect("no panic");
+        let mut got = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut got).await.expect("read");
+        assert_eq!(got, "one\ntwo\n");
+    }
+
+    #[tokio::test]
+    async fn a_udp_sink_whose_plugin_is_gone_still_delivers_what_was_queued() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let port = sock.local_addr().expect("address").port();
+        let c = UdpConfig { host: "127.0.0.1".into(), port, timeout: Duration::from_secs(5), interval: None };
+        tokio::time::timeout(Duration::from_secs(5), udp_task(c, orphaned(&["one", "two"])))
+            .await
+            .expect("the task ends");
+        let mut buf = [0u8; 64];
+        for want in ["one", "two"] {
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf))
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(&buf[..n], want.as_bytes());
+        }
+    }
 
     #[test]
     fn endpoints_parse() {

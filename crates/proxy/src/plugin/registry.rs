@@ -277,5 +277,13 @@ mod tests {
         // Describing reports no errors, and checking still does.
         assert!(Erased::check(&Strict(false), &Map::new()).is_err());
         assert_eq!(Erased::describe(&Strict(true)), Value::Array(Vec::new()));
+        // The log plugins' own fields too, read before their common ones.
+        let tcp_log = Erased::describe(&crate::plugin::logs::TcpLog);
+        for field in ["host", "port", "keepalive", "custom_fields_by_lua", "interval"] {
+            assert!(
+                tcp_log.as_array().expect("a list").iter().any(|f| f.get(field).is_some()),
+                "{field} is not described: {tcp_log}"
+            );
+        }
     }
 }

@@ -131,6 +131,24 @@ fn guarded(e: &Entry, phase: impl FnOnce() -> Verdict) -> Verdict {
 pub(crate) struct Chains {
     pub(crate) routes: Vec<Option<Arc<Chain>>>,
     pub(crate) global: Option<Arc<Chain>>,
+    /// Routes a global mtls-auth closes to sessions other than TLS (403,
+    /// failing closed): announced when the snapshot goes live.
+    pub(crate) closed_by_global_mtls: Vec<String>,
+}
+
+impl Chains {
+    /// Says what the operator should know of these chains, once they are live.
+    pub(crate) fn announce(&self) {
+        if let Some(first) = self.closed_by_global_mtls.first() {
+            // Failing closed is right, but it should not come as a surprise.
+            tracing::warn!(
+                routes = self.closed_by_global_mtls.len(),
+                first = %first,
+                "a global mtls-auth refuses (403) every session without a verified client certificate, \
+                 so the non-TLS protocols of these routes (tcp, tls_passthrough, udp) are closed"
+            );
+        }
+    }
 }
 
 /// Builds a TLS server configuration that verifies client certificates.
@@ -176,7 +194,7 @@ impl Chains {
             built.push(Built { idx, name: plugin.name(), priority: plugin.priority(), runs_on, instance });
         }
         if built.is_empty() {
-            return Ok(Chains { routes: vec![None; config.routes.len()], global: None });
+            return Ok(Chains { routes: vec![None; config.routes.len()], ..Chains::default() });
         }
 
         // One TLS configuration per verifier, shared by the routes using it.
@@ -305,16 +323,7 @@ impl Chains {
             }
             routes.push(make(chosen)?);
         }
-        if let Some(first) = closed_by_global_mtls.first() {
-            // Failing closed is right, but it should not come as a surprise.
-            tracing::warn!(
-                routes = closed_by_global_mtls.len(),
-                first = %first,
-                "a global mtls-auth refuses (403) every session without a verified client certificate, \
-                 so the non-TLS protocols of these routes (tcp, tls_passthrough, udp) are closed"
-            );
-        }
-        Ok(Chains { routes, global })
+        Ok(Chains { routes, global, closed_by_global_mtls })
     }
 }
 
