@@ -208,7 +208,7 @@ impl SessionRecord {
 /// why it closed, an error) are only known when it ends, and every open
 /// session keeps this, so it leaves them out: 80 bytes, and 16 more with its
 /// times as nanoseconds (see `bench/README.md`, idle memory).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct OpenRecord {
     client: SocketAddr,
     proxied: Option<std::sync::Arc<Proxied>>,
@@ -321,21 +321,7 @@ impl OpenRecord {
 
     /// The record of the session so far, for a progress report.
     pub(crate) fn so_far(&self, end: Closing) -> SessionRecord {
-        OpenRecord {
-            client: self.client,
-            proxied: self.proxied.clone(),
-            listener: self.listener.clone(),
-            started: self.started,
-            protocol: self.protocol,
-            status: self.status,
-            route: self.route.clone(),
-            service: self.service.clone(),
-            upstream: self.upstream,
-            sni: self.sni.clone(),
-            tries: self.tries.clone(),
-            connected_after: self.connected_after,
-        }
-        .close(end)
+        self.clone().close(end)
     }
 }
 

@@ -444,6 +444,13 @@ async fn session_resumption_follows_ssl_session_tickets_and_cache_size() {
     }
 }
 
+/// Replaces the configuration through the Admin API (`POST /config`).
+async fn post_config(admin: u16, body: String) {
+    let to = format!("127.0.0.1:{admin}").parse().expect("address");
+    let r = test_support::http::request(to, "POST", "/config", Some(("application/yaml", body.as_bytes())), &[]).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+}
+
 /// One handshake with `config` (which keeps what the server gave it to
 /// resume with): how it went, and the certificate the server presented.
 async fn handshake(
@@ -471,12 +478,6 @@ async fn sessions_stay_resumable_across_changes_that_leave_tls_alone() {
         }
         d
     };
-    let post = |admin: u16, body: String| async move {
-        let to = format!("127.0.0.1:{admin}").parse().expect("address");
-        let r =
-            test_support::http::request(to, "POST", "/config", Some(("application/yaml", body.as_bytes())), &[]).await;
-        assert_eq!(r.status, 201, "{:?}", r.json());
-    };
     use rustls::HandshakeKind::{Full, Resumed};
     // With stateless tickets alone, and with the session cache alone.
     for (tickets, cache) in [("\"on\"", "\"off\""), ("\"off\"", "\"10m\"")] {
@@ -494,12 +495,12 @@ async fn sessions_stay_resumable_across_changes_that_leave_tls_alone() {
         assert_eq!(handshake(to, &client).await.0, Resumed, "{case}");
 
         // A new route: the TLS configuration is the same, sessions resume.
-        post(admin, doc(&first, Some(test_support::free_port()))).await;
+        post_config(admin, doc(&first, Some(test_support::free_port()))).await;
         assert_eq!(handshake(to, &client).await.0, Resumed, "{case}: after a change that leaves TLS alone");
 
         // A new certificate for the name: nothing made under the old one resumes.
         let second = ca.leaf(&["a.test"]);
-        post(admin, doc(&second, None)).await;
+        post_config(admin, doc(&second, None)).await;
         let (kind, cert) = handshake(to, &client).await;
         assert_eq!((kind, cert == second.leaf_der()), (Full, true), "{case}: after a certificate change");
         assert_eq!(handshake(to, &client).await.0, Resumed, "{case}: under the new certificate");
@@ -541,12 +542,6 @@ async fn no_session_resumes_once_client_certificate_rules_change() {
         }
         d
     };
-    let post = |admin: u16, body: String| async move {
-        let to = format!("127.0.0.1:{admin}").parse().expect("address");
-        let r =
-            test_support::http::request(to, "POST", "/config", Some(("application/yaml", body.as_bytes())), &[]).await;
-        assert_eq!(r.status, 201, "{:?}", r.json());
-    };
     use rustls::HandshakeKind::{Full, Resumed};
     // With stateless tickets alone, and with the session cache alone.
     for (tickets, cache) in [("\"on\"", "\"off\""), ("\"off\"", "\"10m\"")] {
@@ -563,14 +558,14 @@ async fn no_session_resumes_once_client_certificate_rules_change() {
         let anonymous = client_config(&ca);
         assert_eq!(handshake(to, &anonymous).await.0, Full, "{case}");
         assert_eq!(handshake(to, &anonymous).await.0, Resumed, "{case}");
-        post(admin, doc(Some("alice.clients.test"))).await;
+        post_config(admin, doc(Some("alice.clients.test"))).await;
         refused(to, &anonymous, &format!("{case}: once mtls-auth applies")).await;
 
         // Alice's session under a rule that names her, then one that does not.
         let as_alice = client_config_with_cert(&ca, &alice);
         assert_eq!(handshake(to, &as_alice).await.0, Full, "{case}");
         assert_eq!(handshake(to, &as_alice).await.0, Resumed, "{case}");
-        post(admin, doc(Some("bob.clients.test"))).await;
+        post_config(admin, doc(Some("bob.clients.test"))).await;
         refused(to, &as_alice, &format!("{case}: once her name is no longer allowed")).await;
     }
 }
