@@ -431,19 +431,36 @@ async fn relay(
 ) -> CloseReason {
     let force = &ctx.shared.force_close;
     let mut closing = ctx.closing.clone();
+    // Made once, not per datagram: each would register a waiter (a lock).
+    let stop = async {
+        tokio::select! {
+            _ = force.closed() => {}
+            _ = closing.wait_for(|v| *v) => {}
+        }
+    };
+    tokio::pin!(stop);
+    let deadline = |ctx: &Ctx| {
+        let last = Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
+        ctx.link.began + last + idle
+    };
+    // The idle timer is not moved on every datagram: when it fires it
+    // re-arms from the last activity or ends the session (as the TCP relay).
+    let timer = tokio::time::sleep_until(deadline(ctx));
+    tokio::pin!(timer);
     // A second timer only for sessions that report progress.
     let mut tick = report.as_ref().map(|r| Box::pin(tokio::time::sleep(r.every)));
     loop {
-        let last = Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
-        let deadline = ctx.link.began + last + idle;
-        if Instant::now() >= deadline {
-            return CloseReason::IdleTimeout;
-        }
         tokio::select! {
             biased;
-            _ = force.closed() => return CloseReason::Shutdown,
-            _ = closing.wait_for(|v| *v) => return CloseReason::Shutdown,
-            _ = tokio::time::sleep_until(deadline) => continue,
+            _ = &mut stop => return CloseReason::Shutdown,
+            _ = &mut timer => {
+                let at = deadline(ctx);
+                if Instant::now() >= at {
+                    return CloseReason::IdleTimeout;
+                }
+                timer.as_mut().reset(at);
+                continue;
+            }
             _ = async {
                 match tick.as_mut() {
                     Some(t) => t.as_mut().await,

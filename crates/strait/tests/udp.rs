@@ -123,6 +123,24 @@ async fn sessions_expire_when_idle_and_are_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_keeps_a_session_past_its_idle_timeout() {
+    let a = UdpBackend::start("a").await;
+    let port = test_support::free_port();
+    let body = from_localhost(a.addr, "  read_timeout: 300\n");
+    let gw = gateway(port, &body, &[]);
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let c = client().await;
+    // Six exchanges 100 ms apart: 500 ms in all, never 300 ms idle.
+    for i in 0..6u8 {
+        assert_eq!(ask(&c, to, &[b'0' + i]).await, [b'a', b':', b'0' + i]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = gw.wait_log(&["UDP 200", "reason=\"idle timeout\""]).await;
+    assert!(line.contains("datagrams=6/6"), "one session for all six: {line}");
+    assert_eq!(gw.log_lines().len(), 1, "{:?}", gw.log_lines());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_datagrams_the_cap_and_unrouted_clients() {
     let a = UdpBackend::start("a").await;
     let port = test_support::free_port();
