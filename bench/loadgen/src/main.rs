@@ -389,7 +389,7 @@ fn micro(iters: u64) -> Result<()> {
     let mut hello = Vec::new();
     conn.write_tls(&mut hello)?;
     time_op(&format!("client_hello_{}_bytes", hello.len()), iters, || {
-        matches!(strait_tls::peek(&hello), strait_tls::Peek::Hello(_))
+        matches!(strait_wire::peek(&hello), strait_wire::Peek::Hello(_))
     });
     Ok(())
 }

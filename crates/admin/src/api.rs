@@ -13,32 +13,45 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use strait_model::export;
+use strait_control::{Applied, Control, Current, EditResult, config_hash, id_of, now, replace_all};
+use strait_model::{EntityKind, export};
 
-use crate::control::{Control, Current, KINDS, config_hash, now, replace_all};
 use crate::error::ApiError;
 use crate::health;
 use crate::{AdminState, form};
 
+use EntityKind as K;
+
 /// The field other than `id` that addresses an entity in a path.
-fn endpoint_key(kind: &str) -> Option<&'static str> {
+fn endpoint_key(kind: EntityKind) -> Option<&'static str> {
     match kind {
-        "services" | "routes" | "snis" | "upstreams" => Some("name"),
-        "targets" => Some("target"),
-        "plugins" => Some("instance_name"),
-        _ => None,
+        K::Services | K::Routes | K::Snis | K::Upstreams => Some("name"),
+        K::Targets => Some("target"),
+        K::Plugins => Some("instance_name"),
+        K::Certificates | K::CaCertificates => None,
     }
 }
 
 /// `(parent kind, child kind)` → the child's foreign-key field.
-fn nested_fk(parent: &str, child: &str) -> Option<&'static str> {
+fn nested_fk(parent: EntityKind, child: EntityKind) -> Option<&'static str> {
     match (parent, child) {
-        ("services", "routes") | ("services", "plugins") => Some("service"),
-        ("routes", "plugins") => Some("route"),
-        ("certificates", "snis") => Some("certificate"),
-        ("upstreams", "targets") => Some("upstream"),
+        (K::Services, K::Routes) | (K::Services, K::Plugins) => Some("service"),
+        (K::Routes, K::Plugins) => Some("route"),
+        (K::Certificates, K::Snis) => Some("certificate"),
+        (K::Upstreams, K::Targets) => Some("upstream"),
         _ => None,
     }
+}
+
+/// A path segment naming a kind of entity.
+fn kind(segment: &str) -> Result<EntityKind, ApiError> {
+    EntityKind::parse(segment).ok_or_else(ApiError::not_found)
+}
+
+/// `parent/child` names a nested collection.
+fn nested(parent: &str, child: &str) -> Option<(EntityKind, EntityKind, &'static str)> {
+    let (p, c) = (EntityKind::parse(parent)?, EntityKind::parse(child)?);
+    nested_fk(p, c).map(|fk| (p, c, fk))
 }
 
 pub(crate) type Reply = Result<Response, ApiError>;
@@ -134,9 +147,11 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
         }
         ["clustering", "status"] => {
             only(m, &[Method::GET])?;
-            let node =
-                crate::cluster::Node { id: req.state.info.node_id.clone(), hostname: req.state.info.hostname.clone() };
-            json_reply(StatusCode::OK, crate::cluster::status(req.control(), &node).await)
+            let node = strait_control::cluster::Node {
+                id: req.state.info.node_id.clone(),
+                hostname: req.state.info.hostname.clone(),
+            };
+            json_reply(StatusCode::OK, strait_control::cluster::status(req.control(), &node).await)
         }
         ["metrics"] => {
             only(m, &[Method::GET])?;
@@ -154,17 +169,13 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
         ["openapi.json"] => only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, crate::schema::openapi())),
         ["schemas", entity] => {
             only(m, &[Method::GET])?;
-            let schema = crate::schema::entity_schema(entity).ok_or_else(ApiError::not_found)?;
-            json_reply(StatusCode::OK, schema)
+            json_reply(StatusCode::OK, strait_model::entity_schema(kind(entity)?, req.control().options()))
         }
         ["schemas", entity, "validate"] => {
             only(m, &[Method::POST])?;
-            if !KINDS.contains(entity) {
-                return Err(ApiError::not_found());
-            }
+            let kind = kind(entity)?;
             let obj = req.object()?;
-            let kind = (*entity).to_owned();
-            req.control().check(|doc| push(doc, &kind, obj).map(Some)).await?;
+            req.control().check(|doc| push(doc, kind, obj).map(Some)).await?;
             json_reply(StatusCode::OK, json!({ "message": "schema validation successful" }))
         }
         ["schemas", "plugins", name] => {
@@ -189,7 +200,7 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
         ["upstreams", u, "health"] => {
             only(m, &[Method::GET])?;
             let cur = req.control().current();
-            let up = find(&cur, "upstreams", u, None).and_then(health::uuid_of).ok_or_else(ApiError::not_found)?;
+            let up = find(&cur, K::Upstreams, u, None).and_then(health::uuid_of).ok_or_else(ApiError::not_found)?;
             let h = req.control().upstreams().health(up).ok_or_else(ApiError::not_found)?;
             let balancer = req.q("balancer_health").is_some_and(|v| v == "1" || v == "true");
             json_reply(StatusCode::OK, health::report(&h, &req.state.info.node_id, balancer))
@@ -200,9 +211,9 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             // Kong 3 uses PUT; older Kong used POST, still accepted.
             only(m, &[Method::PUT, Method::POST])?;
             let cur = req.control().current();
-            let up_doc = find(&cur, "upstreams", u, None).ok_or_else(ApiError::not_found)?;
+            let up_doc = find(&cur, K::Upstreams, u, None).ok_or_else(ApiError::not_found)?;
             let up = health::uuid_of(up_doc).ok_or_else(ApiError::not_found)?;
-            let target = find(&cur, "targets", t, Some(("upstream", id_of(up_doc))))
+            let target = find(&cur, K::Targets, t, Some(("upstream", id_of(up_doc))))
                 .and_then(health::uuid_of)
                 .ok_or_else(ApiError::not_found)?;
             let (address, healthy) = match rest {
@@ -215,36 +226,39 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
         ["upstreams", u, "targets", "all"] => {
             only(m, &[Method::GET])?;
             let cur = req.control().current();
-            let parent = find(&cur, "upstreams", u, None).ok_or_else(ApiError::not_found)?;
-            list(req, &cur, "targets", Some(("upstream", id_of(parent))))
+            let parent = find(&cur, K::Upstreams, u, None).ok_or_else(ApiError::not_found)?;
+            list(req, &cur, K::Targets, Some(("upstream", id_of(parent))))
         }
-        [kind] if KINDS.contains(kind) => match *m {
-            Method::GET => list(req, &req.control().current(), kind, None),
-            Method::POST => create(req, kind, None).await,
-            _ => Err(ApiError::method_not_allowed()),
-        },
-        [kind, key] if KINDS.contains(kind) => entity(req, kind, key, None).await,
+        [k] if EntityKind::parse(k).is_some() => {
+            let kind = kind(k)?;
+            match *m {
+                Method::GET => list(req, &req.control().current(), kind, None),
+                Method::POST => create(req, kind, None).await,
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        [k, key] if EntityKind::parse(k).is_some() => entity(req, kind(k)?, key, None).await,
         ["certificates", c, "services"] => {
             only(m, &[Method::GET])?;
             let cur = req.control().current();
-            let cert = find(&cur, "certificates", c, None).ok_or_else(ApiError::not_found)?;
-            list(req, &cur, "services", Some(("client_certificate", id_of(cert))))
+            let cert = find(&cur, K::Certificates, c, None).ok_or_else(ApiError::not_found)?;
+            list(req, &cur, K::Services, Some(("client_certificate", id_of(cert))))
         }
         ["routes", r, "service"] | ["services", r, "client_certificate"] => {
             only(m, &[Method::GET])?;
             let (kind, field, target) = if segs[0] == "routes" {
-                ("routes", "service", "services")
+                (K::Routes, "service", K::Services)
             } else {
-                ("services", "client_certificate", "certificates")
+                (K::Services, "client_certificate", K::Certificates)
             };
             let cur = req.control().current();
             let e = find(&cur, kind, r, None).ok_or_else(ApiError::not_found)?;
             let id = e.get(field).and_then(|f| f.get("id")).and_then(Value::as_str).ok_or_else(ApiError::not_found)?;
-            let target = find(&cur, target, id, None).ok_or_else(ApiError::not_found)?;
-            json_reply(StatusCode::OK, present(&cur, target_kind(target, kind), target))
+            let found = find(&cur, target, id, None).ok_or_else(ApiError::not_found)?;
+            json_reply(StatusCode::OK, present(&cur, target, found))
         }
-        [parent, pkey, child] if nested_fk(parent, child).is_some() => {
-            let fk = nested_fk(parent, child).unwrap_or_default();
+        [parent, pkey, child] if nested(parent, child).is_some() => {
+            let (parent, child, fk) = nested(parent, child).ok_or_else(ApiError::not_found)?;
             let cur = req.control().current();
             let p = find(&cur, parent, pkey, None).ok_or_else(ApiError::not_found)?;
             let pid = id_of(p).to_owned();
@@ -254,8 +268,8 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
                 _ => Err(ApiError::method_not_allowed()),
             }
         }
-        [parent, pkey, child, ckey] if nested_fk(parent, child).is_some() => {
-            let fk = nested_fk(parent, child).unwrap_or_default();
+        [parent, pkey, child, ckey] if nested(parent, child).is_some() => {
+            let (parent, child, fk) = nested(parent, child).ok_or_else(ApiError::not_found)?;
             let cur = req.control().current();
             let p = find(&cur, parent, pkey, None).ok_or_else(ApiError::not_found)?;
             let pid = id_of(p).to_owned();
@@ -277,16 +291,8 @@ fn enabled_plugins(control: &Control) -> Vec<String> {
     out
 }
 
-fn target_kind(_target: &Value, from: &str) -> &'static str {
-    if from == "routes" { "services" } else { "certificates" }
-}
-
 fn only(m: &Method, allowed: &[Method]) -> Result<(), ApiError> {
     if allowed.contains(m) { Ok(()) } else { Err(ApiError::method_not_allowed()) }
-}
-
-fn id_of(e: &Value) -> &str {
-    e.get("id").and_then(Value::as_str).unwrap_or_default()
 }
 
 fn fk_id<'a>(e: &'a Value, field: &str) -> Option<&'a str> {
@@ -305,26 +311,26 @@ fn target_key(key: &str) -> String {
 }
 
 /// Finds an entity by id or endpoint key, optionally within a parent.
-fn find<'a>(cur: &'a Current, kind: &str, key: &str, scope: Option<(&str, &str)>) -> Option<&'a Value> {
+fn find<'a>(cur: &'a Current, kind: EntityKind, key: &str, scope: Option<(&str, &str)>) -> Option<&'a Value> {
     let in_scope = |e: &&Value| scope.is_none_or(|(fk, pid)| fk_id(e, fk) == Some(pid));
     let list = cur.list(kind);
     if let Some(e) = list.iter().filter(in_scope).find(|e| id_of(e) == key) {
         return Some(e);
     }
-    if kind == "certificates" {
+    if kind == K::Certificates {
         // Kong also addresses a certificate by one of its SNIs.
-        let cert_id = cur.list("snis").iter().find(|s| s.get("name").and_then(Value::as_str) == Some(key))?;
+        let cert_id = cur.list(K::Snis).iter().find(|s| s.get("name").and_then(Value::as_str) == Some(key))?;
         let cid = fk_id(cert_id, "certificate")?;
         return list.iter().find(|e| id_of(e) == cid);
     }
     let field = endpoint_key(kind)?;
-    let key = if kind == "targets" { target_key(key) } else { key.to_owned() };
+    let key = if kind == K::Targets { target_key(key) } else { key.to_owned() };
     list.iter().filter(in_scope).find(|e| e.get(field).and_then(Value::as_str) == Some(key.as_str()))
 }
 
 /// An entity as the Admin API shows it (certificates with their SNI names).
-fn present(cur: &Current, kind: &str, e: &Value) -> Value {
-    if kind == "certificates" {
+fn present(cur: &Current, kind: EntityKind, e: &Value) -> Value {
+    if kind == K::Certificates {
         let id = id_of(e);
         if let Some(i) = cur.config.certificates.iter().position(|c| c.meta.id.to_string() == id) {
             return export::certificate(&cur.config, strait_model::CertificateIdx(i), true);
@@ -347,7 +353,7 @@ fn tags_match(e: &Value, filter: Option<&str>) -> bool {
     }
 }
 
-fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -> Reply {
+fn list(req: &Req<'_>, cur: &Current, kind: EntityKind, scope: Option<(&str, &str)>) -> Reply {
     let size = match req.q("size") {
         None => 100,
         Some(s) => s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(ApiError::invalid_size)?,
@@ -371,7 +377,7 @@ fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -
     if more {
         if let Some(last) = page.last() {
             let offset = format!("{:x}", cur.seq(kind, id_of(last)));
-            let base = req_path(kind, scope, cur);
+            let base = req_path(kind, scope);
             let mut next = format!("{base}?offset={offset}&size={size}");
             if let Some(t) = tags {
                 next.push_str("&tags=");
@@ -384,7 +390,7 @@ fn list(req: &Req<'_>, cur: &Current, kind: &str, scope: Option<(&str, &str)>) -
     json_reply(StatusCode::OK, body)
 }
 
-fn req_path(kind: &str, scope: Option<(&str, &str)>, _cur: &Current) -> String {
+fn req_path(kind: EntityKind, scope: Option<(&str, &str)>) -> String {
     match scope {
         None => format!("/{kind}"),
         Some(("service", id)) => format!("/services/{id}/{kind}"),
@@ -397,11 +403,11 @@ fn req_path(kind: &str, scope: Option<(&str, &str)>, _cur: &Current) -> String {
 }
 
 /// Children a declarative file may nest but an Admin API body may not.
-fn reject_nested(kind: &str, obj: &Map<String, Value>) -> Result<(), ApiError> {
+fn reject_nested(kind: EntityKind, obj: &Map<String, Value>) -> Result<(), ApiError> {
     let nested: &[&str] = match kind {
-        "services" => &["routes", "plugins"],
-        "routes" => &["plugins"],
-        "upstreams" => &["targets"],
+        K::Services => &["routes", "plugins"],
+        K::Routes => &["plugins"],
+        K::Upstreams => &["targets"],
         _ => &[],
     };
     let bad: Map<String, Value> = nested
@@ -413,7 +419,7 @@ fn reject_nested(kind: &str, obj: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// Stamps a new entity and appends it to its list.
-fn push(doc: &mut Value, kind: &str, mut obj: Map<String, Value>) -> Result<(String, String), ApiError> {
+fn push(doc: &mut Value, kind: EntityKind, mut obj: Map<String, Value>) -> Result<(EntityKind, String), ApiError> {
     reject_nested(kind, &obj)?;
     let id = match obj.get("id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
@@ -428,10 +434,11 @@ fn push(doc: &mut Value, kind: &str, mut obj: Map<String, Value>) -> Result<(Str
     obj.entry("created_at").or_insert(json!(t));
     obj.insert("updated_at".into(), json!(t));
     list_mut(doc, kind).push(Value::Object(obj));
-    Ok((kind.to_owned(), id))
+    Ok((kind, id))
 }
 
-fn list_mut<'a>(doc: &'a mut Value, kind: &str) -> &'a mut Vec<Value> {
+fn list_mut(doc: &mut Value, kind: EntityKind) -> &mut Vec<Value> {
+    let kind = kind.as_str();
     if !doc.get(kind).is_some_and(Value::is_array) {
         doc[kind] = json!([]);
     }
@@ -445,26 +452,25 @@ fn writable(req: &Req<'_>) -> Result<(), ApiError> {
     if req.control().writable() { Ok(()) } else { Err(ApiError::read_only()) }
 }
 
-async fn create(req: &Req<'_>, kind: &str, parent: Option<(&str, String)>) -> Reply {
+async fn create(req: &Req<'_>, kind: EntityKind, parent: Option<(&str, String)>) -> Reply {
     writable(req)?;
     let mut obj = req.object()?;
     if let Some((fk, pid)) = &parent {
         obj.insert((*fk).to_owned(), json!({ "id": pid }));
     }
-    let kind = kind.to_owned();
-    let applied = req.control().apply(|doc| push(doc, &kind, obj).map(Some)).await?;
+    let applied = req.control().apply(|doc| push(doc, kind, obj).map(Some)).await?;
     respond_entity(&applied, StatusCode::CREATED)
 }
 
 /// Answers with the entity a change wrote.
-fn respond_entity(applied: &crate::control::Applied, status: StatusCode) -> Reply {
+fn respond_entity(applied: &Applied, status: StatusCode) -> Reply {
     let (kind, id) = applied.target.as_ref().ok_or_else(ApiError::not_found)?;
     let cur = &applied.current;
-    let e = cur.list(kind).iter().find(|e| id_of(e) == id).ok_or_else(ApiError::not_found)?;
-    json_reply(status, present(cur, kind, e))
+    let e = cur.list(*kind).iter().find(|e| id_of(e) == id).ok_or_else(ApiError::not_found)?;
+    json_reply(status, present(cur, *kind, e))
 }
 
-async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, String)>) -> Reply {
+async fn entity(req: &Req<'_>, kind: EntityKind, key: &str, scope: Option<(&str, String)>) -> Reply {
     let cur = req.control().current();
     let scope_ref = scope.as_ref().map(|(f, p)| (*f, p.as_str()));
     let mut existing = find(&cur, kind, key, scope_ref).cloned();
@@ -488,8 +494,7 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
                 return Ok(StatusCode::NO_CONTENT.into_response());
             };
             let id = id_of(&e).to_owned();
-            let kind_owned = kind.to_owned();
-            req.control().apply(|doc| delete(doc, &kind_owned, &id)).await?;
+            req.control().apply(|doc| delete(doc, kind, &id)).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Method::PUT | Method::PATCH => {
@@ -502,12 +507,11 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
             if let Some((fk, pid)) = &scope {
                 obj.insert((*fk).to_owned(), json!({ "id": pid }));
             }
-            let kind_owned = kind.to_owned();
             let key = key.to_owned();
             let applied = req
                 .control()
                 .apply(|doc| {
-                    let list = list_mut(doc, &kind_owned);
+                    let list = list_mut(doc, kind);
                     // Look again under the write lock: another write may have
                     // changed (or removed) the entity since the request began.
                     let fresh = existing
@@ -520,10 +524,10 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
                     match fresh {
                         Some((pos, old)) => {
                             let id = id_of(&old).to_owned();
-                            reject_nested(&kind_owned, &obj)?;
+                            reject_nested(kind, &obj)?;
                             if !patch && uuid::Uuid::parse_str(&key).is_err() {
                                 // PUT by name: the path's key stays the entity's key.
-                                if let Some(field) = endpoint_key(&kind_owned) {
+                                if let Some(field) = endpoint_key(kind) {
                                     obj.insert(field.into(), json!(key));
                                 }
                             }
@@ -532,22 +536,22 @@ async fn entity(req: &Req<'_>, kind: &str, key: &str, scope: Option<(&str, Strin
                             new.insert("created_at".into(), old.get("created_at").cloned().unwrap_or(json!(now())));
                             new.insert("updated_at".into(), json!(now()));
                             list[pos] = Value::Object(new.clone());
-                            if kind_owned == "certificates" && new.contains_key("snis") {
+                            if kind == K::Certificates && new.contains_key("snis") {
                                 // The `snis` shorthand replaces the certificate's SNIs.
-                                list_mut(doc, "snis").retain(|s| fk_id(s, "certificate") != Some(id.as_str()));
+                                list_mut(doc, K::Snis).retain(|s| fk_id(s, "certificate") != Some(id.as_str()));
                             }
-                            Ok(Some((kind_owned.clone(), id)))
+                            Ok(Some((kind, id)))
                         }
                         None => {
                             // PUT creates: the path names the id or the endpoint key.
                             if uuid::Uuid::parse_str(&key).is_ok() {
                                 obj.insert("id".into(), json!(key));
-                            } else if let Some(field) = endpoint_key(&kind_owned) {
+                            } else if let Some(field) = endpoint_key(kind) {
                                 obj.insert(field.into(), json!(key));
                             } else {
                                 return Err(ApiError::invalid_primary_key(&key));
                             }
-                            push(doc, &kind_owned, obj).map(Some)
+                            push(doc, kind, obj).map(Some)
                         }
                     }
                 })
@@ -578,9 +582,9 @@ fn merge(old: &Value, patch: Map<String, Value>) -> Map<String, Value> {
 
 /// Deletes an entity: children that Kong cascades go with it; references
 /// that Kong restricts refuse the delete.
-fn delete(doc: &mut Value, kind: &str, id: &str) -> Result<Option<(String, String)>, ApiError> {
-    let refs = |doc: &Value, k: &str, field: &str| {
-        doc.get(k).and_then(Value::as_array).is_some_and(|a| {
+fn delete(doc: &mut Value, kind: EntityKind, id: &str) -> EditResult<ApiError> {
+    let refs = |doc: &Value, k: EntityKind, field: &str| {
+        doc.get(k.as_str()).and_then(Value::as_array).is_some_and(|a| {
             a.iter().any(|e| match e.get(field) {
                 Some(Value::Array(ids)) => ids.iter().any(|x| x.as_str() == Some(id)),
                 Some(v) => v.get("id").and_then(Value::as_str) == Some(id),
@@ -588,26 +592,26 @@ fn delete(doc: &mut Value, kind: &str, id: &str) -> Result<Option<(String, Strin
             })
         })
     };
-    let restrict: &[(&str, &str)] = match kind {
-        "services" => &[("routes", "service")],
-        "certificates" => &[("services", "client_certificate"), ("upstreams", "client_certificate")],
-        "ca_certificates" => &[("services", "ca_certificates")],
+    let restrict: &[(EntityKind, &str)] = match kind {
+        K::Services => &[(K::Routes, "service")],
+        K::Certificates => &[(K::Services, "client_certificate"), (K::Upstreams, "client_certificate")],
+        K::CaCertificates => &[(K::Services, "ca_certificates")],
         _ => &[],
     };
     for (k, field) in restrict {
-        if refs(doc, k, field) {
-            return Err(ApiError::referenced(k, kind));
+        if refs(doc, *k, field) {
+            return Err(ApiError::referenced(k.as_str(), kind.as_str()));
         }
     }
-    let cascade: &[(&str, &str)] = match kind {
-        "services" => &[("plugins", "service")],
-        "routes" => &[("plugins", "route")],
-        "certificates" => &[("snis", "certificate")],
-        "upstreams" => &[("targets", "upstream")],
+    let cascade: &[(EntityKind, &str)] = match kind {
+        K::Services => &[(K::Plugins, "service")],
+        K::Routes => &[(K::Plugins, "route")],
+        K::Certificates => &[(K::Snis, "certificate")],
+        K::Upstreams => &[(K::Targets, "upstream")],
         _ => &[],
     };
     for (k, field) in cascade {
-        list_mut(doc, k).retain(|e| fk_id(e, field) != Some(id));
+        list_mut(doc, *k).retain(|e| fk_id(e, field) != Some(id));
     }
     list_mut(doc, kind).retain(|e| id_of(e) != id);
     Ok(None)
@@ -632,7 +636,7 @@ fn root(req: &Req<'_>) -> Reply {
                 "available_on_server": enabled_plugins(req.control()).into_iter().map(|p| (p, json!(true))).collect::<Map<_, _>>(),
                 "enabled_in_cluster": cur.config.plugins.iter().map(|p| p.name.clone()).collect::<std::collections::BTreeSet<_>>(),
             },
-            "entities": KINDS.iter().map(|k| (k.to_string(), json!(cur.list(k).len()))).collect::<Map<_, _>>(),
+            "entities": EntityKind::ALL.iter().map(|k| (k.to_string(), json!(cur.list(*k).len()))).collect::<Map<_, _>>(),
             "configuration_hash": cur.hash,
         }),
     )
@@ -749,7 +753,7 @@ async fn post_config(req: &Req<'_>) -> Reply {
     {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let applied = req.control().apply(|d| replace_all(d, new_doc)).await?;
+    let applied = req.control().apply(|d| replace_all::<ApiError>(d, new_doc)).await?;
     let mut body = applied.current.doc.clone();
     if let Some(o) = body.as_object_mut() {
         o.remove("_format_version");

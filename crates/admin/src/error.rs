@@ -1,9 +1,17 @@
 //! Admin API errors in Kong's shape: `{code, name, message, fields}` with
-//! Kong's codes and HTTP statuses, or a bare `{message}` where Kong gives one.
+//! Kong's codes and HTTP statuses, or a bare `{message}` where Kong gives one;
+//! and how the control plane's typed errors map onto them.
+
+use std::convert::Infallible;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use strait_control::ChangeError;
+use strait_model::{EntityError, ErrorKind, LoadError};
+use strait_plugin::ChainError;
+use strait_proxy::CompileError;
+use strait_store::StoreError;
 
 /// An error answered to an Admin API client.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,8 +179,167 @@ fn flat_message(v: &Value) -> String {
     }
 }
 
+impl<E: Into<ApiError>> From<ChangeError<E>> for ApiError {
+    fn from(e: ChangeError<E>) -> ApiError {
+        match e {
+            ChangeError::Edit(e) => e.into(),
+            ChangeError::Invalid { error, target } => load_error(error, target.as_deref()),
+            ChangeError::Compile(e) => compile_error(e),
+            ChangeError::Store(e) => db_error(&e),
+            ChangeError::Stored(e) => ApiError::database(e.to_string()),
+            ChangeError::Interrupted(why) => ApiError::database(format!("the write did not finish: {why}")),
+        }
+    }
+}
+
+impl From<Infallible> for ApiError {
+    fn from(e: Infallible) -> ApiError {
+        match e {}
+    }
+}
+
+/// Kong's database error for a store failure.
+fn db_error(e: &StoreError) -> ApiError {
+    if e.is_unreachable() {
+        ApiError::database(format!("the database is unreachable: {e}"))
+    } else {
+        ApiError::database(e.to_string())
+    }
+}
+
+/// Loader errors as one Kong error about the entity being written (found
+/// at `target` in the document), or as the whole document's.
+fn load_error(err: LoadError, target: Option<&str>) -> ApiError {
+    let errors = match err {
+        LoadError::Syntax(s) => return ApiError::bad_body(&s),
+        LoadError::Invalid(errors) => errors,
+    };
+    // A name taken: Kong's 409, whichever of the two entities it was reported on.
+    if target.is_some() {
+        if let Some((e, value)) = errors.iter().find_map(|e| match &e.kind {
+            ErrorKind::Unique { value } => Some((e, value)),
+            _ => None,
+        }) {
+            return ApiError::unique(e.message.clone(), &e.field, value);
+        }
+    }
+    let mine: Vec<&EntityError> = match target {
+        Some(t) => errors.iter().filter(|e| e.path == t || e.path.starts_with(&format!("{t}."))).collect(),
+        None => Vec::new(),
+    };
+    if mine.is_empty() {
+        // Errors elsewhere (e.g. a whole-document import): report them all.
+        let flat: Vec<Value> = errors
+            .iter()
+            .map(|e| json!({ "entity_type": e.entity, "entity_name": e.name, "path": e.path, "field": e.field, "message": e.message }))
+            .collect();
+        let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        return ApiError::invalid_declarative(format!("declarative config is invalid: {message}"), json!(flat));
+    }
+    for e in &mine {
+        match &e.kind {
+            ErrorKind::PrimaryKey { id } => return ApiError::primary_key_violation(&id.to_string()),
+            ErrorKind::Unique { value } => return ApiError::unique(e.message.clone(), &e.field, value),
+            ErrorKind::ForeignKey { entity, reference } => {
+                return ApiError::foreign_key(&e.field, entity.as_str(), reference);
+            }
+            ErrorKind::Schema => {}
+        }
+    }
+    let mut fields = Map::new();
+    for e in mine {
+        let field = match target.and_then(|t| e.path.strip_prefix(&format!("{t}."))) {
+            // Errors on children created through the entity (a certificate's snis).
+            Some(child) => format!("{child}.{}", e.field),
+            None => e.field.clone(),
+        };
+        if field == "@entity" {
+            let list = fields.entry("@entity").or_insert_with(|| json!([]));
+            if let Some(a) = list.as_array_mut() {
+                a.push(json!(e.message));
+            }
+        } else {
+            insert_nested(&mut fields, &field, json!(e.message));
+        }
+    }
+    ApiError::schema(fields)
+}
+
+/// A configuration that validated but does not compile. A plugin's error
+/// on its config fields becomes Kong's schema violation on those fields.
+fn compile_error(e: CompileError) -> ApiError {
+    if let CompileError::Plugins(ChainError::Fields { fields: errors, .. }) = &e {
+        let mut fields = Map::new();
+        for (field, message) in errors {
+            insert_nested(&mut fields, &format!("config.{field}"), json!(message));
+        }
+        return ApiError::schema(fields);
+    }
+    ApiError::entity(&e.to_string())
+}
+
+/// `sources[2].ip` → `{"sources": [null, {"ip": msg}]}`, as Kong nests field errors.
+fn insert_nested(fields: &mut Map<String, Value>, path: &str, msg: Value) {
+    let mut parts = path.split('.').peekable();
+    let mut cursor: &mut Map<String, Value> = fields;
+    while let Some(part) = parts.next() {
+        let last = parts.peek().is_none();
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        match index {
+            None if last => {
+                cursor.insert(name.to_owned(), msg);
+                return;
+            }
+            None => {
+                let next = cursor.entry(name.to_owned()).or_insert_with(|| json!({}));
+                if !next.is_object() {
+                    *next = json!({});
+                }
+                let Some(m) = next.as_object_mut() else { return };
+                cursor = m;
+            }
+            Some(i) => {
+                let list = cursor.entry(name.to_owned()).or_insert_with(|| json!([]));
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                let Some(a) = list.as_array_mut() else { return };
+                let i = i.saturating_sub(1);
+                if a.len() <= i {
+                    a.resize(i + 1, Value::Null);
+                }
+                if last {
+                    a[i] = msg;
+                    return;
+                }
+                if !a[i].is_object() {
+                    a[i] = json!({});
+                }
+                let Some(m) = a[i].as_object_mut() else { return };
+                cursor = m;
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_field_errors() {
+        let mut f = Map::new();
+        insert_nested(&mut f, "sources[2].ip", json!("bad"));
+        insert_nested(&mut f, "port", json!("range"));
+        assert_eq!(Value::Object(f), json!({"sources": [null, {"ip": "bad"}], "port": "range"}));
     }
 }

@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
-use strait_proxy::{SetHealthError, UpstreamHealth};
+use strait_upstream::{SetHealthError, UpstreamHealth};
 use uuid::Uuid;
 
 use crate::api::Reply;

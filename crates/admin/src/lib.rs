@@ -1,11 +1,12 @@
-//! Kong's Admin API for Strait, over axum, and the control plane behind it.
+//! Kong's Admin API and the status API for Strait, over axum: Kong's paths,
+//! bodies and error shapes, in front of the control plane (`strait-control`).
 //!
-//! Every write goes through the single writer in [`control`]; reads take the
-//! current configuration without locks. Nothing here is on the data path.
+//! Every write goes through the control plane's single writer; reads take
+//! the current configuration without locks. This crate is where the control
+//! plane's typed errors become Kong's HTTP answers (`error.rs`). Nothing
+//! here is on the data path.
 
 pub mod api;
-pub mod cluster;
-pub mod control;
 pub mod error;
 mod form;
 mod health;
@@ -16,9 +17,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
+use strait_control::Control;
 use strait_proxy::Stats;
 
-pub use control::{Control, ControlError, Current, ServerTls};
 pub use error::ApiError;
 
 /// Largest request body accepted (a whole `POST /config` of many routes fits).

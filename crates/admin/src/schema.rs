@@ -1,9 +1,11 @@
-//! What the Admin API serves, as data: the route table, each entity's
-//! fields (for `/schemas/{entity}`), and the OpenAPI 3 document built from
-//! both. `docs/openapi.json` in the repository is this document; a test keeps
-//! the two equal, and another checks the server answers every route in it.
+//! What the Admin API serves, as data: the route table, and the OpenAPI 3
+//! document built from it and from each entity's fields as the loader
+//! describes them (`strait_model::entity_schema`, also `/schemas/{entity}`).
+//! `docs/openapi.json` in the repository is this document; a test keeps the
+//! two equal, and another checks the server answers every route in it.
 
 use serde_json::{Map, Value, json};
+use strait_model::{EntityKind, Options};
 
 /// Every path the Admin API answers, with its methods.
 pub const ROUTES: &[(&str, &[&str])] = &[
@@ -52,163 +54,39 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/plugins/{plugin}", &["GET", "PUT", "PATCH", "DELETE"]),
 ];
 
-/// `(field, type, default)` per entity; `required` fields are listed apart.
-type FieldSpec = (&'static str, &'static str, Value);
-
-fn fields(kind: &str) -> Option<(Vec<FieldSpec>, &'static [&'static str])> {
-    // Built on demand: `Value` defaults cannot be `const`.
-    let (f, req): (Vec<FieldSpec>, &'static [&'static str]) = match kind {
-        "services" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("name", "string", Value::Null),
-                ("protocol", "string", json!("http")),
-                ("host", "string", Value::Null),
-                ("port", "integer", json!(80)),
-                ("path", "string", Value::Null),
-                ("url", "string", Value::Null),
-                ("retries", "integer", json!(5)),
-                ("connect_timeout", "integer", json!(60000)),
-                ("read_timeout", "integer", json!(60000)),
-                ("write_timeout", "integer", json!(60000)),
-                ("tls_verify", "boolean", Value::Null),
-                ("tls_verify_depth", "integer", Value::Null),
-                ("ca_certificates", "array", Value::Null),
-                ("client_certificate", "foreign", Value::Null),
-                ("enabled", "boolean", json!(true)),
-                ("proxy_protocol", "string", json!("off")),
-                ("tags", "set", Value::Null),
-            ],
-            &["host"],
-        ),
-        "routes" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("name", "string", Value::Null),
-                ("protocols", "set", json!(["http", "https"])),
-                ("sources", "set", Value::Null),
-                ("destinations", "set", Value::Null),
-                ("snis", "set", Value::Null),
-                ("service", "foreign", Value::Null),
-                ("preserve_host", "boolean", json!(false)),
-                ("tags", "set", Value::Null),
-            ],
-            &["protocols"],
-        ),
-        "certificates" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("cert", "string", Value::Null),
-                ("key", "string", Value::Null),
-                ("cert_alt", "string", Value::Null),
-                ("key_alt", "string", Value::Null),
-                ("snis", "set", Value::Null),
-                ("tags", "set", Value::Null),
-            ],
-            &["cert", "key"],
-        ),
-        "snis" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("name", "string", Value::Null),
-                ("certificate", "foreign", Value::Null),
-                ("tags", "set", Value::Null),
-            ],
-            &["name", "certificate"],
-        ),
-        "ca_certificates" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("cert", "string", Value::Null),
-                ("cert_digest", "string", Value::Null),
-                ("tags", "set", Value::Null),
-            ],
-            &["cert"],
-        ),
-        "upstreams" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("name", "string", Value::Null),
-                ("algorithm", "string", json!("round-robin")),
-                ("hash_on", "string", json!("none")),
-                ("hash_fallback", "string", json!("none")),
-                ("slots", "integer", json!(10000)),
-                ("host_header", "string", Value::Null),
-                ("client_certificate", "foreign", Value::Null),
-                ("use_srv_name", "boolean", json!(false)),
-                ("healthchecks", "record", strait_model::Healthchecks::default().to_json()),
-                ("tags", "set", Value::Null),
-            ],
-            &["name"],
-        ),
-        "targets" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("target", "string", Value::Null),
-                ("weight", "integer", json!(100)),
-                ("upstream", "foreign", Value::Null),
-                ("tags", "set", Value::Null),
-            ],
-            &["target", "upstream"],
-        ),
-        "plugins" => (
-            vec![
-                ("id", "uuid", Value::Null),
-                ("name", "string", Value::Null),
-                ("instance_name", "string", Value::Null),
-                ("config", "record", Value::Null),
-                ("service", "foreign", Value::Null),
-                ("route", "foreign", Value::Null),
-                ("protocols", "set", Value::Null),
-                ("enabled", "boolean", json!(true)),
-                ("tags", "set", Value::Null),
-            ],
-            &["name"],
-        ),
-        _ => return None,
-    };
-    Some((f, req))
-}
-
-/// Kong-style `/schemas/{entity}`: `{"fields": [{name: {type, required, default}}]}`.
-pub fn entity_schema(kind: &str) -> Option<Value> {
-    let (f, required) = fields(kind)?;
-    let list: Vec<Value> = f
-        .iter()
-        .map(|(name, ty, default)| {
-            let mut spec = Map::new();
-            spec.insert("type".into(), json!(ty));
-            spec.insert("required".into(), json!(required.contains(name)));
-            if !default.is_null() {
-                spec.insert("default".into(), default.clone());
-            }
-            json!({ *name: spec })
-        })
-        .collect();
-    Some(json!({ "fields": list }))
-}
-
-fn openapi_type(ty: &str) -> Value {
-    match ty {
-        "integer" => json!({"type": "integer"}),
-        "boolean" => json!({"type": "boolean"}),
-        "set" | "array" => json!({"type": "array", "items": {}}),
-        "record" => json!({"type": "object"}),
-        "foreign" => json!({"type": "object", "properties": {"id": {"type": "string", "format": "uuid"}}}),
-        "uuid" => json!({"type": "string", "format": "uuid"}),
+/// An entity field's schema (as `/schemas/{entity}` gives it) in OpenAPI.
+fn openapi_type(spec: &Value) -> Value {
+    match spec.get("type").and_then(Value::as_str) {
+        Some("integer") => json!({"type": "integer"}),
+        Some("boolean") => json!({"type": "boolean"}),
+        Some("set" | "array") => json!({"type": "array", "items": {}}),
+        Some("record" | "map") => json!({"type": "object"}),
+        Some("foreign") => json!({"type": "object", "properties": {"id": {"type": "string", "format": "uuid"}}}),
+        _ if spec.get("uuid") == Some(&json!(true)) => json!({"type": "string", "format": "uuid"}),
         _ => json!({"type": "string"}),
     }
 }
 
+/// An entity's properties and required fields, from the loader's schema.
+fn component(kind: EntityKind) -> Value {
+    let schema = strait_model::entity_schema(kind, &Options::default());
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for field in schema["fields"].as_array().into_iter().flatten() {
+        let Some((name, spec)) = field.as_object().and_then(|o| o.iter().next()) else { continue };
+        props.insert(name.clone(), openapi_type(spec));
+        if spec.get("required") == Some(&json!(true)) {
+            required.push(json!(name));
+        }
+    }
+    json!({"type": "object", "properties": props, "required": required})
+}
+
 /// The OpenAPI 3 document for the whole Admin API.
 pub fn openapi() -> Value {
-    let kinds = ["services", "routes", "certificates", "snis", "ca_certificates", "upstreams", "targets", "plugins"];
     let mut schemas = Map::new();
-    for kind in kinds {
-        if let Some((f, required)) = fields(kind) {
-            let props: Map<String, Value> = f.iter().map(|(n, t, _)| ((*n).to_owned(), openapi_type(t))).collect();
-            schemas.insert(kind.to_owned(), json!({"type": "object", "properties": props, "required": required}));
-        }
+    for kind in EntityKind::ALL {
+        schemas.insert(kind.as_str().to_owned(), component(kind));
     }
     schemas.insert(
         "Error".into(),
@@ -218,7 +96,7 @@ pub fn openapi() -> Value {
     );
     let mut paths = Map::new();
     for (path, methods) in ROUTES {
-        let kind = kinds.iter().copied().rfind(|k| path.contains(&format!("/{k}")));
+        let kind = EntityKind::ALL.iter().rfind(|k| path.contains(&format!("/{k}")));
         let params: Vec<Value> = path
             .split('/')
             .filter(|s| s.starts_with('{'))
@@ -280,10 +158,14 @@ mod tests {
     }
 
     #[test]
-    fn every_entity_has_a_schema() {
-        for k in ["services", "routes", "certificates", "snis", "ca_certificates", "upstreams", "targets", "plugins"] {
-            assert!(entity_schema(k).is_some(), "{k}");
+    fn every_entity_is_a_component_with_its_fields() {
+        let doc = openapi();
+        for k in EntityKind::ALL {
+            let props = &doc["components"]["schemas"][k.as_str()]["properties"];
+            assert!(props.get("id").is_some() && props.get("tags").is_some(), "{k}: {props}");
         }
-        assert!(entity_schema("consumers").is_none());
+        let services = &doc["components"]["schemas"]["services"];
+        assert_eq!(services["properties"]["retries"]["type"], "integer");
+        assert_eq!(services["required"], json!(["host"]));
     }
 }

@@ -30,6 +30,70 @@ pub struct UpstreamIdx(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteIdx(pub usize);
 
+/// The eight kinds of entity, in the order a declarative document lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKind {
+    Services,
+    Routes,
+    Certificates,
+    Snis,
+    CaCertificates,
+    Upstreams,
+    Targets,
+    Plugins,
+}
+
+impl EntityKind {
+    pub const ALL: [EntityKind; 8] = [
+        EntityKind::Services,
+        EntityKind::Routes,
+        EntityKind::Certificates,
+        EntityKind::Snis,
+        EntityKind::CaCertificates,
+        EntityKind::Upstreams,
+        EntityKind::Targets,
+        EntityKind::Plugins,
+    ];
+
+    /// The list's name in a declarative document and the Admin API's path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Services => "services",
+            EntityKind::Routes => "routes",
+            EntityKind::Certificates => "certificates",
+            EntityKind::Snis => "snis",
+            EntityKind::CaCertificates => "ca_certificates",
+            EntityKind::Upstreams => "upstreams",
+            EntityKind::Targets => "targets",
+            EntityKind::Plugins => "plugins",
+        }
+    }
+
+    /// Kong's name for one entity of the kind (`entity_type` in errors).
+    pub fn singular(self) -> &'static str {
+        match self {
+            EntityKind::Services => "service",
+            EntityKind::Routes => "route",
+            EntityKind::Certificates => "certificate",
+            EntityKind::Snis => "sni",
+            EntityKind::CaCertificates => "ca_certificate",
+            EntityKind::Upstreams => "upstream",
+            EntityKind::Targets => "target",
+            EntityKind::Plugins => "plugin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EntityKind> {
+        EntityKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A whole, validated configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Config {

@@ -1,8 +1,13 @@
 //! Reading one entity's JSON object field by field, collecting Kong-style
 //! errors (`expected a string`, `value should be between 0 and 65535`, …)
 //! instead of stopping at the first one.
+//!
+//! The same reads describe the entity: in describing mode every field read
+//! is recorded with its type, bounds and default, in Kong's schema terms,
+//! so `/schemas/{entity}` is what the loader does (see
+//! `declarative::entity_schema`).
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 /// Error key for problems with the entity as a whole, as in Kong.
 pub(crate) const ENTITY: &str = "@entity";
@@ -10,11 +15,41 @@ pub(crate) const ENTITY: &str = "@entity";
 pub(crate) struct Fields<'a> {
     obj: &'a Map<String, Value>,
     pub(crate) errors: Vec<(String, String)>,
+    /// Describing: each field read, in order, with its schema.
+    described: Option<Vec<(String, Value)>>,
 }
 
 impl<'a> Fields<'a> {
     pub(crate) fn new(obj: &'a Map<String, Value>) -> Self {
-        Fields { obj, errors: Vec::new() }
+        Fields { obj, errors: Vec::new(), described: None }
+    }
+
+    /// Fields that also record what they read (see the module's doc).
+    pub(crate) fn describing(obj: &'a Map<String, Value>) -> Self {
+        Fields { obj, errors: Vec::new(), described: Some(Vec::new()) }
+    }
+
+    /// What was read, in order, when describing.
+    pub(crate) fn take_described(&mut self) -> Vec<(String, Value)> {
+        self.described.take().unwrap_or_default()
+    }
+
+    /// Records `key`'s schema (the first time it is read), when describing.
+    pub(crate) fn note(&mut self, key: &str, spec: Value) {
+        if let Some(d) = self.described.as_mut() {
+            if !d.iter().any(|(k, _)| k == key) {
+                d.push((key.to_owned(), spec));
+            }
+        }
+    }
+
+    /// Adds facts (a default, `one_of`) to `key`'s schema, when describing.
+    pub(crate) fn note_more(&mut self, key: &str, more: Value) {
+        if let (Some(d), Value::Object(more)) = (self.described.as_mut(), more) {
+            if let Some(Value::Object(spec)) = d.iter_mut().find(|(k, _)| k == key).map(|(_, s)| s) {
+                spec.extend(more);
+            }
+        }
     }
 
     pub(crate) fn err(&mut self, field: impl Into<String>, msg: impl Into<String>) {
@@ -38,6 +73,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn str(&mut self, key: &str) -> Option<&'a str> {
+        self.note(key, json!({"type": "string"}));
         match self.get(key)? {
             Value::String(s) => Some(s),
             _ => {
@@ -48,6 +84,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn required_str(&mut self, key: &str) -> Option<&'a str> {
+        self.note(key, json!({"type": "string", "required": true}));
         if !self.has(key) {
             self.err(key, "required field missing");
             return None;
@@ -56,6 +93,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn bool(&mut self, key: &str) -> Option<bool> {
+        self.note(key, json!({"type": "boolean"}));
         match self.get(key)? {
             Value::Bool(b) => Some(*b),
             _ => {
@@ -65,7 +103,14 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A boolean, `default` when absent (or wrong, with its error).
+    pub(crate) fn bool_or(&mut self, key: &str, default: bool) -> bool {
+        self.note(key, json!({"type": "boolean", "default": default}));
+        self.bool(key).unwrap_or(default)
+    }
+
     pub(crate) fn int(&mut self, key: &str, lo: i64, hi: i64) -> Option<i64> {
+        self.note(key, json!({"type": "integer", "between": [lo, hi]}));
         let v = self.get(key)?;
         match int_in(v, lo, hi) {
             Ok(n) => Some(n),
@@ -76,8 +121,15 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An integer within `lo..=hi`, `default` when absent (or wrong, with its error).
+    pub(crate) fn int_or(&mut self, key: &str, lo: i64, hi: i64, default: i64) -> i64 {
+        self.note(key, json!({"type": "integer", "between": [lo, hi], "default": default}));
+        self.int(key, lo, hi).unwrap_or(default)
+    }
+
     /// An array of strings (Kong's `set` and `array` of strings).
     pub(crate) fn str_list(&mut self, key: &str) -> Option<Vec<&'a str>> {
+        self.note(key, json!({"type": "set", "elements": {"type": "string"}}));
         let Value::Array(items) = self.get(key)? else {
             self.err(key, "expected a set");
             return None;
@@ -92,8 +144,15 @@ impl<'a> Fields<'a> {
         Some(out)
     }
 
-    /// An array, for nested entities and records.
+    /// An array of records (`sources`, a certificate's `snis`).
     pub(crate) fn array(&mut self, key: &str) -> Option<&'a Vec<Value>> {
+        self.note(key, json!({"type": "array"}));
+        self.nested(key)
+    }
+
+    /// Children nested in a declarative file (a service's routes): an array
+    /// that is not a field of the entity itself, so not described.
+    pub(crate) fn nested(&mut self, key: &str) -> Option<&'a Vec<Value>> {
         match self.get(key)? {
             Value::Array(items) => Some(items),
             _ => {

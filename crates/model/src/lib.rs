@@ -13,7 +13,7 @@ pub mod healthchecks;
 pub mod pem;
 
 pub use declarative::{
-    BUNDLED_PLUGINS, ConfigCheck, EntityError, HTTP_ONLY_PLUGINS, LoadError, Loaded, Options, PluginNames,
-    PluginSchemas, load_str, load_str_with, load_value, load_value_with, parse_sni,
+    BUNDLED_PLUGINS, ConfigCheck, EntityError, ErrorKind, HTTP_ONLY_PLUGINS, LoadError, Loaded, Options, PluginNames,
+    PluginSchemas, entity_schema, load_str, load_str_with, load_value, load_value_with, parse_sni,
 };
 pub use entities::*;

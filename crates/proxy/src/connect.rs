@@ -3,8 +3,8 @@
 //! upstream TLS handshake when the service is `tls`, and on any failure move
 //! to another address, up to the service's `retries` extra attempts. A failed
 //! TLS handshake counts as a failed attempt, as nginx's `proxy_next_upstream`
-//! does. Every attempt is recorded for the log, and balanced attempts feed
-//! the upstream's passive health checks.
+//! does. Every attempt is recorded for the log, and a balanced attempt tells
+//! the upstream how it went (passive health checks, latency).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,12 +17,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use strait_model::ProxyProtocolOut;
+use strait_plugin::{Status, Try};
+use strait_upstream::{Event, InUse};
+use strait_wire::proxy_protocol;
 use tokio::io::AsyncWriteExt;
 
-use crate::access_log::Try;
-use crate::proxy_protocol;
-use crate::snapshot::{Destination, Snapshot};
-use crate::upstream::{self, Event, InUse};
+use crate::snapshot::{CompiledService, Destination};
 
 pub(crate) enum UpstreamStream {
     Plain(TcpStream),
@@ -50,7 +50,7 @@ pub(crate) struct Connected {
 pub(crate) struct ConnectFailed {
     pub(crate) tries: Vec<Try>,
     /// 502 when attempts failed, 503 when there was nothing to attempt.
-    pub(crate) status: u16,
+    pub(crate) status: Status,
     pub(crate) error: String,
     /// The last attempt connected but its TLS handshake failed.
     pub(crate) tls: bool,
@@ -91,12 +91,10 @@ pub(crate) fn upstream_server_name(
 
 /// Connects to the service, trying at most `retries + 1` times.
 pub(crate) async fn connect(
-    snap: &Snapshot,
-    service: usize,
+    svc: &CompiledService,
     ends: Ends<'_>,
     tls: Option<UpstreamTls<'_>>,
 ) -> Result<Connected, ConnectFailed> {
-    let svc = &snap.config.services[service];
     let timeout = svc.connect_timeout;
     let client = ends.client.ip();
     // Sent first on every attempt, before any upstream TLS.
@@ -116,7 +114,7 @@ pub(crate) async fn connect(
             chosen = Destination::Addr(addr);
             &chosen
         }
-        None => &snap.services[service].destination,
+        None => &svc.destination,
     };
     match destination {
         Destination::Addr(addr) => {
@@ -139,41 +137,47 @@ pub(crate) async fn connect(
             b.ready(timeout).await;
             let mut picker = b.picker(client).map_err(|why| ConnectFailed {
                 tries: Vec::new(),
-                status: 503,
-                error: format!("failure to get a peer from the ring-balancer ('{}'): {}", b.name(), why.0),
+                status: Status::Unavailable,
+                error: why.to_string(),
                 tls: false,
             })?;
             for _ in 0..attempts {
-                let Some((ep, in_use)) = picker.next() else {
+                let Some(picked) = picker.next() else {
                     break;
                 };
-                let started = SystemTime::now();
-                let t0 = Instant::now();
-                match attempt(ep.addr, ep.sni_name(b.use_srv_name()), pp, tls.as_ref(), timeout).await {
+                let (addr, started, t0) = (picked.addr(), SystemTime::now(), Instant::now());
+                match attempt(addr, picked.server_name(), pp, tls.as_ref(), timeout).await {
                     Ok(stream) => {
                         let took = t0.elapsed();
-                        upstream::connected(&ep, took);
-                        b.observe(&ep, Event::Success, "connected");
-                        tries.push(Try { addr: ep.addr, started, took, error: None });
-                        return Ok(Connected { stream, addr: ep.addr, tries, _in_use: Some(in_use) });
+                        let in_use = picked.succeeded(took);
+                        tries.push(Try { addr, started, took, error: None });
+                        return Ok(Connected { stream, addr, tries, _in_use: Some(in_use) });
                     }
                     Err(e) => {
-                        upstream::failed(&ep, timeout);
-                        b.observe(&ep, e.event, &e.error);
-                        tries.push(Try { addr: ep.addr, started, took: t0.elapsed(), error: Some(e.error.clone()) });
+                        picked.failed(e.event, &e.error, timeout);
+                        tries.push(Try { addr, started, took: t0.elapsed(), error: Some(e.error.clone()) });
                         last = Some(e);
                     }
                 }
             }
+            if last.is_none() {
+                // Every address turned unhealthy between the tables and the pick.
+                return Err(ConnectFailed {
+                    tries,
+                    status: Status::Unavailable,
+                    error: b.no_peer("no healthy address").to_string(),
+                    tls: false,
+                });
+            }
         }
     }
     match last {
-        Some(e) => Err(ConnectFailed { tries, status: 502, error: e.error, tls: e.tls }),
-        // Every address turned unhealthy between the tables and the pick.
+        Some(e) => Err(ConnectFailed { tries, status: Status::BadGateway, error: e.error, tls: e.tls }),
+        // No attempt at all: `retries + 1` is never 0.
         None => Err(ConnectFailed {
             tries,
-            status: 503,
-            error: "failure to get a peer from the ring-balancer: no healthy address".to_owned(),
+            status: Status::Unavailable,
+            error: "no connection attempt was made".to_owned(),
             tls: false,
         }),
     }

@@ -1,22 +1,23 @@
-//! Strait's data path: listeners, sessions, TLS termination and passthrough,
-//! upstream connections, the relay loop and the access log.
+//! Strait's data path: listeners, sessions (TCP and UDP), TLS termination
+//! and passthrough, upstream connections, the relay loop, the compiled
+//! snapshot and the access log.
 //!
 //! A [`Proxy`] runs on the caller's tokio runtime. It reads configuration
-//! only through an atomically swapped [`Snapshot`]; it knows nothing of files,
-//! stores or HTTP. See `docs/LIFECYCLE.md` for one session's path through it.
+//! only through an atomically swapped [`Snapshot`]; it knows nothing of
+//! files, stores or HTTP. Plugins come in through the kit (`strait-plugin`),
+//! balancing through `strait-upstream`, parsers from `strait-wire`. See
+//! `docs/LIFECYCLE.md` for one session's path through it.
 
 pub mod access_log;
 mod connect;
 mod listener;
-pub mod plugin;
-pub mod proxy_protocol;
 pub mod relay;
 mod rewind;
 mod session;
 pub mod snapshot;
 mod splice;
+mod stages;
 mod udp;
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,13 +28,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use access_log::{AccessLogWriter, AccessLogger, CloseReason, Proxied, SessionRecord};
+pub use access_log::{AccessLogWriter, AccessLogger};
 pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
-pub use plugin::prometheus::Metrics;
-pub use plugin::{Plugins, Registry};
-pub use snapshot::{CompileError, Snapshot};
-pub use strait_tls::Resumption;
-pub use upstream::{AddressHealth, SetHealthError, TargetHealth, UpstreamHealth, Upstreams};
+pub use snapshot::{CompileError, CompiledRoute, CompiledService, Destination, Snapshot};
+use strait_plugin::SessionCounts;
 
 /// Timeouts that apply to every session, from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -155,14 +153,6 @@ pub struct Stats {
     handled: std::sync::atomic::AtomicU64,
 }
 
-/// A reading of [`Stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub accepted: u64,
-    pub handled: u64,
-    pub active: u64,
-}
-
 impl Stats {
     pub(crate) fn session_started(&self) {
         self.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -170,10 +160,10 @@ impl Stats {
     pub(crate) fn session_ended(&self) {
         self.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    pub fn snapshot(&self) -> StatsSnapshot {
+    pub fn snapshot(&self) -> SessionCounts {
         let handled = self.handled.load(std::sync::atomic::Ordering::Relaxed);
         let accepted = self.accepted.load(std::sync::atomic::Ordering::Relaxed);
-        StatsSnapshot { accepted, handled, active: accepted.saturating_sub(handled) }
+        SessionCounts { accepted, handled, active: accepted.saturating_sub(handled) }
     }
 }
 
@@ -254,12 +244,6 @@ impl Proxy {
     /// The addresses actually bound, in `stream_listen` order.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
-    }
-
-    /// Publishes a new configuration for sessions accepted from now on.
-    pub fn swap(&self, snapshot: Snapshot) {
-        snapshot.activate();
-        self.shared.snapshot.store(Arc::new(snapshot));
     }
 
     /// A handle that publishes snapshots, for the control plane. It holds

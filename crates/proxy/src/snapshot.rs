@@ -3,19 +3,20 @@
 //! One writer compiles a [`Snapshot`] from a validated `Config` and publishes
 //! it with one atomic swap; each session loads it once at accept and keeps it
 //! to the end, so a configuration change never disturbs an open session.
+//! Sessions read routes and services as [`CompiledRoute`] and
+//! [`CompiledService`] values, by index; plugins see only the `Config`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
-use strait_model::{Config, KeyPair, Protocol, UpstreamIdx};
-use strait_router::Router;
+use strait_model::{Config, KeyPair, Protocol, ProtocolSet, ProxyProtocolOut, RouteIdx, ServiceIdx, UpstreamIdx};
+use strait_plugin::{Chain, ChainError, Chains, Metrics, Plugins};
+use strait_router::{ConnKind, Router};
 use strait_tls::{CertStore, Resumption, UpstreamTlsOptions};
-
-use crate::plugin::prometheus::Metrics;
-use crate::plugin::{Chain, Chains, Plugins};
-use crate::upstream::{Balanced, Upstreams};
+use strait_upstream::{Balanced, Upstreams};
 
 /// Where a service's sessions go.
 #[derive(Debug, Clone)]
@@ -25,14 +26,55 @@ pub enum Destination {
     Balanced(Arc<Balanced>),
 }
 
-/// Per-service data compiled for the data path.
+/// A route as sessions use it.
 #[derive(Debug)]
-pub struct ServiceRuntime {
+pub struct CompiledRoute {
+    pub idx: RouteIdx,
+    /// For the access log, made once: no allocation per session.
+    pub label: Arc<str>,
+    pub protocols: ProtocolSet,
+    pub service: Option<ServiceIdx>,
+    /// Forward the client's SNI to a `tls` upstream.
+    pub preserve_host: bool,
+    /// The route's plugins (with the global ones), if any apply.
+    pub chain: Option<Arc<Chain>>,
+}
+
+impl CompiledRoute {
+    /// How this route serves a session of `kind`: TLS is passed through or
+    /// terminated only when a ClientHello arrived and the route says so.
+    pub fn protocol_for(&self, kind: ConnKind) -> Protocol {
+        match kind {
+            ConnKind::Udp => Protocol::Udp,
+            ConnKind::Plain => Protocol::Tcp,
+            ConnKind::TlsOnPlain | ConnKind::TlsOnSsl if self.protocols.contains(Protocol::TlsPassthrough) => {
+                Protocol::TlsPassthrough
+            }
+            ConnKind::TlsOnPlain | ConnKind::TlsOnSsl if self.protocols.contains(Protocol::Tls) => Protocol::Tls,
+            ConnKind::TlsOnPlain | ConnKind::TlsOnSsl => Protocol::Tcp,
+        }
+    }
+}
+
+/// A service as sessions use it.
+#[derive(Debug)]
+pub struct CompiledService {
+    /// For the access log, made once.
+    pub label: Arc<str>,
+    pub protocol: Protocol,
     pub destination: Destination,
     /// Set when the service's protocol is `tls`.
     pub tls: Option<Arc<ClientConfig>>,
     /// The upstream's `host_header`, used as upstream SNI after `preserve_host`.
     pub host_header: Option<String>,
+    pub connect_timeout: Duration,
+    /// Extra attempts after a failed one.
+    pub retries: u16,
+    /// A TCP session's idle timeout: Kong's `max(read_timeout, write_timeout)`.
+    pub idle_timeout: Duration,
+    /// A UDP session ends after this long without a datagram either way.
+    pub read_timeout: Duration,
+    pub proxy_protocol: ProxyProtocolOut,
 }
 
 /// Why a configuration could not be compiled.
@@ -44,34 +86,34 @@ pub enum CompileError {
     Upstream { upstream: String, reason: String },
     #[error("certificates: {0}")]
     Certificates(String),
-    #[error("plugin '{plugin}': {reason}")]
-    Plugin { plugin: String, reason: String },
+    #[error(transparent)]
+    Plugins(#[from] ChainError),
 }
 
 #[derive(Debug)]
 pub struct Snapshot {
-    pub config: Config,
+    /// The configuration this was compiled from, shared with the control
+    /// plane's view of it and with plugins.
+    pub config: Arc<Config>,
     pub router: Router,
     pub tls_server: Arc<ServerConfig>,
-    /// Indexed like `config.services`.
-    pub services: Vec<ServiceRuntime>,
+    routes: Vec<CompiledRoute>,
+    services: Vec<CompiledService>,
     /// Every balanced destination (upstreams, then service host names).
     balancers: Vec<Arc<Balanced>>,
     upstreams: Arc<Upstreams>,
     pub(crate) chains: Chains,
     pub(crate) metrics: Arc<Metrics>,
-    /// Route and service labels for the access log, made once.
-    pub(crate) route_labels: Vec<Arc<str>>,
-    pub(crate) service_labels: Vec<Arc<str>>,
 }
 
 impl Snapshot {
     /// Compiles `config`. `default_cert` serves clients whose SNI matches no
-    /// certificate; `resumption` says how TLS clients may resume; `upstreams` keeps balancer and health state across
-    /// snapshots, `plugins` the plugins' state and the metrics. Nothing
-    /// starts running until [`Snapshot::activate`].
+    /// certificate; `resumption` says how TLS clients may resume; `upstreams`
+    /// keeps balancer and health state across snapshots, `plugins` the
+    /// plugins' state and the metrics. Nothing starts running until
+    /// [`Snapshot::activate`].
     pub fn compile(
-        config: Config,
+        config: Arc<Config>,
         default_cert: &KeyPair,
         resumption: &Resumption,
         upstreams: &Arc<Upstreams>,
@@ -149,30 +191,53 @@ impl Snapshot {
             } else {
                 None
             };
-            services.push(ServiceRuntime { destination, tls, host_header });
+            services.push(CompiledService {
+                label: Arc::from(svc.label()),
+                protocol: svc.protocol,
+                destination,
+                tls,
+                host_header,
+                connect_timeout: svc.connect_timeout,
+                retries: svc.retries,
+                idle_timeout: svc.idle_timeout(),
+                read_timeout: svc.read_timeout,
+                proxy_protocol: svc.proxy_protocol,
+            });
         }
         balancers.extend(by_host.into_values());
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| CompiledRoute {
+                idx: RouteIdx(i),
+                label: Arc::from(r.label()),
+                protocols: r.protocols,
+                service: r.service,
+                preserve_host: r.preserve_host,
+                chain: chains.route(RouteIdx(i)).cloned(),
+            })
+            .collect();
         let router = Router::new(&config);
         Ok(Snapshot {
             router,
             tls_server,
+            routes,
             services,
             balancers,
             upstreams: upstreams.clone(),
             chains,
             metrics: plugins.metrics().clone(),
-            route_labels: config.routes.iter().map(|r| Arc::from(r.label())).collect(),
-            service_labels: config.services.iter().map(|s| Arc::from(s.label())).collect(),
             config,
         })
     }
 
-    /// The plugins of a route (with the global ones), if any apply.
-    pub(crate) fn chain(&self, route: Option<usize>) -> Option<&Arc<Chain>> {
-        match route {
-            Some(r) => self.chains.routes.get(r).and_then(Option::as_ref),
-            None => self.chains.global.as_ref(),
-        }
+    pub fn route(&self, idx: RouteIdx) -> Option<&CompiledRoute> {
+        self.routes.get(idx.0)
+    }
+
+    pub fn service(&self, idx: ServiceIdx) -> Option<&CompiledService> {
+        self.services.get(idx.0)
     }
 
     /// Makes this snapshot's upstreams live: their background tasks start

@@ -18,17 +18,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use strait_model::{Protocol, RouteIdx};
-use strait_router::{ConnKind, Facts};
-use strait_tls::{InitialReader, QuicPeek};
+use strait_model::Protocol;
+use strait_plugin::{CloseReason, Status, Try};
+use strait_router::ConnKind;
+use strait_upstream::InUse;
+use strait_wire::{ClientHello, InitialReader, QuicPeek};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::access_log::{CloseReason, SessionRecord, Try};
-use crate::plugin::{Chain, PhaseOutcome, Session};
 use crate::relay::Report;
-use crate::snapshot::{Destination, Snapshot};
+use crate::snapshot::{CompiledService, Destination};
+use crate::stages::{self, Fail, Setup};
 use crate::{ListenerInfo, Shared};
 
 /// Largest UDP payload (65,535 − 8 byte UDP header − 20 byte IPv4 header),
@@ -203,28 +204,33 @@ struct Ctx {
 async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, _alive: mpsc::Sender<()>) {
     ctx.shared.stats.session_started();
     let snap = ctx.shared.snapshot.load_full();
-    let mut rec = SessionRecord::new(ctx.client, ctx.listener.label.clone(), "udp", CloseReason::IdleTimeout);
+    let label = ctx.listener.label.clone();
+    let mut setup = Setup::new(snap, ctx.client, ctx.local, label, Protocol::Udp, CloseReason::IdleTimeout);
     let mut to_client = (0u64, 0u64);
     let mut pending = vec![first];
     let mut closing = ctx.closing.clone();
-    let mut plugged: Option<Box<(Arc<Chain>, Session)>> = None;
     let opened = tokio::select! {
         biased;
-        _ = closing.wait_for(|v| *v) => Err((503, CloseReason::Shutdown, "the listener is stopping".to_owned())),
-        r = open(&ctx, &snap, &mut rec, &mut plugged, &mut pending, &mut queued) => r,
+        _ = closing.wait_for(|v| *v) => {
+            Err(Fail::new(Status::Unavailable, CloseReason::Shutdown, "the listener is stopping".to_owned()))
+        }
+        r = setup.open(&ctx, &mut pending, &mut queued) => r,
     };
-    match opened {
-        Err((status, reason, detail)) => {
-            rec.status = status;
-            rec.reason = reason;
-            rec.detail = Some(detail);
+    let (mut rec, mut plugged) = match opened {
+        Err(fail) => {
+            let shutdown = fail.reason == CloseReason::Shutdown;
+            setup.rec.status = fail.status;
+            setup.rec.reason = fail.reason;
+            setup.rec.detail = fail.detail;
             // Stay in the table a moment, so the client's next datagrams are
             // dropped here rather than each opening (and logging) a session.
-            if reason != CloseReason::Shutdown {
+            if !shutdown {
                 let _ = tokio::time::timeout(HOLD_DOWN, async { while queued.recv().await.is_some() {} }).await;
             }
+            setup.finish()
         }
-        Ok((upstream, idle, _in_use)) => {
+        Ok((upstream, idle, in_use)) => {
+            let (mut rec, mut plugged) = setup.finish();
             rec.connected_after = Some(ctx.link.began.elapsed());
             let _ = ctx.link.upstream.set(upstream.clone());
             // From now on the listener sends directly; what it queued before
@@ -237,27 +243,26 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
                 let _ = upstream.send(&d).await;
             }
             // Log plugins that report long sessions while they run.
-            let every = plugged.as_ref().and_then(|p| p.0.progress_every);
+            let every = plugged.as_ref().and_then(|p| p.chain.progress_every());
             let began = ctx.link.began;
             let report = every.map(|every| {
                 let (plugged, rec) = (&mut plugged, &rec);
                 let call = Box::new(move |up: u64, down: u64| {
                     if let Some(p) = plugged.as_mut() {
-                        let (chain, s) = &mut **p;
                         let mut now = rec.clone();
                         now.bytes_received = up;
                         now.bytes_sent = down;
                         now.duration = began.elapsed();
-                        s.record = Some(now);
-                        chain.progress(s, began.elapsed());
-                        s.record = None;
+                        p.chain.progress(&mut p.s, now, began.elapsed());
                     }
                 });
                 Report { every, call }
             });
             rec.reason = relay(&ctx, &upstream, idle, &mut to_client, report).await;
+            drop(in_use);
+            (rec, plugged)
         }
-    }
+    };
     // Leave the table first, so a new datagram from this client opens a new session.
     ctx.link.closed.store(true, Ordering::Release);
     let _ = ctx.ended.send((ctx.client, ctx.generation));
@@ -265,134 +270,95 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
     rec.bytes_sent = to_client.1;
     rec.datagrams = Some((ctx.link.from_client.load(Ordering::Relaxed), to_client.0));
-    // The log phase: the route's plugins, or the global ones without a route.
-    let plugged = plugged.or_else(|| {
-        let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
-        s.protocol = Protocol::Udp;
-        Some(Box::new((snap.chain(None)?.clone(), s)))
-    });
-    let rec = match plugged {
-        Some(p) => {
-            let (chain, mut s) = *p;
-            s.record = Some(rec);
-            chain.log(&mut s);
-            s.record.take()
-        }
-        None => Some(rec),
-    };
-    if let Some(rec) = &rec {
-        ctx.shared.log.log(rec);
-    }
-    ctx.shared.stats.session_ended();
+    stages::log(&ctx.shared, plugged.take(), rec);
 }
 
-type Opened = (Arc<UdpSocket>, Duration, Option<crate::upstream::InUse>);
+type Opened = (Arc<UdpSocket>, Duration, Option<InUse>);
 
-/// Routes the session and connects its upstream socket.
-async fn open(
-    ctx: &Ctx,
-    snap: &Arc<Snapshot>,
-    rec: &mut SessionRecord,
-    plugged: &mut Option<Box<(Arc<Chain>, Session)>>,
-    pending: &mut Vec<Vec<u8>>,
-    queued: &mut mpsc::Receiver<Vec<u8>>,
-) -> Result<Opened, (u16, CloseReason, String)> {
-    // QUIC: when a route could be chosen by server name, read it from the
-    // client's Initial packets (never terminating QUIC).
-    if snap.router.quic_sni_possible(ctx.client, ctx.local) {
-        rec.sni = quic_sni(pending, queued, ctx.shared.preread_timeout, &ctx.link).await;
+impl Setup {
+    /// Every stage of a UDP session before it relays: the QUIC server name
+    /// (when a route could be chosen by it), route, service, preread, then
+    /// an address and a connected upstream socket.
+    async fn open(
+        &mut self,
+        ctx: &Ctx,
+        pending: &mut Vec<Vec<u8>>,
+        queued: &mut mpsc::Receiver<Vec<u8>>,
+    ) -> Result<Opened, Fail> {
+        // QUIC: read the server name from the client's Initial packets
+        // (never terminating QUIC).
+        let hello = if self.snap.router.quic_sni_possible(ctx.client, ctx.local) {
+            quic_hello(pending, queued, ctx.shared.preread_timeout, &ctx.link).await
+        } else {
+            None
+        };
+        self.route(ConnKind::Udp, hello, "no Route found with those values")?;
+        let service = self.service()?;
+        let target = self.preread().await.map_err(|refusal| refusal.fail)?;
+        let snap = self.snap.clone();
+        let Some(svc) = snap.service(service) else {
+            return Err(Fail::new(Status::Unavailable, CloseReason::NoService, None));
+        };
+        self.connect_udp(ctx, svc, target).await
     }
-    let facts = Facts { src: ctx.client, dst: ctx.local, sni: rec.sni.as_deref() };
-    let Some(RouteIdx(ri)) = snap.router.find(ConnKind::Udp, &facts) else {
-        snap.metrics.router_miss();
-        return Err((500, CloseReason::NoRoute, "no Route found with those values".into()));
-    };
-    let route = &snap.config.routes[ri];
-    rec.route = Some(snap.route_labels[ri].clone());
-    // Plugins see the session from here on, so its log phase runs whatever
-    // happens next (even an end during a plugin's delay).
-    if let Some(chain) = snap.chain(Some(ri)) {
-        let mut s = Session::new(snap.clone(), ctx.client, ctx.local, ctx.listener.label.clone());
-        s.protocol = Protocol::Udp;
-        s.sni = rec.sni.clone();
-        s.route = Some(RouteIdx(ri));
-        *plugged = Some(Box::new((chain.clone(), s)));
-    }
-    let Some(si) = route.service.map(|s| s.0) else {
-        return Err((503, CloseReason::NoService, "no Service found with those values".into()));
-    };
-    let svc = &snap.config.services[si];
-    rec.service = Some(snap.service_labels[si].clone());
-    if svc.protocol != Protocol::Udp {
-        return Err((
-            503,
-            CloseReason::NoService,
-            format!("service with protocol '{}' cannot be used with a UDP session", svc.protocol),
-        ));
-    }
-    // The preread phase, as for TCP sessions.
-    let mut target = None;
-    if let Some(p) = plugged.as_mut() {
-        let (chain, s) = &mut **p;
-        let outcome = chain.preread(s).await;
-        target = s.target;
-        if let PhaseOutcome::Reject { status, message, plugin } = outcome {
-            snap.metrics.plugin_rejected();
-            let detail = message.map_or_else(|| plugin.to_owned(), |m| format!("{plugin}: {m}"));
-            return Err((status.code(), CloseReason::Rejected, detail));
-        }
-    }
-    let chosen = target.map(Destination::Addr);
-    let (addr, in_use, ep) = match chosen.as_ref().unwrap_or(&snap.services[si].destination) {
-        Destination::Addr(a) => (*a, None, None),
-        Destination::Balanced(b) => {
-            b.ready(svc.connect_timeout).await;
-            let mut picker = b.picker(ctx.client.ip()).map_err(|why| {
-                (503, CloseReason::ConnectFailed, format!("failure to get a peer from the ring-balancer: {}", why.0))
-            })?;
-            let (ep, hold) = picker.next().ok_or_else(|| {
-                (503, CloseReason::ConnectFailed, "failure to get a peer from the ring-balancer".to_owned())
-            })?;
-            (ep.addr, Some(hold), Some(ep))
-        }
-    };
-    let started = SystemTime::now();
-    let t0 = Instant::now();
-    rec.upstream = Some(addr);
-    let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-    let connected = async {
-        let s = UdpSocket::bind(bind).await?;
-        s.connect(addr).await?;
-        Ok::<_, std::io::Error>(s)
-    }
-    .await;
-    match connected {
-        Ok(s) => {
-            rec.tries.push(Try { addr, started, took: t0.elapsed(), error: None });
-            // A session on the address; no latency sample: a UDP "connect"
-            // measures nothing about the upstream.
-            if let Some(ep) = &ep {
-                crate::upstream::session_opened(ep);
+
+    /// An address (a plugin's target, the service's, or one its upstream's
+    /// balancer picks) and a socket connected to it.
+    async fn connect_udp(
+        &mut self,
+        ctx: &Ctx,
+        svc: &CompiledService,
+        target: Option<SocketAddr>,
+    ) -> Result<Opened, Fail> {
+        let no_peer = |why: String| Fail::new(Status::Unavailable, CloseReason::ConnectFailed, why);
+        let chosen = target.map(Destination::Addr);
+        let mut picked = None;
+        let addr = match chosen.as_ref().unwrap_or(&svc.destination) {
+            Destination::Addr(a) => *a,
+            Destination::Balanced(b) => {
+                b.ready(svc.connect_timeout).await;
+                let mut picker = b.picker(ctx.client.ip()).map_err(|why| no_peer(why.to_string()))?;
+                let attempt = picker.next().ok_or_else(|| no_peer(b.no_peer("no healthy address").to_string()))?;
+                let addr = attempt.addr();
+                picked = Some(attempt);
+                addr
             }
-            Ok((Arc::new(s), svc.read_timeout, in_use))
+        };
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        self.rec.upstream = Some(addr);
+        let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let connected = async {
+            let s = UdpSocket::bind(bind).await?;
+            s.connect(addr).await?;
+            Ok::<_, std::io::Error>(s)
         }
-        Err(e) => {
-            rec.tries.push(Try { addr, started, took: t0.elapsed(), error: Some(e.to_string()) });
-            Err((502, CloseReason::ConnectFailed, e.to_string()))
+        .await;
+        match connected {
+            Ok(s) => {
+                self.rec.tries.push(Try { addr, started, took: t0.elapsed(), error: None });
+                Ok((Arc::new(s), svc.read_timeout, picked.map(|a| a.opened())))
+            }
+            Err(e) => {
+                // A local failure (bind, route): nothing the upstream's
+                // health should learn from.
+                drop(picked);
+                self.rec.tries.push(Try { addr, started, took: t0.elapsed(), error: Some(e.to_string()) });
+                Err(Fail::new(Status::BadGateway, CloseReason::ConnectFailed, e.to_string()))
+            }
         }
     }
 }
 
-/// The server name in the client's first Initial packets, reading more
-/// datagrams (kept in `pending` for the upstream) while the ClientHello is
-/// incomplete, until `timeout`. `None` for anything that is not a readable
-/// QUIC Initial.
-async fn quic_sni(
+/// The ClientHello in the client's first Initial packets, reading more
+/// datagrams (kept in `pending` for the upstream) while it is incomplete,
+/// until `timeout`. `None` for anything that is not a readable QUIC Initial.
+async fn quic_hello(
     pending: &mut Vec<Vec<u8>>,
     queued: &mut mpsc::Receiver<Vec<u8>>,
     timeout: Duration,
     link: &Link,
-) -> Option<String> {
+) -> Option<ClientHello> {
     let mut reader = InitialReader::new();
     let deadline = Instant::now() + timeout;
     let mut next = 0;
@@ -400,7 +366,7 @@ async fn quic_sni(
         while let Some(d) = pending.get(next) {
             next += 1;
             match reader.push(d) {
-                QuicPeek::Hello(h) => return h.sni,
+                QuicPeek::Hello(h) => return Some(h),
                 QuicPeek::NeedMore => {}
                 QuicPeek::NotQuic => return None,
                 QuicPeek::Invalid(why) => {

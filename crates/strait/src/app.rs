@@ -6,11 +6,15 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 
-use strait_admin::{AdminState, Control, NodeInfo, ServerTls};
+use strait_admin::{AdminState, NodeInfo};
 use strait_config::{Database, LogLevel, Settings};
+use strait_control::{Control, ServerTls};
 use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
-use strait_proxy::{AccessLogger, Plugins, Proxy, Registry, Resumption, SessionOptions, Snapshot, Timeouts, Upstreams};
+use strait_plugin::Plugins;
+use strait_proxy::{AccessLogger, Proxy, SessionOptions, Snapshot, Timeouts};
 use strait_store::Store;
+use strait_tls::Resumption;
+use strait_upstream::Upstreams;
 
 /// Everything `start` needs, validated; also what `check` validates.
 struct Prepared {
@@ -19,10 +23,15 @@ struct Prepared {
     default_cert: KeyPair,
 }
 
-fn prepare(settings: Settings, generate_cert: bool) -> Result<Prepared> {
-    let registry = Registry::builtin();
+/// The plugins of this binary: the built-ins. Made once per command.
+fn plugins() -> Arc<Plugins> {
+    Plugins::new(strait_plugins::registry())
+}
+
+fn prepare(settings: Settings, plugins: &Plugins, generate_cert: bool) -> Result<Prepared> {
+    let registry = plugins.registry();
     for name in settings.plugins.iter().filter(|p| *p != "bundled") {
-        if !registry.names().any(|n| n == name) {
+        if !plugins.has(name) {
             let custom: Vec<&str> = registry.names().filter(|n| !strait_model::BUNDLED_PLUGINS.contains(n)).collect();
             bail!(
                 "plugins: '{name}' is not built into this binary; the custom plugins it has are: {}",
@@ -31,7 +40,7 @@ fn prepare(settings: Settings, generate_cert: bool) -> Result<Prepared> {
         }
     }
     let loaded = match &settings.declarative_config {
-        Some(path) => load_declarative("declarative_config", path, &options(&settings))?,
+        Some(path) => load_declarative("declarative_config", path, &options(&settings, plugins))?,
         None => Loaded { config: Config::default(), warnings: Vec::new() },
     };
     let default_cert = match &settings.ssl_cert {
@@ -65,10 +74,10 @@ fn resumption(settings: &Settings) -> Resumption {
     Resumption::new(settings.ssl_session_tickets, settings.ssl_session_cache)
 }
 
-/// Validation options from the settings (`plugins`).
-fn options(settings: &Settings) -> Options {
+/// Validation options from the settings (`plugins`) and the plugins' schemas.
+fn options(settings: &Settings, plugins: &Plugins) -> Options {
     Options {
-        schemas: Some(Arc::new(Registry::builtin())),
+        schemas: Some(plugins.schemas()),
         plugins: PluginNames {
             bundled: settings.plugins.iter().any(|p| p == "bundled"),
             custom: settings.plugins.iter().filter(|p| *p != "bundled").cloned().collect(),
@@ -100,7 +109,8 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     }
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("prefix: cannot create {}", settings.prefix.display()))?;
-    let Prepared { settings, loaded, default_cert } = prepare(settings, true)?;
+    let plugins = plugins();
+    let Prepared { settings, loaded, default_cert } = prepare(settings, &plugins, true)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -122,13 +132,13 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let opened = open_store(&settings).await?;
         let admin_tls = admin_tls(&settings, &default_cert)?;
         let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
-        let plugins = Plugins::new(Registry::builtin());
         let cache = settings.prefix.join("config_cache.json");
         let from_cache = matches!(opened, Opened::Unreachable(..));
         let (control, snapshot) = match opened {
             Opened::Ready(store) => {
                 let tls = server_tls(&settings, default_cert);
-                Control::start(store, loaded.config, tls, options(&settings), upstreams, plugins.clone()).await?
+                Control::start(store, loaded.config, tls, options(&settings, &plugins), upstreams, plugins.clone())
+                    .await?
             }
             Opened::Unreachable(store, why) => {
                 if !settings.db_cache {
@@ -142,7 +152,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
                     store,
                     &cache,
                     server_tls(&settings, default_cert),
-                    options(&settings),
+                    options(&settings, &plugins),
                     upstreams,
                     plugins.clone(),
                 )?
@@ -169,8 +179,8 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
             if settings.db_cache {
                 control.set_cache(cache);
             }
-            let node = strait_admin::cluster::Node { id: node, hostname: hostname() };
-            tokio::spawn(strait_admin::cluster::watch(
+            let node = strait_control::cluster::Node { id: node, hostname: hostname() };
+            tokio::spawn(strait_control::cluster::watch(
                 control.clone(),
                 node,
                 settings.db_update_frequency,
@@ -411,19 +421,14 @@ fn summary(c: &Config) -> String {
 
 /// `strait check`.
 pub fn check(conf: Option<&Path>) -> Result<()> {
-    let Prepared { settings, loaded, default_cert } = prepare(Settings::load(conf)?, false)?;
+    let plugins = plugins();
+    let Prepared { settings, loaded, default_cert } = prepare(Settings::load(conf)?, &plugins, false)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
     let counts = summary(&loaded.config);
     let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
-    Snapshot::compile(
-        loaded.config,
-        &default_cert,
-        &resumption(&settings),
-        &upstreams,
-        &Plugins::new(Registry::builtin()),
-    )?;
+    Snapshot::compile(Arc::new(loaded.config), &default_cert, &resumption(&settings), &upstreams, &plugins)?;
     println!("configuration OK: {} stream listener(s); {counts}", settings.stream_listen.len());
     Ok(())
 }
@@ -431,7 +436,8 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
 /// `strait config parse FILE`.
 pub fn parse(file: &Path) -> Result<()> {
     // `config parse` takes the settings file if there is one, for `plugins`.
-    let opts = Settings::load(default_conf_path().as_deref()).map(|s| options(&s)).unwrap_or_default();
+    let plugins = plugins();
+    let opts = Settings::load(default_conf_path().as_deref()).map(|s| options(&s, &plugins)).unwrap_or_default();
     let loaded = load_declarative("declarative file", file, &opts)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
@@ -507,15 +513,15 @@ fn pg_or_plain(settings: &Settings, e: strait_store::StoreError) -> anyhow::Erro
 }
 
 /// The control plane over the store, for commands that run no proxy.
-async fn offline_control(settings: &Settings) -> Result<Arc<Control>> {
+async fn offline_control(settings: &Settings, plugins: Arc<Plugins>) -> Result<Arc<Control>> {
     let store = open_store_now(settings).await?;
     let (control, _) = Control::start(
         store,
         strait_model::Config::default(),
         server_tls(settings, throwaway_cert()?),
-        options(settings),
+        options(settings, &plugins),
         Arc::new(Upstreams::new(settings.dns.clone())),
-        Plugins::new(Registry::builtin()),
+        plugins,
     )
     .await?;
     Ok(control)
@@ -524,18 +530,19 @@ async fn offline_control(settings: &Settings) -> Result<Arc<Control>> {
 /// `strait config db_import FILE`: replaces the stored configuration.
 pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
     let settings = Settings::load(conf)?;
-    let loaded = load_declarative("declarative file", file, &options(&settings))?;
+    let plugins = plugins();
+    let loaded = load_declarative("declarative file", file, &options(&settings, &plugins))?;
     if settings.database == Database::Off {
         bail!("database is \"off\": db_import needs a database");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let control = offline_control(&settings).await?;
+        let control = offline_control(&settings, plugins).await?;
         let doc = strait_model::export::to_declarative(&loaded.config);
         control
-            .apply(|d| strait_admin::control::replace_all(d, doc))
+            .apply(|d| strait_control::replace_all::<std::convert::Infallible>(d, doc))
             .await
-            .map_err(|e| anyhow::anyhow!("import refused: {}", e.body))?;
+            .map_err(|e| anyhow::anyhow!("import refused: {e}"))?;
         println!("import successful: {}", summary(&control.current().config));
         anyhow::Ok(())
     })
@@ -549,7 +556,7 @@ pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let text = rt.block_on(async {
-        let control = offline_control(&settings).await?;
+        let control = offline_control(&settings, plugins()).await?;
         let text = serde_json::to_string_pretty(&control.current().doc)?;
         anyhow::Ok(text)
     })?;

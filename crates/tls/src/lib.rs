@@ -1,11 +1,11 @@
-//! Strait's TLS pieces: reading a ClientHello without terminating TLS,
-//! choosing the server certificate by SNI, and building upstream client
-//! configurations. Sockets and handshakes live in the proxy crate.
+//! Strait's TLS configurations: choosing the server certificate by SNI (and
+//! the resumption state every configuration shares), verifying client
+//! certificates for mtls-auth, and building upstream client configurations.
+//! Reading a ClientHello lives in `strait-wire`; sockets and handshakes in
+//! the proxy crate.
 
 pub mod client;
 pub mod client_auth;
-pub mod client_hello;
-pub mod quic;
 pub mod server;
 
 use std::sync::{Arc, OnceLock};
@@ -16,8 +16,6 @@ pub use client::{UpstreamTlsOptions, client_config};
 pub use client_auth::{
     ClientAuth, certificate_names, certificate_subject, client_auth, server_config_with_client_auth,
 };
-pub use client_hello::{ClientHello, MAX_HELLO_LEN, Peek, peek, peek_handshake};
-pub use quic::{InitialReader, QuicPeek};
 pub use server::{CertStore, Resumption, server_config};
 
 /// Errors building TLS configurations from validated entities.

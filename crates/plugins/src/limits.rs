@@ -1,0 +1,398 @@
+//! `connection-limit` (concurrent sessions per key) and
+//! `connection-rate-limit` (new sessions per key): L4 limits Kong does not
+//! have. Both refuse before the upstream is contacted.
+//!
+//! Per-route, per-service and global counts are atomics found when the
+//! plugin is configured, so those sessions take no lock. Per-client-address
+//! counts live in maps split into shards, each behind a mutex held for a few
+//! instructions. All of it is the plugin instance's state, which survives
+//! configuration changes. A session holds its place as a guard in its
+//! context, so the count is released however the session ends.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use strait_model::Config;
+use uuid::Uuid;
+
+use strait_plugin::{Conf, ConfigureCx, ConfigureError, Instance, Plugin, Session, Status, Verdict};
+
+const SHARDS: usize = 16;
+
+/// What sessions are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitBy {
+    Ip,
+    Route,
+    Service,
+    Global,
+}
+
+impl LimitBy {
+    fn read(conf: &mut Conf<'_>) -> LimitBy {
+        match conf.one_of("limit_by", "ip", &["ip", "route", "service", "global"]) {
+            "route" => LimitBy::Route,
+            "service" => LimitBy::Service,
+            "global" => LimitBy::Global,
+            _ => LimitBy::Ip,
+        }
+    }
+}
+
+fn shard_of(ip: &IpAddr) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    (h.finish() as usize) % SHARDS
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Cells by entity id (or `None`: global), kept across snapshots.
+#[derive(Debug)]
+struct Cells<T>(Mutex<HashMap<Option<Uuid>, Arc<T>>>);
+
+impl<T> Default for Cells<T> {
+    fn default() -> Self {
+        Cells(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: Default> Cells<T> {
+    fn get(&self, id: Option<Uuid>) -> Arc<T> {
+        lock(&self.0).entry(id).or_default().clone()
+    }
+}
+
+/// The cells a snapshot's sessions count into, by route index.
+#[derive(Debug)]
+struct ByRoute<T> {
+    routes: Vec<Option<Arc<T>>>,
+    global: Arc<T>,
+}
+
+impl<T: Default> ByRoute<T> {
+    /// Resolves the cells for `limit_by` (not `ip`) once, at configure time.
+    fn resolve(cells: &Cells<T>, config: &Config, by: LimitBy) -> ByRoute<T> {
+        let global = cells.get(None);
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| match by {
+                LimitBy::Route => Some(cells.get(Some(r.meta.id))),
+                LimitBy::Service => r.service.map(|s| cells.get(Some(config.services[s.0].meta.id))),
+                LimitBy::Global | LimitBy::Ip => None,
+            })
+            .collect();
+        ByRoute { routes, global }
+    }
+
+    fn for_session(&self, s: &Session) -> &Arc<T> {
+        s.route_index().and_then(|r| self.routes.get(r.0)).and_then(Option::as_ref).unwrap_or(&self.global)
+    }
+}
+
+// ---- connection-limit ----
+
+#[derive(Debug)]
+pub struct ConnectionLimit;
+
+#[derive(Debug)]
+pub struct LimitConfig {
+    max_sessions: u32,
+    limit_by: LimitBy,
+}
+
+/// Open sessions: per entity (atomics) and per client address (sharded).
+#[derive(Debug, Default)]
+pub struct Counts {
+    entities: Cells<AtomicU32>,
+    ips: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+}
+
+struct LimitInstance {
+    config: LimitConfig,
+    counts: Arc<Counts>,
+    cells: ByRoute<AtomicU32>,
+}
+
+/// A session's place in the count, given back when the session ends.
+enum Held {
+    Cell(Arc<AtomicU32>),
+    Ip(Arc<Counts>, IpAddr),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        match self {
+            Held::Cell(c) => {
+                c.fetch_sub(1, Ordering::AcqRel);
+            }
+            Held::Ip(counts, ip) => {
+                let mut shard = lock(&counts.ips[shard_of(ip)]);
+                if let Some(n) = shard.get_mut(ip) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        shard.remove(ip);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Plugin for ConnectionLimit {
+    type Config = LimitConfig;
+
+    fn name(&self) -> &'static str {
+        "connection-limit"
+    }
+
+    fn priority(&self) -> i32 {
+        950
+    }
+
+    fn schema(&self, conf: &mut Conf<'_>) -> Option<LimitConfig> {
+        let max = conf.required_integer("max_sessions", 1..=i64::from(u32::MAX));
+        let limit_by = LimitBy::read(conf);
+        let max_sessions = u32::try_from(max?).ok()?;
+        conf.is_ok().then_some(LimitConfig { max_sessions, limit_by })
+    }
+
+    fn configure(&self, config: LimitConfig, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, ConfigureError> {
+        let counts = cx.state::<Counts>();
+        let cells = ByRoute::resolve(&counts.entities, cx.config(), config.limit_by);
+        Ok(Arc::new(LimitInstance { config, counts, cells }))
+    }
+}
+
+impl LimitInstance {
+    /// Takes a place, or says how many are open.
+    fn take(&self, s: &Session) -> Result<Held, u32> {
+        let max = self.config.max_sessions;
+        if self.config.limit_by == LimitBy::Ip {
+            let ip = s.client().ip().to_canonical();
+            let mut shard = lock(&self.counts.ips[shard_of(&ip)]);
+            let n = shard.entry(ip).or_insert(0);
+            if *n >= max {
+                return Err(*n);
+            }
+            *n += 1;
+            return Ok(Held::Ip(self.counts.clone(), ip));
+        }
+        let cell = self.cells.for_session(s);
+        cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map(|_| Held::Cell(cell.clone()))
+    }
+}
+
+impl Instance for LimitInstance {
+    fn preread(&self, s: &mut Session) -> Verdict {
+        match self.take(s) {
+            Ok(held) => {
+                s.ctx().insert(held);
+                Verdict::Continue
+            }
+            Err(open) => {
+                s.add_log_field(
+                    "connection_limit",
+                    json!({ "limit": self.config.max_sessions, "open": open, "rejected": true }),
+                );
+                Verdict::reject(Status::Unavailable, None)
+            }
+        }
+    }
+}
+
+// ---- connection-rate-limit ----
+
+#[derive(Debug)]
+pub struct ConnectionRateLimit;
+
+/// A token bucket of `rate` sessions per `window` (bursts up to `rate`), run
+/// as GCRA: one "theoretical arrival time" per key, so a check is one
+/// compare-and-swap.
+#[derive(Debug, Clone, Copy)]
+pub struct RateConfig {
+    rate: f64,
+    /// Time between two sessions at the steady rate, ns.
+    interval: u64,
+    /// How far ahead of now the arrival time may run (the burst), ns.
+    tolerance: u64,
+    window: u64,
+    limit_by: LimitBy,
+    delay: bool,
+}
+
+impl RateConfig {
+    fn new(rate: f64, window: Duration, limit_by: LimitBy, delay: bool) -> RateConfig {
+        let window = window.as_nanos() as u64;
+        // A tiny rate is a huge interval: bounded so that sums stay exact.
+        const CAP: u64 = u64::MAX / 8;
+        let interval = ((window as f64 / rate) as u64).clamp(1, CAP);
+        let tolerance = ((interval as f64 * (rate.max(1.0) - 1.0)) as u64).min(CAP);
+        RateConfig { rate, interval, tolerance, window, limit_by, delay }
+    }
+
+    /// The new arrival time and the wait before the session may go on, or
+    /// `None` when refused.
+    fn step(&self, tat: u64, now: u64) -> Option<(u64, u64)> {
+        let next = tat.max(now).saturating_add(self.interval);
+        let wait = (next - now).saturating_sub(self.tolerance.saturating_add(self.interval));
+        if wait > 0 && (!self.delay || wait > self.window) {
+            return None;
+        }
+        Some((next, wait))
+    }
+}
+
+/// Nanoseconds since the first call, never 0.
+fn now_ns() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+#[derive(Debug, Default)]
+struct IpShard {
+    tats: HashMap<IpAddr, u64>,
+    pruned_at: u64,
+}
+
+/// Arrival times: per entity (atomics) and per client address (sharded).
+#[derive(Debug, Default)]
+pub struct Buckets {
+    entities: Cells<AtomicU64>,
+    ips: [Mutex<IpShard>; SHARDS],
+}
+
+impl Buckets {
+    fn take_cell(cell: &AtomicU64, c: &RateConfig, now: u64) -> Option<u64> {
+        let mut cur = cell.load(Ordering::Acquire);
+        loop {
+            let (next, wait) = c.step(cur, now)?;
+            match cell.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(wait),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    fn take_ip(&self, ip: IpAddr, c: &RateConfig, now: u64) -> Option<u64> {
+        let mut shard = lock(&self.ips[shard_of(&ip)]);
+        if shard.tats.len() > 4096 && now.saturating_sub(shard.pruned_at) > c.window {
+            // Keys whose arrival time has passed are as good as new.
+            shard.tats.retain(|_, tat| *tat > now);
+            shard.pruned_at = now;
+        }
+        let tat = shard.tats.get(&ip).copied().unwrap_or(0);
+        let (next, wait) = c.step(tat, now)?;
+        shard.tats.insert(ip, next);
+        Some(wait)
+    }
+}
+
+struct RateInstance {
+    config: RateConfig,
+    buckets: Arc<Buckets>,
+    cells: ByRoute<AtomicU64>,
+}
+
+impl Plugin for ConnectionRateLimit {
+    type Config = RateConfig;
+
+    fn name(&self) -> &'static str {
+        "connection-rate-limit"
+    }
+
+    /// Before connection-limit, so a delayed session holds no place there.
+    fn priority(&self) -> i32 {
+        960
+    }
+
+    fn schema(&self, conf: &mut Conf<'_>) -> Option<RateConfig> {
+        let rate = conf.positive_number("rate", None);
+        let window = match conf.one_of("window", "second", &["second", "minute"]) {
+            "minute" => Duration::from_secs(60),
+            _ => Duration::from_secs(1),
+        };
+        let limit_by = LimitBy::read(conf);
+        let delay = conf.one_of("action", "reject", &["reject", "delay"]) == "delay";
+        let rate = rate?;
+        conf.is_ok().then(|| RateConfig::new(rate, window, limit_by, delay))
+    }
+
+    fn configure(&self, config: RateConfig, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, ConfigureError> {
+        let buckets = cx.state::<Buckets>();
+        let cells = ByRoute::resolve(&buckets.entities, cx.config(), config.limit_by);
+        Ok(Arc::new(RateInstance { config, buckets, cells }))
+    }
+}
+
+impl Instance for RateInstance {
+    fn preread(&self, s: &mut Session) -> Verdict {
+        let now = now_ns();
+        let taken = match self.config.limit_by {
+            LimitBy::Ip => self.buckets.take_ip(s.client().ip().to_canonical(), &self.config, now),
+            _ => Buckets::take_cell(self.cells.for_session(s), &self.config, now),
+        };
+        match taken {
+            Some(0) => Verdict::Continue,
+            Some(wait) => {
+                s.add_log_field("connection_rate_limit", json!({ "delayed_ms": wait / 1_000_000 }));
+                Verdict::Delay(Duration::from_nanos(wait))
+            }
+            None => {
+                s.add_log_field("connection_rate_limit", json!({ "rate": self.config.rate, "rejected": true }));
+                Verdict::reject(Status::Unavailable, None)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_and_delays_within_a_window() {
+        let c = RateConfig::new(2.0, Duration::from_secs(1), LimitBy::Global, false);
+        let cell = AtomicU64::new(0);
+        let t0 = 1_000 * MS;
+        assert_eq!(Buckets::take_cell(&cell, &c, t0), Some(0));
+        assert_eq!(Buckets::take_cell(&cell, &c, t0), Some(0));
+        assert_eq!(Buckets::take_cell(&cell, &c, t0), None);
+        // Half a second gives one back at 2 per second.
+        assert_eq!(Buckets::take_cell(&cell, &c, t0 + 500 * MS), Some(0));
+        assert_eq!(Buckets::take_cell(&cell, &c, t0 + 500 * MS), None);
+
+        let d = RateConfig::new(2.0, Duration::from_secs(1), LimitBy::Global, true);
+        let cell = AtomicU64::new(0);
+        Buckets::take_cell(&cell, &d, t0);
+        Buckets::take_cell(&cell, &d, t0);
+        assert_eq!(Buckets::take_cell(&cell, &d, t0), Some(500 * MS));
+        assert_eq!(Buckets::take_cell(&cell, &d, t0), Some(1000 * MS));
+        // The next would wait longer than a window: refused.
+        assert_eq!(Buckets::take_cell(&cell, &d, t0), None);
+    }
+
+    #[test]
+    fn client_addresses_have_their_own_buckets_and_tiny_rates_do_not_overflow() {
+        let b = Buckets::default();
+        let c = RateConfig::new(1.0, Duration::from_secs(60), LimitBy::Ip, false);
+        let t0 = 5 * MS;
+        assert_eq!(b.take_ip([10, 0, 0, 1].into(), &c, t0), Some(0));
+        assert_eq!(b.take_ip([10, 0, 0, 1].into(), &c, t0), None);
+        assert_eq!(b.take_ip([10, 0, 0, 2].into(), &c, t0), Some(0));
+        let tiny = RateConfig::new(1e-300, Duration::from_secs(60), LimitBy::Ip, true);
+        assert_eq!(b.take_ip([10, 0, 0, 3].into(), &tiny, t0), Some(0));
+        assert_eq!(b.take_ip([10, 0, 0, 3].into(), &tiny, t0), None);
+    }
+}

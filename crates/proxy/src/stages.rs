@@ -1,0 +1,212 @@
+//! The stages every session passes through before it relays, shared by TCP
+//! (`session.rs`) and UDP (`udp.rs`) sessions: route, plugin session,
+//! service, preread, and at the end the log phase. Each stage is a method
+//! of one [`Setup`] value — the snapshot the session runs with, its record,
+//! its plugins — and returns `Result<_, Fail>`: a [`Fail`] is how a session
+//! ends before its relay, with a Kong stream status and a close reason.
+//!
+//! The stages only one kind of session has (PROXY header, classification,
+//! TLS, connect; the QUIC server name, the UDP upstream socket) are further
+//! `impl Setup` blocks in `session.rs` and `udp.rs`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use strait_model::{Protocol, RouteIdx, ServiceIdx};
+use strait_plugin::{Chain, CloseReason, Facts, PhaseOutcome, Session, SessionRecord, Status};
+use strait_router::ConnKind;
+use strait_wire::ClientHello;
+
+use crate::Shared;
+use crate::snapshot::{CompiledRoute, Snapshot};
+
+/// How a session failed before its relay started.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) status: Status,
+    pub(crate) reason: CloseReason,
+    pub(crate) detail: Option<String>,
+}
+
+impl Fail {
+    pub(crate) fn new(status: Status, reason: CloseReason, detail: impl Into<Option<String>>) -> Fail {
+        Fail { status, reason, detail: detail.into() }
+    }
+}
+
+/// A plugin refused the session in its preread phase.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) fail: Fail,
+    /// What to send the client before closing (Kong sends a plugin's
+    /// message only with a status below 400).
+    pub(crate) tell_client: Option<String>,
+}
+
+/// The plugins running for a session, with the session as they see it.
+pub(crate) struct Plugged {
+    pub(crate) chain: Arc<Chain>,
+    pub(crate) s: Session,
+}
+
+/// A session being set up: what every stage reads and adds to.
+pub(crate) struct Setup {
+    /// One snapshot for the whole setup: later configuration changes do not
+    /// touch this session.
+    pub(crate) snap: Arc<Snapshot>,
+    pub(crate) rec: SessionRecord,
+    /// From routing on, when plugins apply. Boxed: a session without
+    /// plugins keeps one word for them.
+    pub(crate) plugged: Option<Box<Plugged>>,
+    /// The address the client connected to (or the one its PROXY header named).
+    pub(crate) local: SocketAddr,
+    route: Option<RouteIdx>,
+}
+
+impl Setup {
+    /// A session starting now; `reason` is its close reason until a stage
+    /// says otherwise.
+    pub(crate) fn new(
+        snap: Arc<Snapshot>,
+        client: SocketAddr,
+        local: SocketAddr,
+        listener: Arc<str>,
+        protocol: Protocol,
+        reason: CloseReason,
+    ) -> Setup {
+        Setup { snap, rec: SessionRecord::new(client, listener, protocol, reason), plugged: None, local, route: None }
+    }
+
+    /// Route: the route for the session's kind, addresses and server name.
+    /// `miss` says why there is none when none matches. The session's
+    /// protocol follows from the route; plugins see the session from here
+    /// on, so its log phase runs them whatever happens next.
+    pub(crate) fn route(&mut self, kind: ConnKind, hello: Option<ClientHello>, miss: &str) -> Result<RouteIdx, Fail> {
+        let (sni, alpn) = hello.map_or((None, Vec::new()), |h| (h.sni, h.alpn));
+        self.rec.sni = sni;
+        let facts = strait_router::Facts { src: self.rec.client, dst: self.local, sni: self.rec.sni.as_deref() };
+        let snap = &self.snap;
+        let Some(route) = snap.router.find(kind, &facts).and_then(|idx| snap.route(idx)) else {
+            snap.metrics.router_miss();
+            return Err(Fail::new(Status::InternalError, CloseReason::NoRoute, miss.to_owned()));
+        };
+        self.route = Some(route.idx);
+        self.rec.route = Some(route.label.clone());
+        self.rec.protocol = route.protocol_for(kind);
+        if let Some(chain) = &route.chain {
+            let s = Session::new(Facts {
+                config: snap.config.clone(),
+                client: self.rec.client,
+                server: self.local,
+                listener: self.rec.listener.clone(),
+                protocol: self.rec.protocol,
+                sni: self.rec.sni.clone(),
+                alpn,
+                route: Some(route.idx),
+            });
+            self.plugged = Some(Box::new(Plugged { chain: chain.clone(), s }));
+        }
+        Ok(route.idx)
+    }
+
+    /// The route found by [`Setup::route`].
+    pub(crate) fn chosen_route(&self) -> Option<&CompiledRoute> {
+        self.route.and_then(|r| self.snap.route(r))
+    }
+
+    /// Service: the route's, which must serve this kind of session (a
+    /// stream service; `udp` exactly for UDP sessions).
+    pub(crate) fn service(&mut self) -> Result<ServiceIdx, Fail> {
+        let Some(si) = self.chosen_route().and_then(|r| r.service) else {
+            return Err(Fail::new(
+                Status::Unavailable,
+                CloseReason::NoService,
+                "no Service found with those values".to_owned(),
+            ));
+        };
+        let Some(svc) = self.snap.service(si) else {
+            return Err(Fail::new(
+                Status::Unavailable,
+                CloseReason::NoService,
+                "the route's service is gone".to_owned(),
+            ));
+        };
+        self.rec.service = Some(svc.label.clone());
+        let udp = self.rec.protocol == Protocol::Udp;
+        if !svc.protocol.is_stream() || (svc.protocol == Protocol::Udp) != udp {
+            return Err(Fail::new(
+                Status::Unavailable,
+                CloseReason::NoService,
+                format!(
+                    "service with protocol '{}' cannot be used with a {} session",
+                    svc.protocol,
+                    if udp { "UDP" } else { "TCP" }
+                ),
+            ));
+        }
+        Ok(si)
+    }
+
+    /// The preread phase: after routing (and TLS termination), before the
+    /// upstream is chosen. Plugins may refuse the session, delay it, or
+    /// choose its target (returned).
+    pub(crate) async fn preread(&mut self) -> Result<Option<SocketAddr>, Refusal> {
+        let Some(p) = self.plugged.as_mut() else {
+            return Ok(None);
+        };
+        match p.chain.preread(&mut p.s).await {
+            PhaseOutcome::Continue => Ok(p.s.target()),
+            PhaseOutcome::Reject { status, message, plugin } => {
+                self.snap.metrics.plugin_rejected();
+                let tell_client = message.clone().filter(|_| status.code() < 400);
+                Err(Refusal { fail: rejected(status, plugin, message), tell_client })
+            }
+        }
+    }
+
+    /// The end of the setup, however it went: the record so far, and the
+    /// plugins whose log phase runs when the session ends — the route's, or
+    /// the global ones for a session that never reached a route (decided
+    /// now, so that the relay keeps nothing for it).
+    pub(crate) fn finish(self) -> (SessionRecord, Option<Box<Plugged>>) {
+        let Setup { snap, rec, plugged, local, .. } = self;
+        let plugged = plugged.or_else(|| {
+            let chain = snap.chains.global()?.clone();
+            let s = Session::new(Facts {
+                config: snap.config.clone(),
+                client: rec.client,
+                server: local,
+                listener: rec.listener.clone(),
+                protocol: rec.protocol,
+                sni: None,
+                alpn: Vec::new(),
+                route: None,
+            });
+            Some(Box::new(Plugged { chain, s }))
+        });
+        (rec, plugged)
+    }
+}
+
+/// A plugin's refusal, as the log tells it.
+pub(crate) fn rejected(status: Status, plugin: &str, message: Option<String>) -> Fail {
+    let detail = match message {
+        Some(m) => format!("{plugin}: {m}"),
+        None => plugin.to_owned(),
+    };
+    Fail::new(status, CloseReason::Rejected, detail)
+}
+
+/// The log phase, for every session however it ended: the plugins' `log`
+/// phase, then the access log line.
+pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRecord) {
+    if rec.status.code() >= 400 {
+        tracing::debug!(client = %rec.client, status = rec.status.code(), reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
+    }
+    let rec = match plugged {
+        Some(mut p) => p.chain.log(&mut p.s, rec),
+        None => rec,
+    };
+    shared.log.log(&rec);
+    shared.stats.session_ended();
+}
