@@ -184,6 +184,13 @@ impl<E: Into<ApiError>> From<ChangeError<E>> for ApiError {
         match e {
             ChangeError::Edit(e) => e.into(),
             ChangeError::Invalid { error, target } => load_error(error, target.as_deref()),
+            ChangeError::Conflict(e) => {
+                let value = match &e.kind {
+                    ErrorKind::Unique { value } => value.as_str(),
+                    _ => e.name.as_deref().unwrap_or_default(),
+                };
+                ApiError::unique(e.message.clone(), &e.field, value)
+            }
             ChangeError::Compile(e) => compile_error(e),
             ChangeError::Store(e) => db_error(&e),
             ChangeError::Stored(e) => ApiError::database(e.to_string()),
@@ -214,15 +221,6 @@ fn load_error(err: LoadError, target: Option<&str>) -> ApiError {
         LoadError::Syntax(s) => return ApiError::bad_body(&s),
         LoadError::Invalid(errors) => errors,
     };
-    // A name taken: Kong's 409, whichever of the two entities it was reported on.
-    if target.is_some() {
-        if let Some((e, value)) = errors.iter().find_map(|e| match &e.kind {
-            ErrorKind::Unique { value } => Some((e, value)),
-            _ => None,
-        }) {
-            return ApiError::unique(e.message.clone(), &e.field, value);
-        }
-    }
     let mine: Vec<&EntityError> = match target {
         Some(t) => errors.iter().filter(|e| e.path == t || e.path.starts_with(&format!("{t}."))).collect(),
         None => Vec::new(),

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use strait_model::{Config, EntityKind, LoadError, export, load_value_with};
+use strait_model::{Config, EntityError, EntityKind, ErrorKind, LoadError, export, load_value_with};
 use strait_proxy::{CompileError, Snapshot};
 use strait_store::{Row, StoreError};
 
@@ -37,6 +37,9 @@ pub enum ChangeError<E> {
     /// the entity the change is about sits in the document (`routes[3]`), so
     /// errors about it can be told from errors elsewhere.
     Invalid { error: LoadError, target: Option<String> },
+    /// The entity the change writes takes a unique value (a name, a target
+    /// in its upstream, a plugin in its scope) another entity has.
+    Conflict(EntityError),
     /// It validates but does not compile (a certificate rustls refuses, a
     /// plugin that cannot be configured).
     Compile(CompileError),
@@ -53,6 +56,7 @@ impl<E: fmt::Display> fmt::Display for ChangeError<E> {
         match self {
             ChangeError::Edit(e) => e.fmt(f),
             ChangeError::Invalid { error, .. } => error.fmt(f),
+            ChangeError::Conflict(e) => e.fmt(f),
             ChangeError::Compile(e) => e.fmt(f),
             ChangeError::Store(e) => write!(f, "the database: {e}"),
             ChangeError::Stored(e) => e.fmt(f),
@@ -121,8 +125,7 @@ impl Control {
                 .rposition(|e| id_of(e) == id)
                 .map(|i| format!("{kind}[{}]", i + 1))
         });
-        let loaded = load_value_with(&doc, &self.options)
-            .map_err(|error| ChangeError::Invalid { error, target: target_path })?;
+        let loaded = load_value_with(&doc, &self.options).map_err(|error| invalid(error, target_path))?;
         let config = Arc::new(loaded.config);
         let snapshot = self.compile(&config).map_err(ChangeError::Compile)?;
         if dry_run {
@@ -191,6 +194,17 @@ impl Control {
         self.served.send_replace(version);
         Ok(Applied { current, target })
     }
+}
+
+/// A change that does not validate; for one entity, a unique value it takes
+/// (found on it or on the entity that had the value first) is a conflict.
+fn invalid<E>(error: LoadError, target: Option<String>) -> ChangeError<E> {
+    if let (Some(_), LoadError::Invalid(errors)) = (&target, &error) {
+        if let Some(e) = errors.iter().find(|e| matches!(e.kind, ErrorKind::Unique { .. })) {
+            return ChangeError::Conflict(e.clone());
+        }
+    }
+    ChangeError::Invalid { error, target }
 }
 
 /// Replaces the whole document (`POST /config`, imports).

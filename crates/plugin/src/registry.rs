@@ -153,7 +153,8 @@ type StateKey = (Uuid, TypeId);
 /// id (so a configuration change does not reset a connection limit's counts)
 /// and the metrics.
 pub struct Plugins {
-    registry: Registry,
+    /// Shared with the loader (as its `PluginSchemas`): one per process.
+    registry: Arc<Registry>,
     state: Mutex<HashMap<StateKey, Weak<dyn Any + Send + Sync>>>,
     metrics: Arc<Metrics>,
 }
@@ -166,6 +167,7 @@ impl std::fmt::Debug for Plugins {
 
 impl Plugins {
     pub fn new(registry: Registry) -> Arc<Plugins> {
+        let registry = Arc::new(registry);
         Arc::new(Plugins { registry, state: Mutex::new(HashMap::new()), metrics: Arc::new(Metrics::default()) })
     }
 
@@ -179,7 +181,7 @@ impl Plugins {
 
     /// The schemas, for the configuration loader.
     pub fn schemas(&self) -> Arc<dyn PluginSchemas> {
-        Arc::new(self.registry.clone())
+        self.registry.clone()
     }
 
     /// Whether a plugin of this name is registered.
