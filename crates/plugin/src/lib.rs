@@ -63,6 +63,7 @@ impl Status {
         Status::Unavailable,
     ];
 
+    #[inline]
     pub fn code(self) -> u16 {
         match self {
             Status::Ok => 200,

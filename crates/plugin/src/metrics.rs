@@ -64,6 +64,7 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// A TLS handshake with a client ended.
+    #[inline]
     pub fn tls_handshake(&self, ok: bool) {
         self.tls_handshakes.fetch_add(1, Ordering::Relaxed);
         if !ok {
@@ -72,11 +73,13 @@ impl Metrics {
     }
 
     /// No route matched a session.
+    #[inline]
     pub fn router_miss(&self) {
         self.router_misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// One connection attempt to an upstream ended.
+    #[inline]
     pub fn connect_attempt(&self, ok: bool) {
         self.connects.fetch_add(1, Ordering::Relaxed);
         if !ok {
@@ -85,6 +88,7 @@ impl Metrics {
     }
 
     /// A plugin refused a session.
+    #[inline]
     pub fn plugin_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }

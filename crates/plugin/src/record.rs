@@ -35,6 +35,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    #[inline]
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client closed",
@@ -115,6 +116,7 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     /// A session starting now: status 200 and `reason` until something says otherwise.
+    #[inline]
     pub fn new(client: SocketAddr, listener: Arc<str>, protocol: Protocol, reason: CloseReason) -> Self {
         SessionRecord {
             client,

@@ -73,11 +73,13 @@ pub enum PhaseOutcome {
 impl Chain {
     /// The TLS server configuration the route's handshakes need when a
     /// plugin verifies client certificates (mtls-auth).
+    #[inline]
     pub fn tls_server(&self) -> Option<&Arc<ServerConfig>> {
         self.tls_server.as_ref()
     }
 
     /// How often the relay should call [`Chain::progress`], if ever.
+    #[inline]
     pub fn progress_every(&self) -> Option<Duration> {
         self.progress_every
     }
@@ -182,12 +184,14 @@ pub struct Chains {
 
 impl Chains {
     /// The chain of a route (with the global plugins), if any plugin applies.
+    #[inline]
     pub fn route(&self, route: RouteIdx) -> Option<&Arc<Chain>> {
         self.routes.get(route.0).and_then(Option::as_ref)
     }
 
     /// The global plugins, for sessions without a route and the
     /// `certificate` phase.
+    #[inline]
     pub fn global(&self) -> Option<&Arc<Chain>> {
         self.global.as_ref()
     }

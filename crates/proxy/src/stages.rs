@@ -9,6 +9,7 @@
 //! TLS, connect; the QUIC server name, the UDP upstream socket) are further
 //! `impl Setup` blocks in `session.rs` and `udp.rs`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -66,6 +67,7 @@ pub(crate) struct Setup {
 impl Setup {
     /// A session starting now; `reason` is its close reason until a stage
     /// says otherwise.
+    #[inline]
     pub(crate) fn new(
         snap: Arc<Snapshot>,
         client: SocketAddr,
@@ -81,6 +83,7 @@ impl Setup {
     /// `miss` says why there is none when none matches. The session's
     /// protocol follows from the route; plugins see the session from here
     /// on, so its log phase runs them whatever happens next.
+    #[inline]
     pub(crate) fn route(&mut self, kind: ConnKind, hello: Option<ClientHello>, miss: &str) -> Result<RouteIdx, Fail> {
         let (sni, alpn) = hello.map_or((None, Vec::new()), |h| (h.sni, h.alpn));
         self.rec.sni = sni;
@@ -116,6 +119,7 @@ impl Setup {
 
     /// Service: the route's, which must serve this kind of session (a
     /// stream service; `udp` exactly for UDP sessions).
+    #[inline]
     pub(crate) fn service(&mut self) -> Result<ServiceIdx, Fail> {
         let Some(si) = self.chosen_route().and_then(|r| r.service) else {
             return Err(Fail::new(
@@ -149,25 +153,28 @@ impl Setup {
 
     /// The preread phase: after routing (and TLS termination), before the
     /// upstream is chosen. Plugins may refuse the session, delay it, or
-    /// choose its target (returned).
-    pub(crate) async fn preread(&mut self) -> Result<Option<SocketAddr>, Refusal> {
-        let Some(p) = self.plugged.as_mut() else {
-            return Ok(None);
-        };
-        match p.chain.preread(&mut p.s).await {
-            PhaseOutcome::Continue => Ok(p.s.target()),
-            PhaseOutcome::Reject { status, message, plugin } => {
-                self.snap.metrics.plugin_rejected();
-                let tell_client = message.clone().filter(|_| status.code() < 400);
-                Err(Refusal { fail: rejected(status, plugin, message), tell_client })
+    /// choose its target (what the phase gives). `None`: no plugins, so no
+    /// phase to run (and no future to make).
+    pub(crate) fn preread(&mut self) -> Option<impl Future<Output = Result<Option<SocketAddr>, Refusal>> + '_> {
+        let p = self.plugged.as_mut()?;
+        let metrics = &self.snap.metrics;
+        Some(async move {
+            match p.chain.preread(&mut p.s).await {
+                PhaseOutcome::Continue => Ok(p.s.target()),
+                PhaseOutcome::Reject { status, message, plugin } => {
+                    metrics.plugin_rejected();
+                    let tell_client = message.clone().filter(|_| status.code() < 400);
+                    Err(Refusal { fail: rejected(status, plugin, message), tell_client })
+                }
             }
-        }
+        })
     }
 
     /// The end of the setup, however it went: the record so far, and the
     /// plugins whose log phase runs when the session ends — the route's, or
     /// the global ones for a session that never reached a route (decided
     /// now, so that the relay keeps nothing for it).
+    #[inline]
     pub(crate) fn finish(self) -> (SessionRecord, Option<Box<Plugged>>) {
         let Setup { snap, rec, plugged, local, .. } = self;
         let plugged = plugged.or_else(|| {
@@ -198,7 +205,9 @@ pub(crate) fn rejected(status: Status, plugin: &str, message: Option<String>) ->
 }
 
 /// The log phase, for every session however it ended: the plugins' `log`
-/// phase, then the access log line.
+/// phase, then the access log line. Inlined: the record is large, and a call
+/// would copy it.
+#[inline]
 pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRecord) {
     if rec.status.code() >= 400 {
         tracing::debug!(client = %rec.client, status = rec.status.code(), reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");

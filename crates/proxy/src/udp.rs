@@ -294,7 +294,10 @@ impl Setup {
         };
         self.route(ConnKind::Udp, hello, "no Route found with those values")?;
         let service = self.service()?;
-        let target = self.preread().await.map_err(|refusal| refusal.fail)?;
+        let target = match self.preread() {
+            None => None,
+            Some(phase) => phase.await.map_err(|refusal| refusal.fail)?,
+        };
         let snap = self.snap.clone();
         let Some(svc) = snap.service(service) else {
             return Err(Fail::new(Status::Unavailable, CloseReason::NoService, None));

@@ -393,12 +393,14 @@ pub struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
+    #[inline]
     pub fn addr(&self) -> SocketAddr {
         self.hold.0.addr
     }
 
     /// The name to send as SNI and verify: the SRV record's target with
     /// `use_srv_name`, else the target's host name (`None` for an IP target).
+    #[inline]
     pub fn server_name(&self) -> Option<&str> {
         self.hold.0.sni_name(self.b.use_srv_name)
     }
