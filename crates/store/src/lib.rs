@@ -12,7 +12,7 @@
 //! applied in order, under the same kind of lock.
 //!
 //! Both backends run the same SQL text (`$n` placeholders work in both); the
-//! [`with_backend!`] macro expands one body per backend.
+//! `with_backend!` macro expands one body per backend.
 
 mod pg;
 

@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.1 client for Admin API tests: one request per
-//! connection, bounded by [`WAIT`](crate::WAIT). Enough to speak to Strait
+//! connection, bounded by [`crate::WAIT`]. Enough to speak to Strait
 //! without pulling a full client into the test build.
 
 use std::net::SocketAddr;
