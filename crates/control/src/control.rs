@@ -113,19 +113,25 @@ impl Control {
         if let Some(doc) = seed {
             // Decided again under the writer lock, against the latest stored
             // configuration: another node may have seeded (or written) first.
+            let mut edited = false;
             let seeded = control
                 .apply(|d| {
                     let list = |k: EntityKind| d.get(k.as_str()).and_then(Value::as_array);
                     if EntityKind::ALL.into_iter().any(|k| list(k).is_some_and(|a| !a.is_empty())) {
                         return Err(AlreadyConfigured);
                     }
+                    edited = true;
                     replace_all(d, doc)
                 })
                 .await;
             match seeded {
                 Ok(_) => tracing::info!("the empty store was seeded from declarative_config"),
                 Err(ChangeError::Edit(AlreadyConfigured)) => {}
-                Err(e) => return Err(ControlError::Import(e.to_string())),
+                // The seed itself was refused: the start fails.
+                Err(e) if edited => return Err(ControlError::Import(e.to_string())),
+                // The store could not even be asked (as before the edit):
+                // serve what it holds; the first sync catches up.
+                Err(e) => tracing::warn!(error = %e, "the store was not seeded from declarative_config"),
             }
         }
         let snapshot = control.compile(&control.current().config)?;

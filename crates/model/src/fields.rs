@@ -35,20 +35,22 @@ impl<'a> Fields<'a> {
     }
 
     /// Records `key`'s schema (the first time it is read), when describing.
-    pub(crate) fn note(&mut self, key: &str, spec: Value) {
+    /// Lazy: loading (not describing) builds nothing.
+    pub(crate) fn note(&mut self, key: &str, spec: impl FnOnce() -> Value) {
         if let Some(d) = self.described.as_mut() {
             if !d.iter().any(|(k, _)| k == key) {
-                d.push((key.to_owned(), spec));
+                d.push((key.to_owned(), spec()));
             }
         }
     }
 
     /// Adds facts (a default, `one_of`) to `key`'s schema, when describing.
-    pub(crate) fn note_more(&mut self, key: &str, more: Value) {
-        if let (Some(d), Value::Object(more)) = (self.described.as_mut(), more) {
-            if let Some(Value::Object(spec)) = d.iter_mut().find(|(k, _)| k == key).map(|(_, s)| s) {
-                spec.extend(more);
-            }
+    pub(crate) fn note_more(&mut self, key: &str, more: impl FnOnce() -> Value) {
+        let Some(d) = self.described.as_mut() else { return };
+        if let (Some(Value::Object(spec)), Value::Object(more)) =
+            (d.iter_mut().find(|(k, _)| k == key).map(|(_, s)| s), more())
+        {
+            spec.extend(more);
         }
     }
 
@@ -73,7 +75,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn str(&mut self, key: &str) -> Option<&'a str> {
-        self.note(key, json!({"type": "string"}));
+        self.note(key, || json!({"type": "string"}));
         match self.get(key)? {
             Value::String(s) => Some(s),
             _ => {
@@ -84,7 +86,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn required_str(&mut self, key: &str) -> Option<&'a str> {
-        self.note(key, json!({"type": "string", "required": true}));
+        self.note(key, || json!({"type": "string", "required": true}));
         if !self.has(key) {
             self.err(key, "required field missing");
             return None;
@@ -93,7 +95,7 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn bool(&mut self, key: &str) -> Option<bool> {
-        self.note(key, json!({"type": "boolean"}));
+        self.note(key, || json!({"type": "boolean"}));
         match self.get(key)? {
             Value::Bool(b) => Some(*b),
             _ => {
@@ -105,12 +107,12 @@ impl<'a> Fields<'a> {
 
     /// A boolean, `default` when absent (or wrong, with its error).
     pub(crate) fn bool_or(&mut self, key: &str, default: bool) -> bool {
-        self.note(key, json!({"type": "boolean", "default": default}));
+        self.note(key, || json!({"type": "boolean", "default": default}));
         self.bool(key).unwrap_or(default)
     }
 
     pub(crate) fn int(&mut self, key: &str, lo: i64, hi: i64) -> Option<i64> {
-        self.note(key, json!({"type": "integer", "between": [lo, hi]}));
+        self.note(key, || json!({"type": "integer", "between": [lo, hi]}));
         let v = self.get(key)?;
         match int_in(v, lo, hi) {
             Ok(n) => Some(n),
@@ -123,13 +125,13 @@ impl<'a> Fields<'a> {
 
     /// An integer within `lo..=hi`, `default` when absent (or wrong, with its error).
     pub(crate) fn int_or(&mut self, key: &str, lo: i64, hi: i64, default: i64) -> i64 {
-        self.note(key, json!({"type": "integer", "between": [lo, hi], "default": default}));
+        self.note(key, || json!({"type": "integer", "between": [lo, hi], "default": default}));
         self.int(key, lo, hi).unwrap_or(default)
     }
 
     /// An array of strings (Kong's `set` and `array` of strings).
     pub(crate) fn str_list(&mut self, key: &str) -> Option<Vec<&'a str>> {
-        self.note(key, json!({"type": "set", "elements": {"type": "string"}}));
+        self.note(key, || json!({"type": "set", "elements": {"type": "string"}}));
         let Value::Array(items) = self.get(key)? else {
             self.err(key, "expected a set");
             return None;
@@ -146,7 +148,7 @@ impl<'a> Fields<'a> {
 
     /// An array of records (`sources`, a certificate's `snis`).
     pub(crate) fn array(&mut self, key: &str) -> Option<&'a Vec<Value>> {
-        self.note(key, json!({"type": "array"}));
+        self.note(key, || json!({"type": "array"}));
         self.nested(key)
     }
 

@@ -9,6 +9,7 @@ pub mod declarative;
 pub mod entities;
 pub mod export;
 mod fields;
+pub mod health;
 pub mod healthchecks;
 pub mod pem;
 

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use strait_upstream::UpstreamHealth;
+use strait_model::health::UpstreamHealth;
 
 /// Session counters at one moment (`/status`, `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

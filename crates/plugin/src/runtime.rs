@@ -89,6 +89,12 @@ impl Chain {
         self.entries.iter().map(|e| e.name)
     }
 
+    /// The host terminated the session's TLS: plugins see it from now on.
+    /// Here rather than on [`Session`], where a phase could call it.
+    pub fn tls_terminated(&self, s: &mut Session, tls: crate::TlsInfo) {
+        s.set_tls(tls);
+    }
+
     /// The `certificate` phase (TLS termination, before the handshake).
     pub async fn certificate(&self, s: &mut Session) -> PhaseOutcome {
         let proto = s.protocol();

@@ -1,6 +1,7 @@
 //! One session as plugins see it. The host (the proxy) makes it from the
 //! [`Facts`] it knows once the session is routed, tells it what it learns
-//! later (TLS, the record), and reads back what plugins decided (a target).
+//! later through the runtime (TLS, the record), and reads back what plugins
+//! decided (a target). A phase can read the facts but never change them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -152,8 +153,10 @@ impl Session {
         &self.fields
     }
 
-    /// The host terminated the session's TLS.
-    pub fn set_tls(&mut self, tls: TlsInfo) {
+    /// The host terminated the session's TLS (through
+    /// [`Chain::tls_terminated`](crate::Chain::tls_terminated), so that no
+    /// phase can claim a verified client certificate).
+    pub(crate) fn set_tls(&mut self, tls: TlsInfo) {
         self.tls = Some(tls);
     }
 

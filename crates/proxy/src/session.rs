@@ -243,14 +243,14 @@ impl Setup {
     /// plugins verify client certificates; within `preread_timeout`. The
     /// bytes read so far (the hello) are the handshake's first.
     async fn terminate_tls(&mut self, stream: TcpStream, buf: Vec<u8>, shared: &Shared) -> Result<ClientStream, Fail> {
-        let snap = self.snap.clone();
+        let snap = &self.snap;
         if let (Some(global), Some(p)) = (snap.chains.global(), self.plugged.as_mut()) {
             if let PhaseOutcome::Reject { status, message, plugin } = global.certificate(&mut p.s).await {
                 snap.metrics.plugin_rejected();
                 return Err(stages::rejected(status, plugin, message));
             }
         }
-        let route_tls = self.chosen_route().and_then(|r| r.chain.as_ref()).and_then(|c| c.tls_server());
+        let route_tls = self.route.and_then(|r| snap.route(r)?.chain.as_ref()?.tls_server());
         let acceptor = TlsAcceptor::from(route_tls.unwrap_or(&snap.tls_server).clone());
         let accepted = tokio::time::timeout(shared.preread_timeout, acceptor.accept(Rewind::new(buf, stream))).await;
         snap.metrics.tls_handshake(matches!(accepted, Ok(Ok(_))));
@@ -258,7 +258,7 @@ impl Setup {
         match accepted {
             Ok(Ok(tls)) => {
                 if let Some(p) = self.plugged.as_mut() {
-                    p.s.set_tls(tls_info(tls.get_ref().1));
+                    p.chain.tls_terminated(&mut p.s, tls_info(tls.get_ref().1));
                 }
                 Ok(ClientStream::Tls(Box::new(tls)))
             }
@@ -276,8 +276,9 @@ impl Setup {
         service: ServiceIdx,
         target: Option<SocketAddr>,
     ) -> Result<(Ready, Duration), Fail> {
-        let snap = self.snap.clone();
-        let (Some(route), Some(svc)) = (self.chosen_route(), snap.service(service)) else {
+        // Field by field: the record is written while the snapshot is read.
+        let snap = &self.snap;
+        let (Some(route), Some(svc)) = (self.route.and_then(|r| snap.route(r)), snap.service(service)) else {
             return Err(Fail::new(Status::Unavailable, CloseReason::NoService, None));
         };
         let tls = match (&svc.tls, self.rec.protocol) {

@@ -61,7 +61,8 @@ pub(crate) struct Setup {
     pub(crate) plugged: Option<Box<Plugged>>,
     /// The address the client connected to (or the one its PROXY header named).
     pub(crate) local: SocketAddr,
-    route: Option<RouteIdx>,
+    /// The route [`Setup::route`] found.
+    pub(crate) route: Option<RouteIdx>,
 }
 
 impl Setup {

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use strait_model::Protocol;
+use strait_model::{Protocol, ServiceIdx};
 use strait_plugin::{CloseReason, Status, Try};
 use strait_router::ConnKind;
 use strait_upstream::InUse;
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::relay::Report;
-use crate::snapshot::{CompiledService, Destination};
+use crate::snapshot::Destination;
 use crate::stages::{self, Fail, Setup};
 use crate::{ListenerInfo, Shared};
 
@@ -298,11 +298,7 @@ impl Setup {
             None => None,
             Some(phase) => phase.await.map_err(|refusal| refusal.fail)?,
         };
-        let snap = self.snap.clone();
-        let Some(svc) = snap.service(service) else {
-            return Err(Fail::new(Status::Unavailable, CloseReason::NoService, None));
-        };
-        self.connect_udp(ctx, svc, target).await
+        self.connect_udp(ctx, service, target).await
     }
 
     /// An address (a plugin's target, the service's, or one its upstream's
@@ -310,9 +306,12 @@ impl Setup {
     async fn connect_udp(
         &mut self,
         ctx: &Ctx,
-        svc: &CompiledService,
+        service: ServiceIdx,
         target: Option<SocketAddr>,
     ) -> Result<Opened, Fail> {
+        let Some(svc) = self.snap.service(service) else {
+            return Err(Fail::new(Status::Unavailable, CloseReason::NoService, None));
+        };
         let no_peer = |why: String| Fail::new(Status::Unavailable, CloseReason::ConnectFailed, why);
         let chosen = target.map(Destination::Addr);
         let mut picked = None;

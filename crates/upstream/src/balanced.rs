@@ -109,10 +109,6 @@ impl Balanced {
         Arc::new(b)
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// No address for a session, and why.
     pub fn no_peer(&self, why: impl Into<String>) -> NoPeer {
         NoPeer { upstream: self.name.clone(), why: why.into() }

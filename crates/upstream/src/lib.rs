@@ -15,7 +15,8 @@
 //!   upstream's settings and weights as that snapshot says, the balancing
 //!   tables (`balancer.rs`), and the picks a session makes from them.
 //!
-//! `report.rs` says what the Admin API and the metrics see of it all.
+//! `report.rs` says what the Admin API and the metrics see of it all; the
+//! manual health overrides are [`Upstreams::set_health`].
 
 mod balanced;
 mod balancer;
@@ -39,8 +40,9 @@ use uuid::Uuid;
 pub use balanced::{Attempt, Balanced, NoPeer, Picker};
 pub use dns::Dns;
 pub use health::Event;
-pub use report::{AddressHealth, SetHealthError, TargetHealth, UpstreamHealth};
+pub use report::SetHealthError;
 pub use shared::InUse;
+pub use strait_model::health::{AddressHealth, TargetHealth, UpstreamHealth};
 
 use balanced::TargetEntry;
 use report::parse_address;

@@ -1,12 +1,12 @@
-//! What `GET /upstreams/{u}/health` and the metrics show of an upstream:
-//! every target and address with its health and why, and the manual
-//! overrides the Admin API makes.
+//! What `GET /upstreams/{u}/health` and the metrics show of an upstream
+//! (the report types are `strait_model::health`'s): every target and address
+//! with its health and why; and why a manual override was refused.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use uuid::Uuid;
+use strait_model::health::{AddressHealth, TargetHealth, UpstreamHealth};
 
 use crate::balanced::Balanced;
 
@@ -121,46 +121,4 @@ pub(crate) fn split_target(t: &str) -> Option<(String, u16)> {
         Some((h, p)) => Some((h.to_ascii_lowercase(), p.parse().ok()?)),
         None => Some((t.to_ascii_lowercase(), 8000)),
     }
-}
-
-/// An upstream's health, as `GET /upstreams/{u}/health` shows it.
-#[derive(Debug, Clone)]
-pub struct UpstreamHealth {
-    pub id: Uuid,
-    pub name: String,
-    /// `HEALTHY`, `UNHEALTHY` (below `threshold` or nothing healthy) or `HEALTHCHECKS_OFF`.
-    pub health: &'static str,
-    pub threshold: f64,
-    pub total_weight: u64,
-    pub available_weight: u64,
-    pub targets: Vec<TargetHealth>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TargetHealth {
-    pub id: Option<Uuid>,
-    pub created_at: Option<i64>,
-    pub updated_at: Option<i64>,
-    pub tags: Vec<String>,
-    pub target: String,
-    pub weight: u16,
-    /// `HEALTHY`, `UNHEALTHY`, `DNS_ERROR` or `HEALTHCHECKS_OFF`.
-    pub health: &'static str,
-    /// Where the addresses came from: `A`, `AAAA`, `SRV`, `hosts`.
-    pub dns_source: Option<&'static str>,
-    pub dns_error: Option<String>,
-    pub addresses: Vec<AddressHealth>,
-}
-
-#[derive(Debug, Clone)]
-pub struct AddressHealth {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub health: &'static str,
-    /// Why the address is in its state (the last health change).
-    pub reason: Option<String>,
-    pub since: Option<SystemTime>,
-    pub active_sessions: u32,
-    pub sessions: u64,
-    pub connect_time_ewma: Duration,
 }

@@ -102,7 +102,7 @@ impl Builder {
         });
         let cert_ref = reference(&mut f, "certificate", EntityKind::Certificates);
         if parent.is_none() {
-            f.note_more("certificate", json!({"required": true}));
+            f.note_more("certificate", || json!({"required": true}));
         }
         if parent.is_none() && cert_ref.is_none() {
             f.err("certificate", "required field missing");

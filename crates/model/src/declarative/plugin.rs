@@ -14,6 +14,7 @@ use super::flatten::{Builder, Origin};
 use super::syntax::{meta, protocol_choices, reference};
 use super::{EntityError, ErrorKind};
 
+/// Kong's bundled plugins, and Strait's own: the names `plugins = bundled` enables.
 pub const BUNDLED_PLUGINS: &[&str] = &[
     "acl",
     "acme",
@@ -180,7 +181,8 @@ impl Builder {
             scope("route", route.map(|r| self.config.routes[r.0].meta.id)),
         );
         let meta = meta(&mut f, "plugin", &Origin { path: id_key, name: None });
-        f.note("config", json!({"type": "record", "required": true}));
+        // Absent, it reads as `{}` (the plugin's defaults).
+        f.note("config", || json!({"type": "record", "default": {}}));
         let mut config = match f.get("config") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(o)) => o.clone(),

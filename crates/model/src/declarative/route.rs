@@ -43,7 +43,7 @@ impl Builder {
         let mut protocols = ProtocolSet::default();
         let protocols_field = f.str_list("protocols");
         // Kong's default: an HTTP route.
-        f.note_more("protocols", json!({"default": ["http", "https"], "required": true}));
+        f.note_more("protocols", || json!({"default": ["http", "https"], "required": true}));
         match protocols_field {
             None => {
                 protocols.insert(Protocol::Http);
@@ -90,7 +90,7 @@ impl Builder {
         f.str_list("methods");
         f.str_list("hosts");
         f.str_list("paths");
-        f.note("headers", json!({"type": "map", "keys": {"type": "string"}, "values": {"type": "array"}}));
+        f.note("headers", || json!({"type": "map", "keys": {"type": "string"}, "values": {"type": "array"}}));
         if f.has("headers") && !f.get("headers").is_some_and(Value::is_object) {
             f.err("headers", "expected a map");
         }

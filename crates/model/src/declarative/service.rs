@@ -70,7 +70,7 @@ impl Builder {
             let protocol_field = f.str("protocol");
             f.note_more(
                 "protocol",
-                json!({"default": PROTOCOL.as_str(), "one_of": Protocol::ALL.map(Protocol::as_str)}),
+                || json!({"default": PROTOCOL.as_str(), "one_of": Protocol::ALL.map(Protocol::as_str)}),
             );
             if let Some(p) = protocol_field {
                 match Protocol::parse(p) {
@@ -84,7 +84,7 @@ impl Builder {
                 None => {}
             }
             port = f.int("port", 0, 65535).map(|p| p as u16);
-            f.note_more("port", json!({"default": PORT}));
+            f.note_more("port", || json!({"default": PORT}));
             path_field = f.str("path").map(str::to_owned);
         }
         let port = port.unwrap_or(PORT);
@@ -108,7 +108,7 @@ impl Builder {
         let write_timeout = timeout(&mut f, "write_timeout");
         let tls_verify = f.bool("tls_verify");
         let tls_verify_depth = f.int("tls_verify_depth", 0, 64).map(|d| d as u8);
-        f.note("ca_certificates", json!({"type": "array", "elements": {"type": "string", "uuid": true}}));
+        f.note("ca_certificates", || json!({"type": "array", "elements": {"type": "string", "uuid": true}}));
         let cas: Vec<Ref> = match f.get("ca_certificates") {
             None => Vec::new(),
             Some(Value::Array(items)) => items
@@ -143,7 +143,7 @@ impl Builder {
         }
         let enabled = f.bool_or("enabled", true);
         let proxy_protocol_field = f.str("proxy_protocol");
-        f.note_more("proxy_protocol", json!({"default": "off", "one_of": ["off", "v1", "v2"]}));
+        f.note_more("proxy_protocol", || json!({"default": "off", "one_of": ["off", "v1", "v2"]}));
         let proxy_protocol = match proxy_protocol_field {
             None | Some("off") => ProxyProtocolOut::Off,
             Some("v1") => ProxyProtocolOut::V1,

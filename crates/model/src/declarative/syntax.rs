@@ -36,7 +36,7 @@ pub(crate) const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_2e8a_51c3_4d7e_9a0f
 /// Every entity's bookkeeping fields: `id` (generated from the entity's
 /// name or place when absent), `tags`, and the two timestamps.
 pub(crate) fn meta(f: &mut Fields<'_>, entity: &str, origin: &Origin) -> Meta {
-    f.note("id", json!({"type": "string", "uuid": true, "auto": true}));
+    f.note("id", || json!({"type": "string", "uuid": true, "auto": true}));
     let id = match f.get("id") {
         None => None,
         Some(Value::String(s)) => match Uuid::parse_str(s) {
@@ -65,7 +65,7 @@ pub(crate) fn meta(f: &mut Fields<'_>, entity: &str, origin: &Origin) -> Meta {
         }
     }
     for key in ["created_at", "updated_at"] {
-        f.note(key, json!({"type": "integer", "timestamp": true, "auto": true}));
+        f.note(key, || json!({"type": "integer", "timestamp": true, "auto": true}));
     }
     let created_at = f.int("created_at", 0, i64::MAX);
     let updated_at = f.int("updated_at", 0, i64::MAX);
@@ -90,7 +90,7 @@ pub(crate) fn protocol_choices() -> String {
 
 /// A reference field: `"name"`, `"<uuid>"`, `{id: …}` or `{name: …}`.
 pub(crate) fn reference(f: &mut Fields<'_>, key: &str, to: EntityKind) -> Option<Ref> {
-    f.note(key, json!({"type": "foreign", "reference": to.as_str()}));
+    f.note(key, || json!({"type": "foreign", "reference": to.as_str()}));
     let r = match f.get(key)? {
         Value::String(s) => Uuid::parse_str(s).map(Ref::Id).unwrap_or_else(|_| Ref::Name(s.clone())),
         Value::Object(o) => match (o.get("id").and_then(Value::as_str), o.get("name").and_then(Value::as_str)) {

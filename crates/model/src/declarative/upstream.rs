@@ -55,7 +55,7 @@ impl Builder {
         let algorithm_field = f.str("algorithm");
         f.note_more(
             "algorithm",
-            json!({"default": Algorithm::RoundRobin.as_str(), "one_of": ["consistent-hashing", "least-connections", "round-robin", "latency"]}),
+            || json!({"default": Algorithm::RoundRobin.as_str(), "one_of": ["consistent-hashing", "least-connections", "round-robin", "latency"]}),
         );
         let algorithm = match algorithm_field {
             None => Algorithm::RoundRobin,
@@ -66,7 +66,7 @@ impl Builder {
         };
         let hash = |f: &mut Fields<'_>, key: &str| {
             let field = f.str(key);
-            f.note_more(key, json!({"default": HashOn::None.as_str(), "one_of": HashOn::NAMES}));
+            f.note_more(key, || json!({"default": HashOn::None.as_str(), "one_of": HashOn::NAMES}));
             match field {
                 None => HashOn::None,
                 Some(h) => HashOn::parse(h).unwrap_or_else(|| {
@@ -82,7 +82,7 @@ impl Builder {
         let host_header = f.str("host_header").map(str::to_owned);
         let client_cert = reference(&mut f, "client_certificate", EntityKind::Certificates);
         let use_srv_name = f.bool_or("use_srv_name", false);
-        f.note("healthchecks", json!({"type": "record", "default": Healthchecks::default().to_json()}));
+        f.note("healthchecks", || json!({"type": "record", "default": Healthchecks::default().to_json()}));
         let healthchecks = Healthchecks::parse(f.get("healthchecks")).unwrap_or_else(|errors| {
             for (field, message) in errors {
                 f.err(field, message);
@@ -145,7 +145,7 @@ impl Builder {
         let weight = f.int_or("weight", 0, 65535, 100) as u16;
         let up_ref = reference(&mut f, "upstream", EntityKind::Upstreams);
         if parent.is_none() {
-            f.note_more("upstream", json!({"required": true}));
+            f.note_more("upstream", || json!({"required": true}));
         }
         if parent.is_none() && up_ref.is_none() {
             f.err("upstream", "required field missing");

@@ -224,7 +224,6 @@ async fn connect_tcp(
 
 /// Reconnection backoff for a sink that is down: 1 s doubling to 30 s, with
 /// one warning per outage.
-
 #[derive(Debug, Default)]
 struct Backoff {
     until: Option<tokio::time::Instant>,
