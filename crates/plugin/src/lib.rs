@@ -20,12 +20,14 @@
 
 mod conf;
 mod ctx;
+pub mod data;
 pub mod metrics;
 pub mod record;
 mod registry;
 mod runtime;
 mod serialize;
 mod session;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,12 +36,14 @@ use strait_model::Protocol;
 
 pub use conf::{Conf, parse_ip_or_cidr};
 pub use ctx::Ctx;
+pub use data::{Data, DataVerdict, Direction, Resume, StreamControl};
 pub use metrics::{Metrics, SessionCounts};
 pub use record::{CloseReason, Closing, OpenRecord, Proxied, SessionRecord, Try};
-pub use registry::{ConfigureCx, Plugins, Registry};
+pub use registry::{ConfigureCx, Filters, Plugins, Registry};
 pub use runtime::{Chain, ChainError, Chains, PhaseOutcome};
 pub use serialize::serialize;
 pub use session::{Facts, Session};
+pub use stream::{Closed, Stream};
 
 /// The statuses a stream session may end with, as Kong's
 /// `kong.response.exit` accepts them in stream mode.
@@ -101,6 +105,9 @@ pub enum Verdict {
     Reject { status: Status, message: Option<String> },
     /// Wait this long, then go on (the session holds no buffer meanwhile).
     Delay(Duration),
+    /// Wait until another task calls [`Resume::resume`] (a plugin's timer,
+    /// say), at most a minute, then go on.
+    Wait(Resume),
 }
 
 impl Verdict {
@@ -213,4 +220,34 @@ pub trait Instance: Send + Sync + 'static {
     /// Called every [`Instance::progress_interval`] during the relay, with
     /// the record's byte counts up to date.
     fn progress(&self, _s: &mut Session) {}
+
+    /// Whether this instance has a data phase (the methods below). Sessions
+    /// it applies to relay through it, copying rather than splicing; all
+    /// others pay nothing for it. Say `true` when you implement any of them.
+    fn data_phase(&self) -> bool {
+        false
+    }
+
+    /// Data phase: the upstream is connected and no byte has flowed yet. May
+    /// refuse the session (it closes at once) or hold it.
+    fn on_connect(&self, _s: &mut Session) -> Verdict {
+        Verdict::Continue
+    }
+
+    /// Data phase: bytes from the client, on their way to the upstream.
+    fn on_downstream_data(&self, _s: &mut Session, _data: &mut Data<'_>) -> DataVerdict {
+        DataVerdict::Continue
+    }
+
+    /// Data phase: bytes from the upstream, on their way to the client.
+    fn on_upstream_data(&self, _s: &mut Session, _data: &mut Data<'_>) -> DataVerdict {
+        DataVerdict::Continue
+    }
+
+    /// Data phase: the client will send no more (it closed its side, or the
+    /// session is ending).
+    fn on_downstream_close(&self, _s: &mut Session) {}
+
+    /// Data phase: the upstream will send no more.
+    fn on_upstream_close(&self, _s: &mut Session) {}
 }

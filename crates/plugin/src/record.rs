@@ -32,6 +32,12 @@ pub enum CloseReason {
     BadProxyHeader,
     /// A plugin refused the session.
     Rejected,
+    /// A data-phase plugin closed the relaying session.
+    PluginClosed,
+    /// Data-phase plugins held more than `stream_max_pending` bytes.
+    PendingLimit,
+    /// A plugin failed while the session relayed (a panic, or its sandbox).
+    PluginFailed,
 }
 
 impl CloseReason {
@@ -54,6 +60,9 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::BadProxyHeader => "bad proxy header",
             CloseReason::Rejected => "rejected by plugin",
+            CloseReason::PluginClosed => "closed by plugin",
+            CloseReason::PendingLimit => "stream_max_pending exceeded",
+            CloseReason::PluginFailed => "plugin failed",
         }
     }
 }
@@ -217,6 +226,11 @@ impl OpenRecord {
             tries,
             connected_after: connected_after.map_or(u64::MAX, nanos),
         }
+    }
+
+    /// The upstream address the session connected to.
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.upstream
     }
 
     /// The whole record again, once the session has ended.

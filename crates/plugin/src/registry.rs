@@ -157,6 +157,26 @@ pub struct Plugins {
     registry: Arc<Registry>,
     state: Mutex<HashMap<StateKey, Weak<dyn Any + Send + Sync>>>,
     metrics: Arc<Metrics>,
+    /// The filter runtime (proxy-wasm), when one is loaded.
+    filters: Option<Arc<dyn Filters>>,
+}
+
+/// A runtime of filters loaded at run time (proxy-wasm): each filter of a
+/// filter chain, and each filter configured as a plugin, becomes an
+/// [`Instance`] with a data phase, run after the native plugins.
+pub trait Filters: Send + Sync {
+    /// The instance of filter `name` with `config` (checked by the loader
+    /// already). `occurrence` counts the equal filters (name and config)
+    /// before this one in the same route's list: each must be an instance
+    /// of its own, while equal filters of different routes may share one.
+    /// Gives the filter's name as logs show it. An error is the filter
+    /// refusing its configuration, or failing to start.
+    fn build(
+        &self,
+        name: &str,
+        config: Option<&Value>,
+        occurrence: usize,
+    ) -> Result<(&'static str, Arc<dyn Instance>), String>;
 }
 
 impl std::fmt::Debug for Plugins {
@@ -167,8 +187,18 @@ impl std::fmt::Debug for Plugins {
 
 impl Plugins {
     pub fn new(registry: Registry) -> Arc<Plugins> {
+        Plugins::with_filters(registry, Arc::new(Metrics::default()), None)
+    }
+
+    /// With a filter runtime, and the metrics it exports into.
+    pub fn with_filters(registry: Registry, metrics: Arc<Metrics>, filters: Option<Arc<dyn Filters>>) -> Arc<Plugins> {
         let registry = Arc::new(registry);
-        Arc::new(Plugins { registry, state: Mutex::new(HashMap::new()), metrics: Arc::new(Metrics::default()) })
+        Arc::new(Plugins { registry, state: Mutex::new(HashMap::new()), metrics, filters })
+    }
+
+    /// The filter runtime, when one is loaded.
+    pub fn filters(&self) -> Option<&Arc<dyn Filters>> {
+        self.filters.as_ref()
     }
 
     pub fn registry(&self) -> &Registry {

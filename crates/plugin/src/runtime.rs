@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ServerConfig;
-use strait_model::{Config, Protocol, ProtocolSet, RouteIdx};
+use strait_model::{Config, Protocol, ProtocolSet, RouteIdx, ServiceIdx};
 
 use crate::record::SessionRecord;
 use crate::registry::{ConfigureCx, Plugins, Refused};
 use crate::{Instance, Session, Status, Verdict};
 
 /// The longest a plugin may hold a session in one `Delay`.
-const MAX_DELAY: Duration = Duration::from_secs(60);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// Why the plugin chains of a configuration could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +31,10 @@ pub enum ChainError {
     /// The plugin refused its configuration for another reason.
     #[error("plugin '{plugin}': {reason}")]
     Plugin { plugin: String, reason: String },
+    /// A filter (of a filter chain, or configured as a plugin) could not be
+    /// built or refused its configuration.
+    #[error("filter '{filter}' of {owner}: {reason}")]
+    Filter { filter: String, owner: String, reason: String },
 }
 
 fn field_list(fields: &[(String, String)]) -> String {
@@ -38,12 +42,13 @@ fn field_list(fields: &[(String, String)]) -> String {
 }
 
 /// One plugin instance in a chain.
+#[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) name: &'static str,
     priority: i32,
     /// Where it runs: the instance's `protocols` within what the plugin serves.
-    runs_on: ProtocolSet,
-    instance: Arc<dyn Instance>,
+    pub(crate) runs_on: ProtocolSet,
+    pub(crate) instance: Arc<dyn Instance>,
 }
 
 /// The plugins of one route (or the global ones), in the order they run.
@@ -102,6 +107,11 @@ impl Chain {
             match guarded(e, || e.instance.certificate(s)) {
                 Verdict::Continue => {}
                 Verdict::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
+                Verdict::Wait(r) => {
+                    if let Some((status, message)) = wait(&r).await {
+                        return PhaseOutcome::Reject { status, message, plugin: e.name };
+                    }
+                }
                 Verdict::Reject { status, message } => return PhaseOutcome::Reject { status, message, plugin: e.name },
             }
         }
@@ -115,6 +125,11 @@ impl Chain {
             match guarded(e, || e.instance.preread(s)) {
                 Verdict::Continue => {}
                 Verdict::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
+                Verdict::Wait(r) => {
+                    if let Some((status, message)) = wait(&r).await {
+                        return PhaseOutcome::Reject { status, message, plugin: e.name };
+                    }
+                }
                 Verdict::Reject { status, message } => return PhaseOutcome::Reject { status, message, plugin: e.name },
             }
         }
@@ -166,8 +181,14 @@ impl Chain {
     }
 }
 
+/// A `Verdict::Wait`: until resumed (or refused: the refusal), at most
+/// [`MAX_DELAY`].
+pub(crate) async fn wait(r: &crate::Resume) -> Option<(Status, Option<String>)> {
+    tokio::time::timeout(MAX_DELAY, r.resumed()).await.ok().flatten()
+}
+
 /// Runs a phase, turning a panic into a 500 rejection of this session only.
-fn guarded(e: &Entry, phase: impl FnOnce() -> Verdict) -> Verdict {
+pub(crate) fn guarded(e: &Entry, phase: impl FnOnce() -> Verdict) -> Verdict {
     match catch_unwind(AssertUnwindSafe(phase)) {
         Ok(v) => v,
         Err(_) => {
@@ -257,7 +278,11 @@ impl Chains {
             }
             let cx = ConfigureCx { config, id: p.meta.id, plugins };
             // A plugin's own code must not take the control plane down.
-            let instance = catch_unwind(AssertUnwindSafe(|| plugin.build(&p.config, &cx)))
+            // Filters configured as plugins are built below, with the chains.
+            let Some(record) = p.config.record() else {
+                continue;
+            };
+            let instance = catch_unwind(AssertUnwindSafe(|| plugin.build(record, &cx)))
                 .unwrap_or_else(|_| Err(Refused::Reason("the plugin panicked while being configured".to_owned())))
                 .map_err(|refused| match refused {
                     Refused::Fields(fields) => ChainError::Fields { plugin: label(), fields },
@@ -265,14 +290,17 @@ impl Chains {
                 })?;
             built.push(Built { idx, name: plugin.name(), priority: plugin.priority(), runs_on, instance });
         }
-        if built.is_empty() {
+        let filters = build_filters(config, plugins)?;
+        if built.is_empty() && filters.iter().all(Vec::is_empty) {
             return Ok(Chains { routes: vec![None; config.routes.len()], ..Chains::default() });
         }
 
         // One TLS configuration per verifier, shared by the routes using it.
         let mut tls_configs: Vec<(*const Built, Arc<ServerConfig>)> = Vec::new();
-        let mut make = |chosen: Vec<(&Built, ProtocolSet)>| -> Result<Option<Arc<Chain>>, ChainError> {
-            if chosen.is_empty() {
+        let mut make = |chosen: Vec<(&Built, ProtocolSet)>,
+                        filters: &[Entry]|
+         -> Result<Option<Arc<Chain>>, ChainError> {
+            if chosen.is_empty() && filters.is_empty() {
                 return Ok(None);
             }
             let mut tls_server = None;
@@ -298,6 +326,8 @@ impl Chains {
                 .map(|(b, on)| Entry { name: b.name, priority: b.priority, runs_on: *on, instance: b.instance.clone() })
                 .collect();
             entries.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(b.name)));
+            // Filters run after every native plugin, in their own order.
+            entries.extend(filters.iter().map(Entry::clone));
             let progress_every = entries.iter().filter_map(|e| e.instance.progress_interval()).min();
             Ok(Some(Arc::new(Chain { entries, tls_server, progress_every })))
         };
@@ -308,7 +338,7 @@ impl Chains {
         };
         let globals: Vec<(&Built, ProtocolSet)> =
             built.iter().filter(|b| scope(b) == (None, None)).map(|b| (b, b.runs_on)).collect();
-        let global = make(globals)?;
+        let global = make(globals, &[])?;
 
         // Instances by the route and by the service they name.
         let mut by_route: HashMap<usize, Vec<&Built>> = HashMap::new();
@@ -331,7 +361,8 @@ impl Chains {
                 b.instance.client_auth().is_some()
                     && route.protocols.iter().any(|p| p != Protocol::Tls && on.contains(p))
             };
-            if own.is_empty() && of_service.is_empty() {
+            let route_filters = filters.get(ri).map_or(&[][..], Vec::as_slice);
+            if own.is_empty() && of_service.is_empty() && route_filters.is_empty() {
                 if built.iter().any(|b| scope(b) == (None, None) && closes(b, b.runs_on)) {
                     closed_by_global_mtls.push(route.label());
                 }
@@ -393,10 +424,112 @@ impl Chains {
             if chosen.iter().any(|(b, on)| rank(b) == Some(0) && closes(b, *on)) {
                 closed_by_global_mtls.push(route.label());
             }
-            routes.push(make(chosen)?);
+            routes.push(make(chosen, route_filters)?);
         }
         Ok(Chains { routes, global, closed_by_global_mtls })
     }
+}
+
+/// Each route's filters, in the order they run: the service's filter chain,
+/// the route's, then filters configured as plugins (on the service, then on
+/// the route). Equal filters (same name and configuration) share one
+/// instance across routes, except within one route's list, where the n-th
+/// equal one is its own (`occurrence`): a session holds one context per
+/// instance. Empty lists when no filter runtime is loaded (the loader then
+/// refuses any filter).
+fn build_filters(config: &Config, plugins: &Plugins) -> Result<Vec<Vec<Entry>>, ChainError> {
+    let Some(runtime) = plugins.filters() else {
+        return Ok(vec![Vec::new(); config.routes.len()]);
+    };
+    let stream: ProtocolSet = strait_model::FILTER_PROTOCOLS.iter().fold(ProtocolSet::default(), |mut set, p| {
+        set.insert(*p);
+        set
+    });
+    /// A filter to run, before it is built.
+    struct Wanted<'a> {
+        name: &'a str,
+        config: Option<&'a serde_json::Value>,
+        runs_on: ProtocolSet,
+        owner: String,
+    }
+    fn of_chain<'a>(
+        config: &'a Config,
+        route: Option<RouteIdx>,
+        service: Option<ServiceIdx>,
+        stream: ProtocolSet,
+        out: &mut Vec<Wanted<'a>>,
+    ) {
+        let found = config.filter_chains.iter().find(|fc| {
+            fc.enabled && fc.route == route && fc.service == service && (route.is_some() || service.is_some())
+        });
+        if let Some(fc) = found {
+            for f in fc.filters.iter().filter(|f| f.enabled) {
+                out.push(Wanted {
+                    name: &f.name,
+                    config: f.config.as_ref(),
+                    runs_on: stream,
+                    owner: format!("filter chain '{}'", fc.label()),
+                });
+            }
+        }
+    }
+    fn as_plugins<'a>(
+        config: &'a Config,
+        route: Option<RouteIdx>,
+        service: Option<ServiceIdx>,
+        stream: ProtocolSet,
+        out: &mut Vec<Wanted<'a>>,
+    ) {
+        for p in config.plugins.iter().filter(|p| p.enabled && p.route == route && p.service == service) {
+            let strait_model::PluginConfig::Filter(cfg) = &p.config else { continue };
+            let runs_on = match p.protocols {
+                Some(set) => stream.iter().filter(|x| set.contains(*x)).fold(ProtocolSet::default(), |mut acc, x| {
+                    acc.insert(x);
+                    acc
+                }),
+                None => stream,
+            };
+            let owner = format!("plugin '{}'", p.instance_name.clone().unwrap_or_else(|| p.meta.id.to_string()));
+            out.push(Wanted { name: &p.name, config: cfg.as_ref(), runs_on, owner });
+        }
+    }
+    type Built = (&'static str, Arc<dyn Instance>);
+    let mut built: HashMap<(String, String, usize), Built> = HashMap::new();
+    let mut out = Vec::with_capacity(config.routes.len());
+    for (ri, route) in config.routes.iter().enumerate() {
+        let ri = RouteIdx(ri);
+        let mut wanted = Vec::new();
+        if let Some(si) = route.service {
+            of_chain(config, None, Some(si), stream, &mut wanted);
+        }
+        of_chain(config, Some(ri), None, stream, &mut wanted);
+        if let Some(si) = route.service {
+            as_plugins(config, None, Some(si), stream, &mut wanted);
+        }
+        as_plugins(config, Some(ri), None, stream, &mut wanted);
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        let mut list = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            let text = w.config.map(|c| c.to_string()).unwrap_or_default();
+            let n = seen.entry((w.name.to_owned(), text.clone())).or_insert(0);
+            let occurrence = *n;
+            *n += 1;
+            let key = (w.name.to_owned(), text, occurrence);
+            let (name, instance) = match built.get(&key) {
+                Some(b) => b.clone(),
+                None => {
+                    let made = catch_unwind(AssertUnwindSafe(|| runtime.build(w.name, w.config, occurrence)))
+                        .unwrap_or_else(|_| Err("the filter runtime panicked".to_owned()))
+                        .map_err(|reason| ChainError::Filter { filter: w.name.to_owned(), owner: w.owner, reason })?;
+                    built.insert(key, made.clone());
+                    made
+                }
+            };
+            list.push(Entry { name, priority: 0, runs_on: w.runs_on, instance });
+        }
+        out.push(list);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -456,6 +589,7 @@ mod tests {
         let options = Options {
             plugins: PluginNames { bundled: true, custom: vec!["high".into(), "low".into()] },
             schemas: Some(Arc::new(registry.clone())),
+            filters: None,
         };
         let config = Arc::new(strait_model::load_str_with(yaml, &options).expect("valid config").config);
         let chains =

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use strait_model::{Config, Protocol, Route, RouteIdx, Service, ServiceIdx};
 
 use crate::record::SessionRecord;
-use crate::{Ctx, TlsInfo};
+use crate::{Ctx, StreamControl, TlsInfo};
 
 /// What the host knows of a session when plugins first see it.
 #[derive(Debug, Clone)]
@@ -41,6 +41,10 @@ pub struct Session {
     record: Option<SessionRecord>,
     /// How many progress reports each chain entry has made.
     pub(crate) progress_marks: Vec<u64>,
+    /// Set while the session relays through a data phase.
+    stream: Option<StreamControl>,
+    /// The upstream address, once connected (data phase).
+    connected: Option<SocketAddr>,
     ctx: Ctx,
     fields: Map<String, Value>,
 }
@@ -55,6 +59,8 @@ impl Session {
             target: None,
             record: None,
             progress_marks: Vec::new(),
+            stream: None,
+            connected: None,
             ctx: Ctx::default(),
             fields: Map::new(),
         }
@@ -126,9 +132,10 @@ impl Session {
         self.target
     }
 
-    /// The upstream address the session reached (log).
+    /// The upstream address the session reached: in the data phase and in
+    /// `log`.
     pub fn upstream(&self) -> Option<SocketAddr> {
-        self.record.as_ref().and_then(|r| r.upstream)
+        self.connected.or_else(|| self.record.as_ref().and_then(|r| r.upstream))
     }
 
     /// Everything known when the session ended; `None` before `log` (and,
@@ -151,6 +158,17 @@ impl Session {
     /// The fields plugins added so far.
     pub fn log_fields(&self) -> &Map<String, Value> {
         &self.fields
+    }
+
+    /// While the session relays through a data phase: a handle to pass on
+    /// held bytes or close the session from another task (a timer).
+    pub fn stream_control(&self) -> Option<&StreamControl> {
+        self.stream.as_ref()
+    }
+
+    pub(crate) fn set_stream_control(&mut self, control: StreamControl, upstream: Option<SocketAddr>) {
+        self.stream = Some(control);
+        self.connected = upstream;
     }
 
     /// The host terminated the session's TLS (through

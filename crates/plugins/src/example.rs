@@ -1,6 +1,8 @@
 //! The plugin kit's example (`tag-session`, see `docs/PLUGINS.md`): tags
-//! each session's log entry, records which phases ran for it, and can
-//! refuse clients that send no server name.
+//! each session's log entry, records which phases ran for it, can refuse
+//! clients that send no server name, and with `count_bytes` has a data
+//! phase that lets every byte through and counts them (what a data-phase
+//! plugin costs by itself: the benchmark runs it).
 //!
 //! It is compiled in but not bundled: it runs only where the `plugins`
 //! setting names it (`plugins = ["bundled", "tag-session"]`).
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
 
-use strait_plugin::{Conf, ConfigureCx, ConfigureError, Instance, Plugin, Session, Status, Verdict};
+use strait_plugin::{Conf, ConfigureCx, ConfigureError, Data, DataVerdict, Instance, Plugin, Session, Status, Verdict};
 
 /// The plugin: a name, a priority and a schema.
 #[derive(Debug)]
@@ -21,6 +23,7 @@ pub struct TagSession;
 pub struct TagConfig {
     tag: String,
     require_sni: bool,
+    count_bytes: bool,
 }
 
 impl Plugin for TagSession {
@@ -37,7 +40,8 @@ impl Plugin for TagSession {
     fn schema(&self, conf: &mut Conf<'_>) -> Option<TagConfig> {
         let tag = conf.required_string("tag");
         let require_sni = conf.boolean("require_sni", false);
-        Some(TagConfig { tag: tag?, require_sni })
+        let count_bytes = conf.boolean("count_bytes", false);
+        Some(TagConfig { tag: tag?, require_sni, count_bytes })
     }
 
     fn configure(&self, config: TagConfig, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, ConfigureError> {
@@ -57,7 +61,33 @@ struct Tagger {
 #[derive(Default)]
 struct Phases(Vec<&'static str>);
 
+/// Bytes seen each way, with `count_bytes`.
+#[derive(Default)]
+struct Counted {
+    downstream: u64,
+    upstream: u64,
+}
+
 impl Instance for Tagger {
+    fn data_phase(&self) -> bool {
+        self.config.count_bytes
+    }
+
+    fn on_connect(&self, s: &mut Session) -> Verdict {
+        s.ctx().get_or_default::<Phases>().0.push("connect");
+        Verdict::Continue
+    }
+
+    fn on_downstream_data(&self, s: &mut Session, data: &mut Data<'_>) -> DataVerdict {
+        s.ctx().get_or_default::<Counted>().downstream += data.len() as u64;
+        DataVerdict::Continue
+    }
+
+    fn on_upstream_data(&self, s: &mut Session, data: &mut Data<'_>) -> DataVerdict {
+        s.ctx().get_or_default::<Counted>().upstream += data.len() as u64;
+        DataVerdict::Continue
+    }
+
     fn certificate(&self, s: &mut Session) -> Verdict {
         s.ctx().get_or_default::<Phases>().0.push("certificate");
         Verdict::Continue
@@ -78,7 +108,11 @@ impl Instance for Tagger {
             p.0.push("log");
             p.0.clone()
         };
-        let entry = json!({ "tag": self.config.tag, "phases": phases, "session_number": n });
+        let mut entry = json!({ "tag": self.config.tag, "phases": phases, "session_number": n });
+        if self.config.count_bytes {
+            let c = s.ctx().get_or_default::<Counted>();
+            entry["bytes"] = json!({ "downstream": c.downstream, "upstream": c.upstream });
+        }
         s.add_log_field("tag_session", entry);
     }
 }

@@ -1,6 +1,7 @@
 //! Strait's built-in plugins: ip-restriction, connection-limit,
 //! connection-rate-limit, the four log sinks (file, tcp, udp, http),
-//! prometheus, mtls-auth, and the kit's example (tag-session).
+//! prometheus, mtls-auth, and the kit's examples (tag-session, and
+//! redis-guard for the data phase).
 //!
 //! They use the kit (`strait-plugin`) from outside, exactly as
 //! `docs/PLUGINS.md` tells a plugin author to, and the binary registers
@@ -13,6 +14,7 @@ mod limits;
 mod logs;
 mod mtls;
 mod prometheus;
+mod redis_guard;
 
 use strait_plugin::Registry;
 
@@ -22,9 +24,10 @@ pub use limits::{ConnectionLimit, ConnectionRateLimit};
 pub use logs::{FileLog, HttpLog, TcpLog, UdpLog};
 pub use mtls::MtlsAuth;
 pub use prometheus::Prometheus;
+pub use redis_guard::RedisGuard;
 
-/// Every built-in plugin, and the kit's example plugin (which, not being
-/// bundled, runs only when the `plugins` setting names it).
+/// Every built-in plugin, and the kit's example plugins (which, not being
+/// bundled, run only when the `plugins` setting names them).
 pub fn registry() -> Registry {
     Registry::default()
         .with(IpRestriction)
@@ -37,6 +40,7 @@ pub fn registry() -> Registry {
         .with(Prometheus)
         .with(MtlsAuth)
         .with(TagSession)
+        .with(RedisGuard)
 }
 
 #[cfg(test)]

@@ -143,7 +143,8 @@ ca_certificates:
   - {{protocols: [tcp], destinations: [{{port: 2}}]}}
 "#
         );
-        let options = Options { plugins: PluginNames::default(), schemas: Some(Arc::new(crate::registry())) };
+        let options =
+            Options { plugins: PluginNames::default(), schemas: Some(Arc::new(crate::registry())), filters: None };
         let config = strait_model::load_str_with(&yaml, &options).expect("valid config").config;
         let g = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
         let pair =

@@ -10,6 +10,7 @@
 
 pub mod access_log;
 mod connect;
+mod filtered;
 mod listener;
 pub mod relay;
 mod rewind;
@@ -47,6 +48,8 @@ pub struct SessionOptions {
     pub trusted_ips: Vec<ipnet::IpNet>,
     /// Most UDP sessions one listener keeps at once.
     pub udp_max_sessions: usize,
+    /// Most bytes data-phase plugins may hold per direction of a session.
+    pub stream_max_pending: usize,
 }
 
 /// State shared by every session of a proxy.
@@ -59,6 +62,7 @@ pub(crate) struct Shared {
     tls_detect_timeout: Duration,
     trusted_ips: Vec<ipnet::IpNet>,
     udp_max_sessions: usize,
+    stream_max_pending: usize,
     force_close: Arc<ForceClose>,
 }
 
@@ -205,6 +209,7 @@ impl Proxy {
             tls_detect_timeout: timeouts.tls_detect,
             trusted_ips: options.trusted_ips,
             udp_max_sessions: options.udp_max_sessions.max(1),
+            stream_max_pending: options.stream_max_pending,
             force_close: force_close.clone(),
         });
         let mut accept_tasks = Vec::new();

@@ -30,7 +30,7 @@ use crate::rewind::Rewind;
 use crate::splice::SpliceHalf;
 
 /// Per-direction buffer size: one full TLS record.
-const BUF_SIZE: usize = 16 * 1024;
+pub(crate) const BUF_SIZE: usize = 16 * 1024;
 
 /// Buffers kept per worker thread for reuse (4 MiB at most per thread).
 const POOL_MAX: usize = 256;
@@ -41,15 +41,15 @@ thread_local! {
 
 /// A relay buffer. A fixed-size array behind a thin pointer: every session
 /// keeps one such pointer per direction, and a slice's would be twice as big.
-type Buf = Box<[u8; BUF_SIZE]>;
+pub(crate) type Buf = Box<[u8; BUF_SIZE]>;
 
 /// A buffer from this thread's pool, or a new one when the pool is empty.
-fn take_buf() -> Buf {
+pub(crate) fn take_buf() -> Buf {
     POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| Box::new([0; BUF_SIZE]))
 }
 
 /// Returns a buffer to this thread's pool (freed when the pool is full).
-fn give_buf(buf: Buf) {
+pub(crate) fn give_buf(buf: Buf) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_MAX {
@@ -79,6 +79,9 @@ pub enum RelayEnd {
         side: Side,
         error: io::Error,
     },
+    /// The data phase ended the session (a plugin closed it, failed, or
+    /// held too much).
+    Stopped(strait_plugin::Closed),
 }
 
 #[derive(Debug)]
@@ -271,7 +274,7 @@ fn settle(
 }
 
 /// A session's two directions, however their bytes move.
-trait Directions {
+pub(crate) trait Directions {
     /// Moves what can be moved now; `Some` when a side failed.
     fn drive(&mut self, cx: &mut Context<'_>, progress: &mut bool, first_closed: &mut Option<Side>)
     -> Option<RelayEnd>;
@@ -485,7 +488,7 @@ pin_project_lite::pin_project! {
     /// the state every open session keeps for its whole life, and a written
     /// future holds each field once (an `async fn` keeps its arguments and
     /// the locals moved out of them side by side).
-    struct Run<'a, D> {
+    pub(crate) struct Run<'a, D> {
         d: D,
         force: &'a ForceClose,
         // Polled until registered only: a registered waiter wakes this task
@@ -507,7 +510,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<'a, D: Directions> Run<'a, D> {
-    fn new(d: D, idle: Duration, force: &'a ForceClose, report: Option<Report<'a>>) -> Self {
+    pub(crate) fn new(d: D, idle: Duration, force: &'a ForceClose, report: Option<Report<'a>>) -> Self {
         let now = Instant::now();
         let ticker =
             report.map(|report| Box::pin(Ticker { tick: tokio::time::sleep_until(now + report.every), report }));

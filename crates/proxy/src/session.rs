@@ -14,22 +14,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use strait_model::{Protocol, ServiceIdx};
-use strait_plugin::{CloseReason, Closing, OpenRecord, PhaseOutcome, Proxied, SessionRecord, Status, TlsInfo};
+use strait_plugin::data::Requests;
+use strait_plugin::{
+    CloseReason, Closed, Closing, Direction, OpenRecord, PhaseOutcome, Proxied, SessionRecord, Status, Stream, TlsInfo,
+};
 use strait_router::{ConnKind, PrereadNeed};
 use strait_upstream::InUse;
 use strait_wire::proxy_protocol::{self, Parsed};
 use strait_wire::{ClientHello, MAX_HELLO_LEN, Peek};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
-use crate::relay::{RelayEnd, Report, Side, relay, relay_plain};
+use crate::filtered::{Hooks, relay_filtered};
+use crate::relay::{RelayEnd, RelayOutcome, Report, Side, relay, relay_plain};
 use crate::rewind::Rewind;
 use crate::stages::{self, Fail, Plugged, Setup};
-use crate::{ListenerInfo, Shared};
+use crate::{ForceClose, ListenerInfo, Shared};
 
 /// Bytes buffered while looking for a ClientHello, at most: enough for the
 /// largest accepted hello split into several records.
@@ -402,34 +406,29 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
         let open = OpenRecord::new(rec);
         use ClientStream as C;
         use UpstreamStream as U;
-        // Log plugins that report long sessions while they run.
-        let every = plugged.as_ref().and_then(|p| p.chain.progress_every());
-        let report = every.map(|every| {
-            let (plugged, open) = (&mut plugged, &open);
-            let call = Box::new(move |up: u64, down: u64| {
-                if let Some(p) = plugged.as_mut() {
-                    let now = open.so_far(Closing {
-                        duration: t0.elapsed(),
-                        bytes_sent: down,
-                        bytes_received: up,
-                        reason: CloseReason::ClientClosed,
-                        detail: None,
-                    });
-                    p.chain.progress(&mut p.s, now, t0.elapsed());
-                }
-            });
-            Report { every, call }
-        });
         let force = &shared.force_close;
-        let out = match (&mut streams.client, &mut streams.upstream) {
-            (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, force, report).await,
-            (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, force, report).await,
-            (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, force, report).await,
-            (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, force, report).await,
+        // Sessions with data-phase plugins relay through them; all others
+        // keep the plain relay and pay nothing for the data phase.
+        let data_phase = plugged.as_deref().filter(|p| p.chain.has_data_phase(p.s.protocol()));
+        let out = match data_phase {
+            Some(_) => {
+                // Boxed: only these sessions keep the larger state.
+                let max = shared.stream_max_pending;
+                Box::pin(relay_data_phase(streams, &mut plugged, max, &open, t0, idle, force)).await
+            }
+            None => {
+                let report = report(&mut plugged, &open, t0);
+                match (&mut streams.client, &mut streams.upstream) {
+                    (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, force, report).await,
+                    (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, force, report).await,
+                    (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, force, report).await,
+                    (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, force, report).await,
+                }
+            }
         };
         // The sockets close before the log phase, as the session ends.
         drop(ready.take());
-        let mut detail = None;
+        let (mut detail, mut status) = (None, None);
         let reason = match out.end {
             RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
             RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
@@ -442,6 +441,12 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
                     Side::Upstream => CloseReason::UpstreamError,
                 }
             }
+            RelayEnd::Stopped(closed) => {
+                let (s, reason, d) = stopped(closed);
+                status = s;
+                detail = Some(d);
+                reason
+            }
         };
         rec = open.close(Closing {
             duration: t0.elapsed(),
@@ -450,10 +455,147 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             reason,
             detail,
         });
+        if let Some(status) = status {
+            rec.status = status;
+        }
     } else {
         rec.duration = t0.elapsed();
     }
     stages::log(&shared, plugged, rec);
+}
+
+/// Progress reports for the log plugins that ask for them, while a session
+/// relays.
+fn report<'a>(plugged: &'a mut Option<Box<Plugged>>, open: &'a OpenRecord, t0: Instant) -> Option<Report<'a>> {
+    let every = plugged.as_ref().and_then(|p| p.chain.progress_every())?;
+    let call = Box::new(move |up: u64, down: u64| {
+        if let Some(p) = plugged.as_mut() {
+            p.chain.progress(&mut p.s, open.so_far(closing_so_far(t0, up, down)), t0.elapsed());
+        }
+    });
+    Some(Report { every, call })
+}
+
+/// The record's end as it would be now, for a progress report.
+fn closing_so_far(t0: Instant, up: u64, down: u64) -> Closing {
+    Closing {
+        duration: t0.elapsed(),
+        bytes_sent: down,
+        bytes_received: up,
+        reason: CloseReason::ClientClosed,
+        detail: None,
+    }
+}
+
+/// How the log tells a session the data phase ended: a status when it is
+/// not 200, the close reason, the detail.
+fn stopped(closed: Closed) -> (Option<Status>, CloseReason, String) {
+    match closed {
+        Closed::ByPlugin { plugin } => (None, CloseReason::PluginClosed, plugin.to_owned()),
+        Closed::Refused { plugin, status, message } => {
+            let fail = stages::rejected(status, plugin, message);
+            (Some(fail.status), fail.reason, fail.detail.unwrap_or_default())
+        }
+        Closed::PendingLimit { direction, held, max } => (
+            Some(Status::InternalError),
+            CloseReason::PendingLimit,
+            format!("plugins held {held} bytes {}, more than stream_max_pending ({max})", direction.as_str()),
+        ),
+        Closed::Failed { plugin, reason } => {
+            let detail = match plugin {
+                Some(p) => format!("{p}: {reason}"),
+                None => reason,
+            };
+            (Some(Status::InternalError), CloseReason::PluginFailed, detail)
+        }
+    }
+}
+
+/// A stream that is one of a session's two ends.
+trait End: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> End for T {}
+
+/// The relay of a session with data-phase plugins: their `on_connect`, then
+/// every chunk through them, then their close notifications.
+async fn relay_data_phase(
+    streams: &mut Ready,
+    plugged: &mut Option<Box<Plugged>>,
+    max_pending: usize,
+    open: &OpenRecord,
+    t0: Instant,
+    idle: Duration,
+    force: &ForceClose,
+) -> RelayOutcome {
+    let nothing = |end| RelayOutcome { end, client_to_upstream: 0, upstream_to_client: 0 };
+    let Some(p) = plugged.as_deref_mut() else {
+        return nothing(RelayEnd::Shutdown);
+    };
+    let mut stream = p.chain.stream(&mut p.s, open.upstream(), max_pending);
+    let connected = tokio::select! {
+        biased;
+        _ = force.closed() => return nothing(RelayEnd::Shutdown),
+        r = p.chain.connected(&mut p.s, &stream) => r,
+    };
+    if let Err(closed) = connected {
+        finish_stream(p, &mut stream);
+        return nothing(RelayEnd::Stopped(closed));
+    }
+    let (client, upstream): (&mut dyn End, &mut dyn End) = match (&mut streams.client, &mut streams.upstream) {
+        (ClientStream::Plain(c), UpstreamStream::Plain(u)) => (c, u),
+        (ClientStream::Plain(c), UpstreamStream::Tls(u)) => (c, u.as_mut()),
+        (ClientStream::Tls(c), UpstreamStream::Plain(u)) => (c.as_mut(), u),
+        (ClientStream::Tls(c), UpstreamStream::Tls(u)) => (c.as_mut(), u.as_mut()),
+    };
+    let mut hooks = DataHooks { p, stream, open, t0 };
+    let out = relay_filtered(client, upstream, &mut hooks, idle, force).await;
+    finish_stream(hooks.p, &mut hooks.stream);
+    out
+}
+
+/// The close notifications not yet sent, as the session ends.
+fn finish_stream(p: &mut Plugged, stream: &mut Stream) {
+    for d in [Direction::Downstream, Direction::Upstream] {
+        p.chain.finished(&mut p.s, stream, d);
+    }
+}
+
+/// The data phase as the filtered relay drives it.
+struct DataHooks<'a> {
+    p: &'a mut Plugged,
+    stream: Stream,
+    open: &'a OpenRecord,
+    t0: Instant,
+}
+
+impl Hooks for DataHooks<'_> {
+    fn data(&mut self, d: Direction, input: &[u8], end_of_stream: bool, out: &mut Vec<u8>) -> Result<(), Closed> {
+        self.p.chain.data(&mut self.p.s, &mut self.stream, d, input, end_of_stream, out)
+    }
+
+    fn resume(&mut self, d: Direction, out: &mut Vec<u8>) -> Result<(), Closed> {
+        self.p.chain.resume(&mut self.p.s, &mut self.stream, d, out)
+    }
+
+    fn finished(&mut self, d: Direction) {
+        self.p.chain.finished(&mut self.p.s, &mut self.stream, d);
+    }
+
+    fn holds(&self, d: Direction) -> bool {
+        self.stream.holds(d)
+    }
+
+    fn poll_requests(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Requests> {
+        self.stream.control().poll_requests(cx)
+    }
+
+    fn progress_every(&self) -> Option<Duration> {
+        self.p.chain.progress_every()
+    }
+
+    fn progress(&mut self, up: u64, down: u64) {
+        let now = self.open.so_far(closing_so_far(self.t0, up, down));
+        self.p.chain.progress(&mut self.p.s, now, self.t0.elapsed());
+    }
 }
 
 #[cfg(test)]

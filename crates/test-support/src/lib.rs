@@ -1,6 +1,7 @@
 //! Test support for Strait's integration tests: rcgen certificates, tagged
-//! echo backends (plain and TLS), TLS clients, and a harness that runs the
-//! real `strait` binary on loopback ports with bounded waits.
+//! echo backends (plain and TLS), TLS clients, a private Redis server, and
+//! a harness that runs the real `strait` binary on loopback ports with
+//! bounded waits.
 //!
 //! Not part of the product; only tests depend on it.
 
@@ -10,6 +11,7 @@ pub mod dns;
 pub mod gateway;
 pub mod http;
 pub mod pg;
+pub mod redis;
 
 use std::time::Duration;
 

@@ -1,0 +1,302 @@
+//! The data phase: plugins that see, change, hold or refuse the bytes of a
+//! stream while it relays.
+//!
+//! An instance that says so ([`Instance::data_phase`](crate::Instance::data_phase))
+//! gets each chunk read from one side before it is written to the other, as
+//! a [`Data`] buffer it may read, replace, prepend to or append to, and
+//! answers with a [`DataVerdict`]: continue (pass the bytes on), pause (hold
+//! them: the next call sees them again with what arrived since), or close.
+//! Several instances form a pipeline: bytes from the client pass them in
+//! chain order, bytes from the upstream in reverse order (as write filters
+//! do in Envoy); each holds its own paused bytes. What all of them hold in
+//! one direction is bounded (`stream_max_pending`); past the bound the
+//! session closes. A session with no data-phase instance never builds any
+//! of this and keeps the plain relay (splice between plain sockets).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// Which way bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the client, on its way to the upstream (proxy-wasm's "downstream data").
+    Downstream,
+    /// From the upstream, on its way to the client.
+    Upstream,
+}
+
+impl Direction {
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Direction::Downstream => 0,
+            Direction::Upstream => 1,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Downstream => "downstream",
+            Direction::Upstream => "upstream",
+        }
+    }
+}
+
+/// The bytes a data-phase call sees: what this plugin held in this direction
+/// (everything it paused on), followed by what just arrived.
+#[derive(Debug)]
+pub struct Data<'a> {
+    buf: &'a mut Vec<u8>,
+    end_of_stream: bool,
+}
+
+impl<'a> Data<'a> {
+    /// A buffer for a call (the runtime makes these; a plugin's tests may too).
+    pub fn new(buf: &'a mut Vec<u8>, end_of_stream: bool) -> Data<'a> {
+        Data { buf, end_of_stream }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.buf
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The sender has finished this direction (its FIN, or TLS close_notify):
+    /// no byte follows these.
+    pub fn end_of_stream(&self) -> bool {
+        self.end_of_stream
+    }
+
+    /// Replaces every byte.
+    pub fn replace(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Replaces the first `n` bytes (all of them when `n` is larger).
+    pub fn replace_prefix(&mut self, n: usize, bytes: &[u8]) {
+        let n = n.min(self.buf.len());
+        self.buf.splice(..n, bytes.iter().copied());
+    }
+
+    pub fn prepend(&mut self, bytes: &[u8]) {
+        self.replace_prefix(0, bytes);
+    }
+
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The buffer itself, for any other edit.
+    pub fn as_mut_vec(&mut self) -> &mut Vec<u8> {
+        self.buf
+    }
+}
+
+/// What a data-phase call decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataVerdict {
+    /// Pass the bytes on (as the call left them).
+    Continue,
+    /// Hold them: the next call in this direction sees them again, with
+    /// what arrives next appended (bounded by `stream_max_pending`). At the
+    /// end of the stream the bytes stay held until the plugin continues
+    /// (through [`StreamControl::resume`]) or the session ends.
+    Pause,
+    /// End the session: what was passed on before is delivered first, then
+    /// both sides close (`closed by plugin` in the log).
+    Close,
+}
+
+const RESUME_DOWNSTREAM: u8 = 1;
+const RESUME_UPSTREAM: u8 = 2;
+const CLOSE: u8 = 4;
+const FAIL: u8 = 8;
+
+/// A handle on a relaying session's data phase that other tasks may use (a
+/// plugin's timer, for instance): pass on what is held, or close the session.
+/// Requests take effect when the relay next runs, which they wake.
+#[derive(Debug, Clone, Default)]
+pub struct StreamControl(Arc<ControlInner>);
+
+#[derive(Debug, Default)]
+struct ControlInner {
+    requests: AtomicU8,
+    /// The relay's waker, registered once: a task's waker stays valid for
+    /// the task's life, so the relay's polls need no lock.
+    registered: std::sync::atomic::AtomicBool,
+    waker: Mutex<Option<Waker>>,
+    /// Who closed the session, and why it failed when it did.
+    closed: Mutex<Option<(&'static str, Option<String>)>>,
+}
+
+/// What a [`StreamControl`] was asked, as the relay reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub resume_downstream: bool,
+    pub resume_upstream: bool,
+    /// The plugin that closed the session, and the failure when it failed
+    /// (status 500).
+    pub close: Option<(&'static str, Option<String>)>,
+}
+
+impl StreamControl {
+    /// Passes on what this session's plugins hold in `direction`, as if each
+    /// paused plugin had continued.
+    pub fn resume(&self, direction: Direction) {
+        self.request(match direction {
+            Direction::Downstream => RESUME_DOWNSTREAM,
+            Direction::Upstream => RESUME_UPSTREAM,
+        });
+    }
+
+    /// Ends the session (what was passed on is delivered first); `plugin`
+    /// is who closed it, for the log.
+    pub fn close(&self, plugin: &'static str) {
+        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((plugin, None));
+        self.request(CLOSE);
+    }
+
+    /// Ends the session as failed: status 500, `reason` in the log.
+    pub fn fail(&self, plugin: &'static str, reason: impl Into<String>) {
+        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((plugin, Some(reason.into())));
+        self.request(FAIL);
+    }
+
+    fn request(&self, bit: u8) {
+        self.0.requests.fetch_or(bit, Ordering::AcqRel);
+        let waker = self.0.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// For the relay (one task): takes what was asked since the last call;
+    /// the first call registers the task to be woken when something is.
+    pub fn poll_requests(&self, cx: &mut Context<'_>) -> Poll<Requests> {
+        let mut bits = self.0.requests.swap(0, Ordering::AcqRel);
+        if bits == 0 {
+            if self.0.registered.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            *self.0.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            self.0.registered.store(true, Ordering::Release);
+            // Asked between the swap and the registration: seen now.
+            bits = self.0.requests.swap(0, Ordering::AcqRel);
+            if bits == 0 {
+                return Poll::Pending;
+            }
+        }
+        let close = if bits & (CLOSE | FAIL) != 0 {
+            self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        } else {
+            None
+        };
+        Poll::Ready(Requests {
+            resume_downstream: bits & RESUME_DOWNSTREAM != 0,
+            resume_upstream: bits & RESUME_UPSTREAM != 0,
+            close,
+        })
+    }
+
+    /// Who closed the session, and the failure when it failed.
+    pub fn closing(&self) -> Option<(&'static str, Option<String>)> {
+        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a plugin closed (or failed) the session.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// A hold on a session that another task ends: see [`crate::Verdict::Wait`].
+#[derive(Debug, Clone, Default)]
+pub struct Resume(Arc<ResumeInner>);
+
+#[derive(Debug, Default)]
+struct ResumeInner {
+    done: std::sync::atomic::AtomicBool,
+    /// Set (before `done`) when the session is refused rather than resumed.
+    refusal: Mutex<Option<(crate::Status, Option<String>)>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Resume {
+    pub fn new() -> Resume {
+        Resume::default()
+    }
+
+    /// Lets the held session go on.
+    pub fn resume(&self) {
+        self.0.done.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Ends the held session instead, as a [`crate::Verdict::Reject`] would.
+    pub fn refuse(&self, status: crate::Status, message: Option<String>) {
+        self.0.refusal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((status, message));
+        self.resume();
+    }
+
+    /// Completes once [`Resume::resume`] or [`Resume::refuse`] was called
+    /// (before or after); gives the refusal, if it was one.
+    pub async fn resumed(&self) -> Option<(crate::Status, Option<String>)> {
+        let waiter = self.0.notify.notified();
+        if !self.0.done.load(Ordering::Acquire) {
+            waiter.await;
+        }
+        self.0.refusal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl PartialEq for Resume {
+    fn eq(&self, other: &Resume) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Resume {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_edits_as_envoy_allows_them() {
+        let mut v = b"world".to_vec();
+        let mut d = Data::new(&mut v, false);
+        d.prepend(b"hello ");
+        d.append(b"!");
+        assert_eq!(d.bytes(), b"hello world!");
+        d.replace_prefix(5, b"HELLO");
+        assert_eq!(d.bytes(), b"HELLO world!");
+        d.replace_prefix(usize::MAX, b"x");
+        assert_eq!(d.bytes(), b"x");
+        d.replace(b"");
+        assert!(d.is_empty() && !d.end_of_stream());
+    }
+
+    #[test]
+    fn control_requests_are_taken_once_and_wake_the_relay() {
+        let c = StreamControl::default();
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(c.poll_requests(&mut cx).is_pending());
+        c.resume(Direction::Upstream);
+        c.fail("f", "boom");
+        c.close("g");
+        let Poll::Ready(r) = c.poll_requests(&mut cx) else { panic!("requests were made") };
+        assert!(r.resume_upstream && !r.resume_downstream);
+        assert_eq!(r.close, Some(("f", Some("boom".to_owned()))), "the first to close is kept");
+        assert!(c.poll_requests(&mut cx).is_pending(), "taken once");
+        assert!(c.is_closed());
+    }
+}
