@@ -25,7 +25,7 @@ use EntityKind as K;
 /// The field other than `id` that addresses an entity in a path.
 fn endpoint_key(kind: EntityKind) -> Option<&'static str> {
     match kind {
-        K::Services | K::Routes | K::Snis | K::Upstreams => Some("name"),
+        K::Services | K::Routes | K::Snis | K::Upstreams | K::FilterChains => Some("name"),
         K::Targets => Some("target"),
         K::Plugins => Some("instance_name"),
         K::Certificates | K::CaCertificates => None,
@@ -35,22 +35,22 @@ fn endpoint_key(kind: EntityKind) -> Option<&'static str> {
 /// `(parent kind, child kind)` → the child's foreign-key field.
 fn nested_fk(parent: EntityKind, child: EntityKind) -> Option<&'static str> {
     match (parent, child) {
-        (K::Services, K::Routes) | (K::Services, K::Plugins) => Some("service"),
-        (K::Routes, K::Plugins) => Some("route"),
+        (K::Services, K::Routes) | (K::Services, K::Plugins) | (K::Services, K::FilterChains) => Some("service"),
+        (K::Routes, K::Plugins) | (K::Routes, K::FilterChains) => Some("route"),
         (K::Certificates, K::Snis) => Some("certificate"),
         (K::Upstreams, K::Targets) => Some("upstream"),
         _ => None,
     }
 }
 
-/// A path segment naming a kind of entity.
+/// A path segment naming a kind of entity (`filter-chains`, as Kong's path).
 fn kind(segment: &str) -> Result<EntityKind, ApiError> {
-    EntityKind::parse(segment).ok_or_else(ApiError::not_found)
+    EntityKind::from_admin_path(segment).ok_or_else(ApiError::not_found)
 }
 
 /// `parent/child` names a nested collection.
 fn nested(parent: &str, child: &str) -> Option<(EntityKind, EntityKind, &'static str)> {
-    let (p, c) = (EntityKind::parse(parent)?, EntityKind::parse(child)?);
+    let (p, c) = (EntityKind::from_admin_path(parent)?, EntityKind::from_admin_path(child)?);
     nested_fk(p, c).map(|fk| (p, c, fk))
 }
 
@@ -137,8 +137,17 @@ impl Req<'_> {
     }
 }
 
+/// Kong mounts the filter chains' endpoints only to refuse them while
+/// `wasm` is off.
+fn wasm_gated(segs: &[&str]) -> bool {
+    segs.contains(&"filter-chains") || matches!(segs, ["routes", _, "filters", _])
+}
+
 async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
     let m = req.method;
+    if wasm_gated(segs) && req.control().options().filters.is_none() {
+        return Err(ApiError::bad_body("this endpoint is only available when wasm is enabled"));
+    }
     match segs {
         [] => only(m, &[Method::GET]).and_then(|_| root(req)),
         ["status"] => {
@@ -167,13 +176,24 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             _ => Err(ApiError::method_not_allowed()),
         },
         ["openapi.json"] => only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, crate::schema::openapi())),
+        ["schemas", "filters", name] => {
+            only(m, &[Method::GET])?;
+            let schema = req
+                .control()
+                .options()
+                .filters
+                .as_ref()
+                .and_then(|f| f.schema(name))
+                .ok_or_else(|| ApiError::message(StatusCode::NOT_FOUND, &format!("Filter '{name}' not found")))?;
+            json_reply(StatusCode::OK, schema)
+        }
         ["schemas", entity] => {
             only(m, &[Method::GET])?;
-            json_reply(StatusCode::OK, strait_model::entity_schema(kind(entity)?, req.control().options()))
+            json_reply(StatusCode::OK, strait_model::entity_schema(schema_kind(entity)?, req.control().options()))
         }
         ["schemas", entity, "validate"] => {
             only(m, &[Method::POST])?;
-            let kind = kind(entity)?;
+            let kind = schema_kind(entity)?;
             let obj = req.object()?;
             req.control().check(|doc| push(doc, kind, obj).map(Some)).await?;
             json_reply(StatusCode::OK, json!({ "message": "schema validation successful" }))
@@ -229,7 +249,27 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             let parent = find(&cur, K::Upstreams, u, None).ok_or_else(ApiError::not_found)?;
             list(req, &cur, K::Targets, Some(("upstream", id_of(parent))))
         }
-        [k] if EntityKind::parse(k).is_some() => {
+        ["routes", r, "filters", which @ ("all" | "enabled" | "disabled")] => {
+            only(m, &[Method::GET])?;
+            let cur = req.control().current();
+            let route = find(&cur, K::Routes, r, None).ok_or_else(ApiError::not_found)?;
+            json_reply(StatusCode::OK, json!({ "filters": route_filters(&cur, route, which) }))
+        }
+        ["filter-chains", fc, link @ ("route" | "service")] => {
+            let cur = req.control().current();
+            let chain = find(&cur, K::FilterChains, fc, None).ok_or_else(ApiError::not_found)?;
+            let target = if *link == "route" { K::Routes } else { K::Services };
+            let id = fk_id(chain, link).ok_or_else(ApiError::not_found)?.to_owned();
+            match *m {
+                Method::GET => {
+                    let found = find(&cur, target, &id, None).ok_or_else(ApiError::not_found)?;
+                    json_reply(StatusCode::OK, present(&cur, target, found))
+                }
+                Method::PATCH | Method::PUT => entity(req, target, &id, None).await,
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
+        [k] if EntityKind::from_admin_path(k).is_some() => {
             let kind = kind(k)?;
             match *m {
                 Method::GET => list(req, &req.control().current(), kind, None),
@@ -237,7 +277,7 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
                 _ => Err(ApiError::method_not_allowed()),
             }
         }
-        [k, key] if EntityKind::parse(k).is_some() => entity(req, kind(k)?, key, None).await,
+        [k, key] if EntityKind::from_admin_path(k).is_some() => entity(req, kind(k)?, key, None).await,
         ["certificates", c, "services"] => {
             only(m, &[Method::GET])?;
             let cur = req.control().current();
@@ -279,15 +319,57 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
     }
 }
 
-/// The plugin names the `plugins` setting enables.
+/// The plugin names the `plugins` setting enables, and the Wasm filters
+/// (each may be configured as a plugin, as in Kong 3.9).
 fn enabled_plugins(control: &Control) -> Vec<String> {
-    let names = &control.options().plugins;
+    let options = control.options();
+    let names = &options.plugins;
     let mut out: Vec<String> = if names.bundled {
         strait_model::BUNDLED_PLUGINS.iter().map(|s| (*s).to_owned()).collect()
     } else {
         Vec::new()
     };
     out.extend(names.custom.iter().cloned());
+    if let Some(filters) = &options.filters {
+        out.extend(filters.names());
+    }
+    out
+}
+
+/// `/schemas/{entity}` names an entity as a declarative file does
+/// (`filter_chains`) or as its path (`filter-chains`).
+fn schema_kind(segment: &str) -> Result<EntityKind, ApiError> {
+    EntityKind::parse(segment).or_else(|| EntityKind::from_admin_path(segment)).ok_or_else(ApiError::not_found)
+}
+
+/// Kong's `/routes/{r}/filters/{all|enabled|disabled}`: the filters of the
+/// route's service's chain, then of the route's own; a filter is enabled
+/// when it and its chain are.
+fn route_filters(cur: &Current, route: &Value, which: &str) -> Vec<Value> {
+    let chains = cur.list(K::FilterChains);
+    let mut scopes = Vec::new();
+    if let Some(service) = fk_id(route, "service") {
+        scopes.push(("service", service.to_owned()));
+    }
+    scopes.push(("route", id_of(route).to_owned()));
+    let mut out = Vec::new();
+    for (from, id) in scopes {
+        let Some(chain) = chains.iter().find(|c| fk_id(c, from) == Some(id.as_str())) else { continue };
+        let chain_on = chain.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+        for f in chain.get("filters").and_then(Value::as_array).into_iter().flatten() {
+            let enabled = chain_on && f.get("enabled").and_then(Value::as_bool).unwrap_or(true);
+            if (which == "enabled" && !enabled) || (which == "disabled" && enabled) {
+                continue;
+            }
+            out.push(json!({
+                "name": f.get("name").cloned().unwrap_or(Value::Null),
+                "config": f.get("config").cloned().unwrap_or(Value::Null),
+                "enabled": enabled,
+                "from": from,
+                "filter_chain": { "id": id_of(chain), "name": chain.get("name").cloned().unwrap_or(Value::Null) },
+            }));
+        }
+    }
     out
 }
 
@@ -391,22 +473,23 @@ fn list(req: &Req<'_>, cur: &Current, kind: EntityKind, scope: Option<(&str, &st
 }
 
 fn req_path(kind: EntityKind, scope: Option<(&str, &str)>) -> String {
+    let path = kind.admin_path();
     match scope {
-        None => format!("/{kind}"),
-        Some(("service", id)) => format!("/services/{id}/{kind}"),
-        Some(("route", id)) => format!("/routes/{id}/{kind}"),
-        Some(("certificate", id)) => format!("/certificates/{id}/{kind}"),
-        Some(("upstream", id)) => format!("/upstreams/{id}/{kind}"),
+        None => format!("/{path}"),
+        Some(("service", id)) => format!("/services/{id}/{path}"),
+        Some(("route", id)) => format!("/routes/{id}/{path}"),
+        Some(("certificate", id)) => format!("/certificates/{id}/{path}"),
+        Some(("upstream", id)) => format!("/upstreams/{id}/{path}"),
         Some(("client_certificate", id)) => format!("/certificates/{id}/services"),
-        Some((_, _)) => format!("/{kind}"),
+        Some((_, _)) => format!("/{path}"),
     }
 }
 
 /// Children a declarative file may nest but an Admin API body may not.
 fn reject_nested(kind: EntityKind, obj: &Map<String, Value>) -> Result<(), ApiError> {
     let nested: &[&str] = match kind {
-        K::Services => &["routes", "plugins"],
-        K::Routes => &["plugins"],
+        K::Services => &["routes", "plugins", "filter_chains"],
+        K::Routes => &["plugins", "filter_chains"],
         K::Upstreams => &["targets"],
         _ => &[],
     };
@@ -604,8 +687,8 @@ fn delete(doc: &mut Value, kind: EntityKind, id: &str) -> EditResult<ApiError> {
         }
     }
     let cascade: &[(EntityKind, &str)] = match kind {
-        K::Services => &[(K::Plugins, "service")],
-        K::Routes => &[(K::Plugins, "route")],
+        K::Services => &[(K::Plugins, "service"), (K::FilterChains, "service")],
+        K::Routes => &[(K::Plugins, "route"), (K::FilterChains, "route")],
         K::Certificates => &[(K::Snis, "certificate")],
         K::Upstreams => &[(K::Targets, "upstream")],
         _ => &[],

@@ -52,6 +52,18 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/upstreams/{upstream}/targets/{target}/{address}/unhealthy", &["PUT", "POST"]),
     ("/plugins", &["GET", "POST"]),
     ("/plugins/{plugin}", &["GET", "PUT", "PATCH", "DELETE"]),
+    ("/schemas/filters/{filter_name}", &["GET"]),
+    ("/filter-chains", &["GET", "POST"]),
+    ("/filter-chains/{filter_chain}", &["GET", "PUT", "PATCH", "DELETE"]),
+    ("/filter-chains/{filter_chain}/route", &["GET", "PUT", "PATCH"]),
+    ("/filter-chains/{filter_chain}/service", &["GET", "PUT", "PATCH"]),
+    ("/routes/{route}/filter-chains", &["GET", "POST"]),
+    ("/routes/{route}/filter-chains/{filter_chain}", &["GET", "PUT", "PATCH", "DELETE"]),
+    ("/routes/{route}/filters/all", &["GET"]),
+    ("/routes/{route}/filters/enabled", &["GET"]),
+    ("/routes/{route}/filters/disabled", &["GET"]),
+    ("/services/{service}/filter-chains", &["GET", "POST"]),
+    ("/services/{service}/filter-chains/{filter_chain}", &["GET", "PUT", "PATCH", "DELETE"]),
 ];
 
 /// An entity field's schema (as `/schemas/{entity}` gives it) in OpenAPI.
@@ -96,7 +108,7 @@ pub fn openapi() -> Value {
     );
     let mut paths = Map::new();
     for (path, methods) in ROUTES {
-        let kind = EntityKind::ALL.iter().rfind(|k| path.contains(&format!("/{k}")));
+        let kind = EntityKind::ALL.iter().rfind(|k| path.contains(&format!("/{}", k.admin_path())));
         let params: Vec<Value> = path
             .split('/')
             .filter(|s| s.starts_with('{'))

@@ -132,6 +132,46 @@ pub struct Settings {
     /// Kong's `ssl_session_cache_size`, in sessions (nginx keeps about 4,000
     /// per megabyte); 0 keeps none.
     pub ssl_session_cache: usize,
+    /// Most bytes data-phase plugins (native or Wasm) may hold per direction
+    /// of a session (Strait extension); past it the session closes.
+    pub stream_max_pending: usize,
+    /// Kong's `wasm`, `wasm_filters_path`, `wasm_filters`, and Strait's
+    /// sandbox bounds.
+    pub wasm: WasmSettings,
+}
+
+/// Proxy-wasm filters: whether they run, where they come from, the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmSettings {
+    /// Kong's `wasm` (default off): no filter loads and filter chains are
+    /// refused while it is off.
+    pub enabled: bool,
+    /// Kong's `wasm_filters_path`: every top-level `*.wasm` in it is a filter
+    /// named by its file stem.
+    pub filters_path: Option<PathBuf>,
+    /// Kong's `wasm_filters`: `bundled`, `user` (those in `filters_path`),
+    /// and names; empty when `off`.
+    pub filters: Vec<String>,
+    /// Strait's `wasm_call_timeout`: the CPU time one guest call may take.
+    pub call_timeout: Duration,
+    /// Strait's `wasm_memory_limit`: the most linear memory an instance may grow to.
+    pub memory_limit: usize,
+    /// Kong's `nginx_wasm_shm_kv`: the most bytes (keys and values) the
+    /// filters' shared data holds.
+    pub shm_kv: usize,
+}
+
+impl Default for WasmSettings {
+    fn default() -> WasmSettings {
+        WasmSettings {
+            enabled: false,
+            filters_path: None,
+            filters: vec!["bundled".to_owned(), "user".to_owned()],
+            call_timeout: Duration::from_millis(100),
+            memory_limit: 64 * 1024 * 1024,
+            shm_kv: 12 * 1024 * 1024,
+        }
+    }
 }
 
 /// One refused setting.
@@ -201,6 +241,13 @@ pub const KEYS: &[&str] = &[
     "udp_max_sessions",
     "ssl_session_tickets",
     "ssl_session_cache_size",
+    "stream_max_pending",
+    "wasm",
+    "wasm_filters_path",
+    "wasm_filters",
+    "wasm_call_timeout",
+    "wasm_memory_limit",
+    "nginx_wasm_shm_kv",
 ];
 
 /// A value before parsing: from the TOML file or from the environment.
@@ -400,6 +447,15 @@ impl Settings {
                     }
                     "ssl_session_tickets" => s.ssl_session_tickets = parse_flag(&raw.text()?)?,
                     "ssl_session_cache_size" => s.ssl_session_cache = parse_session_cache_size(&raw.text()?)?,
+                    "stream_max_pending" => s.stream_max_pending = parse_size(&raw.text()?, 1, GIB)?,
+                    "wasm" => s.wasm.enabled = parse_flag(&raw.text()?)?,
+                    "wasm_filters_path" => s.wasm.filters_path = Some(raw.path(base)?),
+                    "wasm_filters" => s.wasm.filters = parse_wasm_filters(raw.list()?)?,
+                    "wasm_call_timeout" => {
+                        s.wasm.call_timeout = nonzero(parse_duration_str(&raw.text()?, Unit::Millis)?)?
+                    }
+                    "wasm_memory_limit" => s.wasm.memory_limit = parse_size(&raw.text()?, 64 * 1024, 4 * GIB)?,
+                    "nginx_wasm_shm_kv" => s.wasm.shm_kv = parse_size(&raw.text()?, 1024, GIB)?,
                     _ => {}
                 }
                 Ok(())
@@ -496,6 +552,8 @@ impl Settings {
             udp_max_sessions: 10_000,
             ssl_session_tickets: true,
             ssl_session_cache: 10 * SESSIONS_PER_MB,
+            stream_max_pending: 1024 * 1024,
+            wasm: WasmSettings::default(),
         }
     }
 }
@@ -532,21 +590,43 @@ fn parse_session_cache_size(v: &str) -> Result<usize, String> {
     if t == "off" || t == "0" {
         return Ok(0);
     }
-    let (num, unit) = match t.strip_suffix('m') {
-        Some(n) => (n, 1024 * 1024),
-        None => match t.strip_suffix('k') {
-            Some(n) => (n, 1024),
-            None => (t.as_str(), 1),
-        },
-    };
-    let bytes = num
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(unit))
-        .filter(|b| *b <= 1024 * 1024 * 1024)
-        .ok_or_else(|| format!("expected a size such as 10m or 512k (at most 1024m), or off, found '{v}'"))?;
+    let bytes = parse_size(&t, 1, GIB)
+        .map_err(|_| format!("expected a size such as 10m or 512k (at most 1024m), or off, found '{v}'"))?;
     // Sessions of about 256 bytes, as nginx counts them; at least one.
-    Ok(((bytes * SESSIONS_PER_MB as u64) / (1024 * 1024)).max(1) as usize)
+    Ok(((bytes as u64 * SESSIONS_PER_MB as u64) / (1024 * 1024)).max(1) as usize)
+}
+
+const GIB: usize = 1024 * 1024 * 1024;
+
+/// nginx's sizes: bytes, or `k`/`m`/`g` (binary units), from `min` to `max` bytes.
+fn parse_size(v: &str, min: usize, max: usize) -> Result<usize, String> {
+    let t = v.trim().to_ascii_lowercase();
+    let (num, unit) = match t.as_bytes().last() {
+        Some(b'k') => (&t[..t.len() - 1], 1024),
+        Some(b'm') => (&t[..t.len() - 1], 1024 * 1024),
+        Some(b'g') => (&t[..t.len() - 1], GIB),
+        _ => (t.as_str(), 1),
+    };
+    let human = |n: usize| match n {
+        n if n % GIB == 0 => format!("{}g", n / GIB),
+        n if n % (1024 * 1024) == 0 => format!("{}m", n / (1024 * 1024)),
+        n if n % 1024 == 0 => format!("{}k", n / 1024),
+        n => n.to_string(),
+    };
+    num.parse::<usize>().ok().and_then(|n| n.checked_mul(unit)).filter(|b| (min..=max).contains(b)).ok_or_else(|| {
+        format!("expected a size such as 512k or 10m, from {} to {}; found '{v}'", human(min), human(max))
+    })
+}
+
+/// Kong's `wasm_filters`: `bundled`, `user`, filter names, or `off`.
+fn parse_wasm_filters(v: Vec<String>) -> Result<Vec<String>, String> {
+    if v.len() == 1 && v[0].eq_ignore_ascii_case("off") {
+        return Ok(Vec::new());
+    }
+    if let Some(bad) = v.iter().find(|f| !f.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))) {
+        return Err(format!("'{bad}' is not a filter name (expected \"bundled\", \"user\", names, or \"off\")"));
+    }
+    Ok(v)
 }
 
 /// Kong's booleans: `on`/`off` (TOML `true`/`false` arrive as those).

@@ -30,7 +30,7 @@ pub struct UpstreamIdx(pub usize);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteIdx(pub usize);
 
-/// The eight kinds of entity, in the order a declarative document lists them.
+/// The nine kinds of entity, in the order a declarative document lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Services,
@@ -41,10 +41,11 @@ pub enum EntityKind {
     Upstreams,
     Targets,
     Plugins,
+    FilterChains,
 }
 
 impl EntityKind {
-    pub const ALL: [EntityKind; 8] = [
+    pub const ALL: [EntityKind; 9] = [
         EntityKind::Services,
         EntityKind::Routes,
         EntityKind::Certificates,
@@ -53,6 +54,7 @@ impl EntityKind {
         EntityKind::Upstreams,
         EntityKind::Targets,
         EntityKind::Plugins,
+        EntityKind::FilterChains,
     ];
 
     /// The list's name in a declarative document and the Admin API's path.
@@ -66,7 +68,21 @@ impl EntityKind {
             EntityKind::Upstreams => "upstreams",
             EntityKind::Targets => "targets",
             EntityKind::Plugins => "plugins",
+            EntityKind::FilterChains => "filter_chains",
         }
+    }
+
+    /// The Admin API's path segment (Kong's `admin_api_name`).
+    pub fn admin_path(self) -> &'static str {
+        match self {
+            EntityKind::FilterChains => "filter-chains",
+            other => other.as_str(),
+        }
+    }
+
+    /// The kind an Admin API path segment names.
+    pub fn from_admin_path(s: &str) -> Option<EntityKind> {
+        EntityKind::ALL.into_iter().find(|k| k.admin_path() == s)
     }
 
     /// Kong's name for one entity of the kind (`entity_type` in errors).
@@ -80,6 +96,7 @@ impl EntityKind {
             EntityKind::Upstreams => "upstream",
             EntityKind::Targets => "target",
             EntityKind::Plugins => "plugin",
+            EntityKind::FilterChains => "filter_chain",
         }
     }
 
@@ -105,6 +122,7 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     pub targets: Vec<Target>,
     pub plugins: Vec<Plugin>,
+    pub filter_chains: Vec<FilterChain>,
 }
 
 /// Kong's protocol names, for services and routes alike.
@@ -526,15 +544,76 @@ impl Target {
     }
 }
 
-/// A plugin instance: validated by shape now, run once plugins land.
+/// A plugin instance: a native plugin of the binary's registry, one of
+/// Kong's that Strait keeps without running, or a Wasm filter configured as
+/// a plugin (Kong 3.9).
 #[derive(Debug, Clone)]
 pub struct Plugin {
     pub meta: Meta,
     pub name: String,
     pub instance_name: Option<String>,
-    pub config: serde_json::Map<String, serde_json::Value>,
+    pub config: PluginConfig,
     pub service: Option<ServiceIdx>,
     pub route: Option<RouteIdx>,
     pub protocols: Option<ProtocolSet>,
     pub enabled: bool,
+}
+
+/// A plugin's `config`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginConfig {
+    /// A record, with the plugin's defaults filled in (every plugin but filters).
+    Record(serde_json::Map<String, serde_json::Value>),
+    /// A Wasm filter's configuration as given: any JSON its schema accepts
+    /// (a string when it has none), or none at all.
+    Filter(Option<serde_json::Value>),
+}
+
+impl PluginConfig {
+    /// The record of a native plugin (`None` for a filter).
+    pub fn record(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        match self {
+            PluginConfig::Record(m) => Some(m),
+            PluginConfig::Filter(_) => None,
+        }
+    }
+
+    /// As the Admin API and the declarative export show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            PluginConfig::Record(m) => serde_json::Value::Object(m.clone()),
+            PluginConfig::Filter(v) => v.clone().unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// Kong's `filter_chains`: proxy-wasm filters run, in order, on the
+/// sessions of one route or one service.
+#[derive(Debug, Clone)]
+pub struct FilterChain {
+    pub meta: Meta,
+    pub name: Option<String>,
+    pub enabled: bool,
+    /// Exactly one of `route` and `service` is set.
+    pub route: Option<RouteIdx>,
+    pub service: Option<ServiceIdx>,
+    /// At least one.
+    pub filters: Vec<FilterEntry>,
+}
+
+/// One filter of a chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterEntry {
+    /// A filter the `wasm_filters` setting enables.
+    pub name: String,
+    pub enabled: bool,
+    /// As given (see [`PluginConfig::Filter`]).
+    pub config: Option<serde_json::Value>,
+}
+
+impl FilterChain {
+    /// The name, or the id when it has none (for logs).
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.meta.id.to_string())
+    }
 }

@@ -172,12 +172,27 @@ pub fn plugin(c: &Config, p: &Plugin) -> Value {
         obj(json!({
             "name": p.name,
             "instance_name": p.instance_name,
-            "config": p.config,
+            "config": p.config.to_json(),
             "service": p.service.map_or(Value::Null, |i| id_ref(c.services[i.0].meta.id)),
             "route": p.route.map_or(Value::Null, |i| id_ref(c.routes[i.0].meta.id)),
             "consumer": null,
             "protocols": p.protocols.map_or(Value::Null, |s| json!(s.iter().map(Protocol::as_str).collect::<Vec<_>>())),
             "enabled": p.enabled,
+        })),
+    )
+}
+
+pub fn filter_chain(c: &Config, fc: &FilterChain) -> Value {
+    let filters: Vec<Value> =
+        fc.filters.iter().map(|f| json!({ "name": f.name, "enabled": f.enabled, "config": f.config })).collect();
+    with_meta(
+        &fc.meta,
+        obj(json!({
+            "name": fc.name,
+            "enabled": fc.enabled,
+            "route": fc.route.map_or(Value::Null, |i| id_ref(c.routes[i.0].meta.id)),
+            "service": fc.service.map_or(Value::Null, |i| id_ref(c.services[i.0].meta.id)),
+            "filters": filters,
         })),
     )
 }
@@ -194,5 +209,6 @@ pub fn to_declarative(c: &Config) -> Value {
         "upstreams": c.upstreams.iter().map(|u| upstream(c, u)).collect::<Vec<_>>(),
         "targets": c.targets.iter().map(|t| target(c, t)).collect::<Vec<_>>(),
         "plugins": c.plugins.iter().map(|p| plugin(c, p)).collect::<Vec<_>>(),
+        "filter_chains": c.filter_chains.iter().map(|fc| filter_chain(c, fc)).collect::<Vec<_>>(),
     })
 }

@@ -5,7 +5,7 @@ use strait_model::{LoadError, Options, PluginNames, Protocol, load_str, load_str
 
 /// `plugins = bundled,myplugin`, as those users' kong.conf must say.
 fn with_myplugin() -> Options {
-    Options { plugins: PluginNames { bundled: true, custom: vec!["myplugin".into()] }, schemas: None }
+    Options { plugins: PluginNames { bundled: true, custom: vec!["myplugin".into()] }, schemas: None, filters: None }
 }
 
 fn corpus(name: &str) -> String {

@@ -409,6 +409,7 @@ fn plugin_errors_name_the_protocol_as_written_and_no_false_duplicate() {
     let options = strait_model::Options {
         plugins: strait_model::PluginNames { bundled: true, custom: vec!["narrow".into()] },
         schemas: Some(std::sync::Arc::new(TcpTlsOnly)),
+        filters: None,
     };
     let text = file(
         r#"plugins:

@@ -40,6 +40,7 @@ pub(crate) struct Builder {
     pub(crate) upstream_origin: Vec<Origin>,
     pub(crate) target_origin: Vec<Origin>,
     pub(crate) plugin_origin: Vec<Origin>,
+    pub(crate) filter_chain_origin: Vec<Origin>,
     /// Each plugin's `protocols` as written (in order, unparsable ones as
     /// `None`), for errors that name `protocols[i]`.
     pub(crate) plugin_protocols: Vec<Vec<Option<Protocol>>>,
@@ -53,6 +54,7 @@ pub(crate) struct Builder {
     pub(crate) sni_cert: Vec<(usize, Ref)>,
     pub(crate) target_upstream: Vec<(usize, Ref)>,
     pub(crate) plugin_refs: Vec<(usize, Option<Ref>, Option<Ref>)>,
+    pub(crate) filter_chain_refs: Vec<(usize, Option<Ref>, Option<Ref>)>,
 }
 
 impl Builder {
@@ -103,7 +105,8 @@ impl Builder {
         self.done(f, "declarative configuration", &root);
 
         // Order matters for references into parents: certificates and CA
-        // certificates before services, services before routes, routes before plugins.
+        // certificates before services, services before routes, routes before
+        // plugins and filter chains.
         let get = |kind: EntityKind| lists.iter().find(|(k, _)| *k == kind).and_then(|(_, v)| *v);
         let at = |kind: EntityKind, i: usize| format!("{kind}[{}]", i + 1);
         use EntityKind as K;
@@ -130,6 +133,9 @@ impl Builder {
         }
         for (i, v) in get(K::Plugins).into_iter().flatten().enumerate() {
             self.plugin(v, at(K::Plugins, i), None, None);
+        }
+        for (i, v) in get(K::FilterChains).into_iter().flatten().enumerate() {
+            self.filter_chain(v, at(K::FilterChains, i), None, None);
         }
     }
 

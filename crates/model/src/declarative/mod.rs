@@ -4,7 +4,8 @@
 //! Loading runs in three steps: flatten nested entities into per-type lists
 //! (remembering each one's parent; `flatten.rs`), parse every entity on its
 //! own (one file per entity: `service.rs`, `route.rs`, `certificate.rs` with
-//! SNIs and CA certificates, `upstream.rs` with targets, `plugin.rs`), then
+//! SNIs and CA certificates, `upstream.rs` with targets, `plugin.rs`,
+//! `filter.rs` for filter chains), then
 //! resolve references and check uniqueness (`resolve.rs`). The pure syntax
 //! the entities share is in `syntax.rs`. Every problem found is reported,
 //! each naming the entity (by path and name), the field, the reason, and
@@ -14,6 +15,7 @@
 //! Admin API's `/schemas/{entity}` and every default come from here.
 
 mod certificate;
+mod filter;
 mod flatten;
 mod plugin;
 mod resolve;
@@ -30,6 +32,7 @@ use uuid::Uuid;
 use crate::entities::*;
 use crate::fields::ENTITY;
 
+pub use filter::{FILTER_PROTOCOLS, FilterSchemas};
 pub use plugin::{BUNDLED_PLUGINS, ConfigCheck, HTTP_ONLY_PLUGINS, PluginNames, PluginSchemas};
 pub(crate) use syntax::is_host;
 pub use syntax::{parse_ip_match, parse_sni};
@@ -126,17 +129,8 @@ pub const HTTP_ROUTE_FIELDS: [&str; 10] = [
     "response_buffering",
 ];
 /// Kong entities that have no meaning for a stream gateway; accepted and ignored.
-pub(crate) const IGNORED_KEYS: [&str; 9] = [
-    "consumers",
-    "consumer_groups",
-    "vaults",
-    "keys",
-    "key_sets",
-    "partials",
-    "filter_chains",
-    "workspaces",
-    "licenses",
-];
+pub(crate) const IGNORED_KEYS: [&str; 8] =
+    ["consumers", "consumer_groups", "vaults", "keys", "key_sets", "partials", "workspaces", "licenses"];
 pub(crate) const META_KEYS: [&str; 6] = ["_format_version", "_transform", "_comment", "_ignore", "_info", "_workspace"];
 
 /// What loading depends on besides the document.
@@ -144,11 +138,17 @@ pub(crate) const META_KEYS: [&str; 6] = ["_format_version", "_transform", "_comm
 pub struct Options {
     pub plugins: PluginNames,
     pub schemas: Option<std::sync::Arc<dyn PluginSchemas>>,
+    /// The proxy-wasm filters loaded; `None` when `wasm` is off.
+    pub filters: Option<std::sync::Arc<dyn FilterSchemas>>,
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Options").field("plugins", &self.plugins).field("schemas", &self.schemas.is_some()).finish()
+        f.debug_struct("Options")
+            .field("plugins", &self.plugins)
+            .field("schemas", &self.schemas.is_some())
+            .field("filters", &self.filters.is_some())
+            .finish()
     }
 }
 
@@ -197,6 +197,7 @@ pub fn entity_schema(kind: EntityKind, options: &Options) -> Value {
         EntityKind::Upstreams => b.upstream(&empty, path),
         EntityKind::Targets => b.target(&empty, path, None),
         EntityKind::Plugins => b.plugin(&empty, path, None, None),
+        EntityKind::FilterChains => b.filter_chain(&empty, path, None, None),
     }
     let fields: Vec<Value> = b.described.into_iter().map(|(name, spec)| serde_json::json!({ name: spec })).collect();
     serde_json::json!({ "fields": fields })

@@ -159,8 +159,11 @@ impl Builder {
             "updated_at",
         ]);
         let name = f.required_str("name").map(str::to_owned);
+        // A Wasm filter configured as a plugin (Kong 3.9): its name is one
+        // of the loaded filters, whatever the `plugins` setting says.
+        let filter = name.as_deref().is_some_and(|n| self.options.filters.as_ref().is_some_and(|f| f.has(n)));
         if let Some(n) = &name {
-            if !self.options.plugins.allows(n) {
+            if !filter && !self.options.plugins.allows(n) {
                 f.err("name", format!("plugin '{n}' not enabled; add it to the 'plugins' configuration property"));
             }
         }
@@ -183,26 +186,18 @@ impl Builder {
         let meta = meta(&mut f, "plugin", &Origin { path: id_key, name: None });
         // Absent, it reads as `{}` (the plugin's defaults).
         f.note("config", || json!({"type": "record", "default": {}}));
-        let mut config = match f.get("config") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(o)) => o.clone(),
-            Some(_) => {
-                f.err("config", "expected a record");
-                Map::new()
-            }
-        };
-        if let (Some(n), Some(schemas)) = (&name, &self.options.schemas) {
-            match schemas.check(n, &config) {
-                None => {}
-                Some(Ok(filled)) => config = filled,
-                Some(Err(errors)) => {
-                    for (field, message) in errors {
-                        let field = if field == ENTITY { field } else { format!("config.{field}") };
-                        f.err(field, message);
-                    }
+        let config = match (&name, &self.options.filters) {
+            (Some(n), Some(filters)) if filter => {
+                let given = f.get("config").cloned();
+                if let Err(message) = filters.usable(n) {
+                    f.err("name", message);
+                } else if let Err(message) = filters.check(n, given.as_ref()) {
+                    f.err("config", message);
                 }
+                PluginConfig::Filter(given)
             }
-        }
+            _ => PluginConfig::Record(self.plugin_record(&mut f, name.as_deref())),
+        };
         for key in ["consumer", "consumer_group"] {
             if f.has(key) {
                 f.err(key, "stream plugins cannot be scoped to consumers");
@@ -227,6 +222,16 @@ impl Builder {
         if (service.is_some() && service_ref.is_some()) || (route.is_some() && route_ref.is_some()) {
             f.err(ENTITY, "a nested plugin must not name its parent again");
         }
+        if filter {
+            // Kong's filter plugins apply to exactly one route or service.
+            let on_service = service.is_some() || service_ref.is_some();
+            let on_route = route.is_some() || route_ref.is_some();
+            match (on_service, on_route) {
+                (false, false) => f.err(ENTITY, "at least one of these fields must be non-empty: 'service', 'route'"),
+                (true, true) => f.err(ENTITY, "only one or none of these fields must be set: 'service', 'route'"),
+                _ => {}
+            }
+        }
         self.done(f, "plugin", &origin);
         let i = self.config.plugins.len();
         self.config.plugins.push(Plugin {
@@ -244,6 +249,32 @@ impl Builder {
         }
         self.plugin_origin.push(origin);
         self.plugin_protocols.push(written);
+    }
+
+    /// A native plugin's `config`: a record, checked (and filled in with
+    /// defaults) by the plugin's schema.
+    fn plugin_record(&self, f: &mut crate::fields::Fields<'_>, name: Option<&str>) -> Map<String, Value> {
+        let mut config = match f.get("config") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(o)) => o.clone(),
+            Some(_) => {
+                f.err("config", "expected a record");
+                Map::new()
+            }
+        };
+        if let (Some(n), Some(schemas)) = (name, &self.options.schemas) {
+            match schemas.check(n, &config) {
+                None => {}
+                Some(Ok(filled)) => config = filled,
+                Some(Err(errors)) => {
+                    for (field, message) in errors {
+                        let field = if field == ENTITY { field } else { format!("config.{field}") };
+                        f.err(field, message);
+                    }
+                }
+            }
+        }
+        config
     }
 
     /// Plugins: one instance of a plugin per scope (Kong's unique key), stream
@@ -278,7 +309,10 @@ impl Builder {
                 let kind = ErrorKind::Unique { value: p.name.clone() };
                 errors.push(EntityError { kind, ..err("name", message) });
             }
-            let runs_on = self.options.schemas.as_ref().and_then(|s| s.protocols(&p.name));
+            let runs_on = match &p.config {
+                PluginConfig::Filter(_) => Some(super::FILTER_PROTOCOLS),
+                PluginConfig::Record(_) => self.options.schemas.as_ref().and_then(|s| s.protocols(&p.name)),
+            };
             if let Some(supported) = runs_on {
                 for (j, proto) in self.plugin_protocols[i].iter().enumerate() {
                     let Some(proto) = *proto else { continue };

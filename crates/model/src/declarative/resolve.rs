@@ -54,6 +54,15 @@ impl Builder {
             &mut self.errors,
         );
 
+        index(
+            "filter_chain",
+            &self.config.filter_chains,
+            &self.filter_chain_origin,
+            |c| c.name.clone(),
+            |c| &c.meta,
+            &mut self.errors,
+        );
+
         let mut errors = std::mem::take(&mut self.errors);
         let mut missing = |entity: &'static str, origin: &Origin, field: &str, to: EntityKind, r: &Ref| {
             let what = if to == EntityKind::CaCertificates { "CA certificate" } else { to.singular() };
@@ -140,6 +149,22 @@ impl Builder {
             }
         }
 
+        for (i, s, r) in std::mem::take(&mut self.filter_chain_refs) {
+            let origin = &self.filter_chain_origin[i];
+            if let Some(s) = s {
+                match services.find(&s) {
+                    Some(x) => self.config.filter_chains[i].service = Some(ServiceIdx(x)),
+                    None => missing("filter_chain", origin, "service", EntityKind::Services, &s),
+                }
+            }
+            if let Some(r) = r {
+                match routes.find(&r) {
+                    Some(x) => self.config.filter_chains[i].route = Some(RouteIdx(x)),
+                    None => missing("filter_chain", origin, "route", EntityKind::Routes, &r),
+                }
+            }
+        }
+
         // One target per address within an upstream, as Kong's unique key.
         let mut seen = HashMap::new();
         for (i, t) in self.config.targets.iter().enumerate() {
@@ -164,6 +189,7 @@ impl Builder {
             }
         }
         self.check_plugins(&mut errors);
+        self.check_filter_chains(&mut errors);
         // Combinations Kong accepts but that cannot do what they say.
         for route in &self.config.routes {
             let Some(svc) = route.service.map(|s| &self.config.services[s.0]) else {

@@ -30,6 +30,7 @@ impl Builder {
             "created_at",
             "updated_at",
             "plugins",
+            "filter_chains",
         ];
         allowed.extend(HTTP_ROUTE_FIELDS);
         f.check_unknown(&allowed);
@@ -166,6 +167,7 @@ impl Builder {
             f.err("service", "a route nested under a service must not name another service");
         }
         let plugins = f.nested("plugins").cloned();
+        let chains = f.nested("filter_chains").cloned();
         self.done(f, "route", &origin);
 
         let idx = RouteIdx(self.config.routes.len());
@@ -184,6 +186,9 @@ impl Builder {
             self.route_service.push((idx, r));
         }
         self.route_origin.push(origin.clone());
+        for (i, c) in chains.iter().flatten().enumerate() {
+            self.filter_chain(c, format!("{}.filter_chains[{}]", origin.path, i + 1), None, Some(idx));
+        }
         for (i, p) in plugins.iter().flatten().enumerate() {
             self.plugin(p, format!("{}.plugins[{}]", origin.path, i + 1), None, Some(idx));
         }

@@ -41,6 +41,7 @@ impl Builder {
             "updated_at",
             "routes",
             "plugins",
+            "filter_chains",
         ]);
         let name = f.str("name").map(str::to_owned);
         if let Some(n) = &name {
@@ -158,6 +159,7 @@ impl Builder {
         }
         let routes = f.nested("routes").cloned();
         let plugins = f.nested("plugins").cloned();
+        let chains = f.nested("filter_chains").cloned();
         self.done(f, "service", &origin);
 
         let idx = ServiceIdx(self.config.services.len());
@@ -188,6 +190,9 @@ impl Builder {
         self.service_origin.push(origin.clone());
         for (i, r) in routes.iter().flatten().enumerate() {
             self.route(r, format!("{}.routes[{}]", origin.path, i + 1), Some(idx));
+        }
+        for (i, c) in chains.iter().flatten().enumerate() {
+            self.filter_chain(c, format!("{}.filter_chains[{}]", origin.path, i + 1), Some(idx), None);
         }
         for (i, p) in plugins.iter().flatten().enumerate() {
             self.plugin(p, format!("{}.plugins[{}]", origin.path, i + 1), Some(idx), None);
