@@ -23,12 +23,40 @@ struct Prepared {
     default_cert: KeyPair,
 }
 
-/// The plugins of this binary: the built-ins. Made once per command.
-fn plugins() -> Arc<Plugins> {
-    Plugins::new(strait_plugins::registry())
+/// What a configuration may use: the plugins of this binary (the
+/// built-ins) and, when `wasm` is on, the filters of `wasm_filters_path`.
+struct Kit {
+    plugins: Arc<Plugins>,
+    /// The filters, for the loader; `None` when `wasm` is off.
+    filters: Option<Arc<strait_wasm::WasmFilters>>,
 }
 
-fn prepare(settings: Settings, plugins: &Plugins, generate_cert: bool) -> Result<Prepared> {
+/// Made once per command. `cache`: keep compiled filters under `prefix`
+/// (`check` writes nothing).
+fn kit(settings: &Settings, cache: bool) -> Result<Kit> {
+    let registry = strait_plugins::registry();
+    if !settings.wasm.enabled {
+        return Ok(Kit { plugins: Plugins::new(registry), filters: None });
+    }
+    let metrics = Arc::new(strait_plugin::Metrics::default());
+    // One instance of each configured filter per worker thread.
+    let workers = settings
+        .worker_threads
+        .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |n| n.get());
+    let names: Vec<&'static str> = registry.names().collect();
+    let reserved = |n: &str| names.contains(&n) || strait_model::BUNDLED_PLUGINS.contains(&n);
+    let prefix = cache.then_some(settings.prefix.as_path());
+    let (filters, _) = strait_wasm::WasmFilters::load(&settings.wasm, prefix, workers, &metrics, &reserved)?;
+    if filters.names().next().is_none() {
+        tracing::warn!("wasm is on but no filter is enabled: no wasm filters are available");
+    }
+    let filters = Arc::new(filters);
+    let runtime: Arc<dyn strait_plugin::Filters> = filters.clone();
+    Ok(Kit { plugins: Plugins::with_filters(registry, metrics, Some(runtime)), filters: Some(filters) })
+}
+
+fn prepare(settings: Settings, kit: &Kit, generate_cert: bool) -> Result<Prepared> {
+    let plugins = &kit.plugins;
     let registry = plugins.registry();
     for name in settings.plugins.iter().filter(|p| *p != "bundled") {
         if !plugins.has(name) {
@@ -40,7 +68,7 @@ fn prepare(settings: Settings, plugins: &Plugins, generate_cert: bool) -> Result
         }
     }
     let loaded = match &settings.declarative_config {
-        Some(path) => load_declarative("declarative_config", path, &options(&settings, plugins))?,
+        Some(path) => load_declarative("declarative_config", path, &options(&settings, kit))?,
         None => Loaded { config: Config::default(), warnings: Vec::new() },
     };
     let default_cert = match &settings.ssl_cert {
@@ -74,10 +102,12 @@ fn resumption(settings: &Settings) -> Resumption {
     Resumption::new(settings.ssl_session_tickets, settings.ssl_session_cache)
 }
 
-/// Validation options from the settings (`plugins`) and the plugins' schemas.
-fn options(settings: &Settings, plugins: &Plugins) -> Options {
+/// Validation options from the settings (`plugins`), the plugins' schemas
+/// and the filters'.
+fn options(settings: &Settings, kit: &Kit) -> Options {
     Options {
-        schemas: Some(plugins.schemas()),
+        schemas: Some(kit.plugins.schemas()),
+        filters: kit.filters.clone().map(|f| f as Arc<dyn strait_model::FilterSchemas>),
         plugins: PluginNames {
             bundled: settings.plugins.iter().any(|p| p == "bundled"),
             custom: settings.plugins.iter().filter(|p| *p != "bundled").cloned().collect(),
@@ -109,8 +139,9 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
     }
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("prefix: cannot create {}", settings.prefix.display()))?;
-    let plugins = plugins();
-    let Prepared { settings, loaded, default_cert } = prepare(settings, &plugins, true)?;
+    let kit = kit(&settings, true)?;
+    let plugins = kit.plugins.clone();
+    let Prepared { settings, loaded, default_cert } = prepare(settings, &kit, true)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -137,7 +168,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
         let (control, snapshot) = match opened {
             Opened::Ready(store) => {
                 let tls = server_tls(&settings, default_cert);
-                Control::start(store, loaded.config, tls, options(&settings, &plugins), upstreams, plugins.clone())
+                Control::start(store, loaded.config, tls, options(&settings, &kit), upstreams, plugins.clone())
                     .await?
             }
             Opened::Unreachable(store, why) => {
@@ -152,7 +183,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
                     store,
                     &cache,
                     server_tls(&settings, default_cert),
-                    options(&settings, &plugins),
+                    options(&settings, &kit),
                     upstreams,
                     plugins.clone(),
                 )?
@@ -167,6 +198,7 @@ pub fn start(conf: Option<&Path>) -> Result<()> {
             SessionOptions {
                 trusted_ips: settings.trusted_ips.clone(),
                 udp_max_sessions: settings.udp_max_sessions,
+                stream_max_pending: settings.stream_max_pending,
             },
         )?;
         let swapper = proxy.swapper();
@@ -382,10 +414,10 @@ async fn start_admin(
 /// This node's id, kept under `prefix` so it survives restarts.
 fn node_id(prefix: &Path) -> String {
     let path = prefix.join("node_id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        if let Ok(id) = uuid::Uuid::parse_str(id.trim()) {
-            return id.to_string();
-        }
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && let Ok(id) = uuid::Uuid::parse_str(id.trim())
+    {
+        return id.to_string();
     }
     let id = uuid::Uuid::new_v4().to_string();
     if let Err(e) = std::fs::write(&path, &id) {
@@ -421,8 +453,10 @@ fn summary(c: &Config) -> String {
 
 /// `strait check`.
 pub fn check(conf: Option<&Path>) -> Result<()> {
-    let plugins = plugins();
-    let Prepared { settings, loaded, default_cert } = prepare(Settings::load(conf)?, &plugins, false)?;
+    let settings = Settings::load(conf)?;
+    let kit = kit(&settings, false)?;
+    let plugins = kit.plugins.clone();
+    let Prepared { settings, loaded, default_cert } = prepare(settings, &kit, false)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
     }
@@ -436,8 +470,10 @@ pub fn check(conf: Option<&Path>) -> Result<()> {
 /// `strait config parse FILE`.
 pub fn parse(file: &Path) -> Result<()> {
     // `config parse` takes the settings file if there is one, for `plugins`.
-    let plugins = plugins();
-    let opts = Settings::load(default_conf_path().as_deref()).map(|s| options(&s, &plugins)).unwrap_or_default();
+    let opts = match Settings::load(default_conf_path().as_deref()) {
+        Ok(s) => options(&s, &kit(&s, false)?),
+        Err(_) => Options { schemas: Some(Plugins::new(strait_plugins::registry()).schemas()), ..Options::default() },
+    };
     let loaded = load_declarative("declarative file", file, &opts)?;
     for w in &loaded.warnings {
         println!("warning: {w}");
@@ -513,15 +549,15 @@ fn pg_or_plain(settings: &Settings, e: strait_store::StoreError) -> anyhow::Erro
 }
 
 /// The control plane over the store, for commands that run no proxy.
-async fn offline_control(settings: &Settings, plugins: Arc<Plugins>) -> Result<Arc<Control>> {
+async fn offline_control(settings: &Settings, kit: &Kit) -> Result<Arc<Control>> {
     let store = open_store_now(settings).await?;
     let (control, _) = Control::start(
         store,
         strait_model::Config::default(),
         server_tls(settings, throwaway_cert()?),
-        options(settings, &plugins),
+        options(settings, kit),
         Arc::new(Upstreams::new(settings.dns.clone())),
-        plugins,
+        kit.plugins.clone(),
     )
     .await?;
     Ok(control)
@@ -530,14 +566,14 @@ async fn offline_control(settings: &Settings, plugins: Arc<Plugins>) -> Result<A
 /// `strait config db_import FILE`: replaces the stored configuration.
 pub fn db_import(conf: Option<&Path>, file: &Path) -> Result<()> {
     let settings = Settings::load(conf)?;
-    let plugins = plugins();
-    let loaded = load_declarative("declarative file", file, &options(&settings, &plugins))?;
+    let kit = kit(&settings, false)?;
+    let loaded = load_declarative("declarative file", file, &options(&settings, &kit))?;
     if settings.database == Database::Off {
         bail!("database is \"off\": db_import needs a database");
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let control = offline_control(&settings, plugins).await?;
+        let control = offline_control(&settings, &kit).await?;
         let doc = strait_model::export::to_declarative(&loaded.config);
         control
             .apply(|d| strait_control::replace_all::<std::convert::Infallible>(d, doc))
@@ -556,7 +592,7 @@ pub fn db_export(conf: Option<&Path>, file: Option<&Path>) -> Result<()> {
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let text = rt.block_on(async {
-        let control = offline_control(&settings, plugins()).await?;
+        let control = offline_control(&settings, &kit(&settings, false)?).await?;
         let text = serde_json::to_string_pretty(&control.current().doc)?;
         anyhow::Ok(text)
     })?;

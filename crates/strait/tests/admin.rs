@@ -19,13 +19,23 @@ fn bin() -> &'static Path {
 
 /// A gateway with the embedded store under `prefix` and the Admin API on a free port.
 fn start(prefix: &Path, stream_port: u16) -> (Gateway, SocketAddr) {
+    start_with(prefix, stream_port, |c| c)
+}
+
+fn start_with(
+    prefix: &Path,
+    stream_port: u16,
+    more: impl FnOnce(GatewayConfig) -> GatewayConfig,
+) -> (Gateway, SocketAddr) {
     let admin_port = test_support::free_port();
     let gw = Gateway::start(
         bin(),
-        GatewayConfig::new(format!("127.0.0.1:{stream_port}"), "_format_version: \"3.0\"\n")
-            .setting("database", "\"sqlite\"")
-            .setting("prefix", &format!("{prefix:?}"))
-            .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
+        more(
+            GatewayConfig::new(format!("127.0.0.1:{stream_port}"), "_format_version: \"3.0\"\n")
+                .setting("database", "\"sqlite\"")
+                .setting("prefix", &format!("{prefix:?}"))
+                .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\"")),
+        ),
     );
     (gw, format!("127.0.0.1:{admin_port}").parse().expect("admin address"))
 }
@@ -59,12 +69,11 @@ async fn service_names_by_pages(admin: SocketAddr, size: usize) -> Vec<String> {
 async fn banner_eventually(port: u16, want: &str) -> TcpStream {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-            if let Ok(b) = read_banner(&mut s).await {
-                if b == want {
-                    return s;
-                }
-            }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await
+            && let Ok(b) = read_banner(&mut s).await
+            && b == want
+        {
+            return s;
         }
         assert!(tokio::time::Instant::now() < deadline, "never reached {want}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -439,7 +448,16 @@ async fn certificates_through_the_api_terminate_tls_and_writes_never_lose_each_o
 async fn the_server_answers_every_openapi_route_and_nothing_else() {
     use test_support::certs::TestCa;
     let prefix = TempDir::new();
-    let (_gw, admin) = start(prefix.path(), test_support::free_port());
+    // With Wasm on and one filter, so the filter endpoints answer too.
+    let filters = TempDir::new();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/wasm/out/passthrough.wasm"),
+        filters.path().join("passthrough.wasm"),
+    )
+    .unwrap();
+    let (_gw, admin) = start_with(prefix.path(), test_support::free_port(), |c| {
+        c.setting("wasm", "\"on\"").setting("wasm_filters_path", &format!("{:?}", filters.path()))
+    });
     let ca = TestCa::new("coverage CA");
     let leaf = ca.leaf(&["api.test"]);
     let post = |path: &'static str, body: Value| async move {
@@ -456,6 +474,14 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
             .await;
     let route_plugin =
         post("/routes/rt/plugins", json!({"name": "tcp-log", "config": {"host": "127.0.0.1", "port": 9}})).await;
+    // A chain on the route and one on the service, and a spare route and
+    // service to move them to while a throwaway takes their place.
+    let rt_spare =
+        post("/services/svc/routes", json!({"name": "rt-spare", "protocols": ["tcp"], "destinations": [{"port": 3}]}))
+            .await;
+    let svc_spare = post("/services", json!({"name": "svc-spare", "url": "tcp://127.0.0.1:1"})).await;
+    let route_chain = post("/routes/rt/filter-chains", json!({"filters": [{"name": "passthrough"}]})).await;
+    let svc_chain = post("/services/svc/filter-chains", json!({"filters": [{"name": "passthrough"}]})).await;
     post("/upstreams", json!({"name": "up", "targets": null})).await;
     post("/upstreams/up/targets", json!({"target": "127.0.0.1:9000"})).await;
 
@@ -470,6 +496,8 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
     let paths = served["paths"].as_object().unwrap();
     for (template, ops) in paths {
         let plugin = if template.starts_with("/routes") { &route_plugin } else { &svc_plugin };
+        let chain =
+            if template.starts_with("/services") || template.ends_with("/service") { &svc_chain } else { &route_chain };
         let path = template
             .replace("{service}", "svc")
             .replace("{route}", "rt")
@@ -481,7 +509,9 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
             .replace("{target}", "127.0.0.1:9000")
             .replace("{address}", "127.0.0.1:9000")
             .replace("{entity}", "services")
-            .replace("{plugin_name}", "ip-restriction");
+            .replace("{plugin_name}", "ip-restriction")
+            .replace("{filter_chain}", chain)
+            .replace("{filter_name}", "passthrough");
         for method in ops.as_object().unwrap().keys() {
             let method = method.to_ascii_uppercase();
             let r = match method.as_str() {
@@ -502,6 +532,21 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
                         "ca_certificates" => json!({"cert": ca.pem.cert}),
                         "upstreams" => json!({"name": "gone-up"}),
                         "targets" => json!({"target": "127.0.0.1:9999"}),
+                        // One chain per route or service: the throwaway goes on
+                        // the spare route, or in place of the chain moved there.
+                        "filter-chains" if collection == "/filter-chains" => {
+                            json!({"route": {"id": rt_spare}, "filters": [{"name": "passthrough"}]})
+                        }
+                        "filter-chains" => {
+                            let (moved, to) = if collection.starts_with("/services") {
+                                (&svc_chain, json!({"service": {"id": svc_spare}}))
+                            } else {
+                                (&route_chain, json!({"route": {"id": rt_spare}}))
+                            };
+                            let r = send_json(admin, "PATCH", &format!("/filter-chains/{moved}"), &to).await;
+                            assert_eq!(r.status, 200, "moving {moved}: {:?}", r.json());
+                            json!({"filters": [{"name": "passthrough"}]})
+                        }
                         other => panic!("no throwaway for {other}"),
                     };
                     let made = send_json(admin, "POST", &collection, &body).await;
@@ -509,6 +554,15 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
                     let id = made.json()["id"].as_str().unwrap().to_owned();
                     let r = request(admin, "DELETE", &format!("{collection}/{id}"), None, &[]).await;
                     assert_eq!(r.status, 204, "DELETE {collection}/{id}");
+                    if kind == "filter-chains" && collection != "/filter-chains" {
+                        let (moved, back) = if collection.starts_with("/services") {
+                            (&svc_chain, json!({"service": {"name": "svc"}}))
+                        } else {
+                            (&route_chain, json!({"route": {"name": "rt"}}))
+                        };
+                        let b = send_json(admin, "PATCH", &format!("/filter-chains/{moved}"), &back).await;
+                        assert_eq!(b.status, 200, "moving {moved} back: {:?}", b.json());
+                    }
                     r
                 }
                 // `/config` and `/schemas/../validate` reject `{}`: still answered.
