@@ -300,3 +300,53 @@ mod tests {
         assert!(c.is_closed());
     }
 }
+
+/// Byte vectors the data phase reuses, per worker thread: between chunks a
+/// session holds none (unless a plugin holds bytes), so an idle session
+/// costs no buffer, and a busy one allocates none per chunk once warm.
+pub mod pool {
+    use std::cell::RefCell;
+
+    /// Vectors kept per thread, and the largest capacity kept (together at
+    /// most 4 MiB per thread, as the relay's own buffer pool).
+    const KEEP: usize = 64;
+    const MAX_CAPACITY: usize = 64 * 1024;
+
+    thread_local! {
+        static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty vector, with capacity when the pool had one.
+    pub fn take() -> Vec<u8> {
+        POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// Gives `v`'s capacity back (its bytes are dropped).
+    pub fn give(mut v: Vec<u8>) {
+        if v.capacity() == 0 || v.capacity() > MAX_CAPACITY {
+            return;
+        }
+        v.clear();
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < KEEP {
+                p.push(v);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn capacity_is_reused_and_bounded() {
+            let mut v = super::take();
+            v.extend_from_slice(&[1; 1000]);
+            let cap = v.capacity();
+            super::give(v);
+            let again = super::take();
+            assert!(again.is_empty() && again.capacity() == cap, "the same vector, emptied");
+            super::give(vec![0; super::MAX_CAPACITY + 1]);
+            assert_eq!(super::take().capacity(), 0, "an oversized vector is not kept");
+        }
+    }
+}

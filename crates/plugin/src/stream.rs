@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::data::{Data, DataVerdict, Direction, StreamControl};
+use crate::data::{Data, DataVerdict, Direction, StreamControl, pool};
 use crate::runtime::{Chain, Entry, guarded, wait};
 use crate::{Session, Status, Verdict};
 use strait_model::Protocol;
@@ -45,8 +45,6 @@ pub struct Stream {
     notified: [bool; 2],
     max_pending: usize,
     control: StreamControl,
-    /// Reused between calls: no allocation per chunk once warm.
-    carry: Vec<u8>,
 }
 
 impl Stream {
@@ -93,7 +91,7 @@ impl Chain {
         let control = StreamControl::default();
         s.set_stream_control(control.clone(), upstream);
         let held = [vec![Vec::new(); stages.len()], vec![Vec::new(); stages.len()]];
-        Stream { stages, held, ended: [false; 2], notified: [false; 2], max_pending, control, carry: Vec::new() }
+        Stream { stages, held, ended: [false; 2], notified: [false; 2], max_pending, control }
     }
 
     /// The upstream is connected: each data-phase instance's `on_connect`,
@@ -129,16 +127,30 @@ impl Chain {
         if end_of_stream {
             stream.ended[direction.index()] = true;
         }
-        let mut carry = std::mem::take(&mut stream.carry);
-        carry.clear();
+        let mut carry = pool::take();
         carry.extend_from_slice(input);
         let r = self.run(s, stream, direction, &mut carry, false);
-        if r.is_ok() {
-            out.extend_from_slice(&carry);
-        }
-        carry.clear();
-        stream.carry = carry;
+        Self::pass_on(stream, direction, carry, r.is_ok(), out);
         r
+    }
+
+    /// What came out of the stages goes to `out` (moved when `out` is
+    /// empty), and every vector nothing is held in goes back to the pool:
+    /// between chunks a session keeps only what its plugins hold.
+    fn pass_on(stream: &mut Stream, direction: Direction, mut carry: Vec<u8>, ok: bool, out: &mut Vec<u8>) {
+        if ok {
+            if out.is_empty() {
+                std::mem::swap(out, &mut carry);
+            } else {
+                out.extend_from_slice(&carry);
+            }
+        }
+        pool::give(carry);
+        for h in &mut stream.held[direction.index()] {
+            if h.is_empty() && h.capacity() > 0 {
+                pool::give(std::mem::take(h));
+            }
+        }
     }
 
     /// A plugin asked to pass on what is held going `direction`: each
@@ -151,14 +163,9 @@ impl Chain {
         direction: Direction,
         out: &mut Vec<u8>,
     ) -> Result<(), Closed> {
-        let mut carry = std::mem::take(&mut stream.carry);
-        carry.clear();
+        let mut carry = Vec::new();
         let r = self.run(s, stream, direction, &mut carry, true);
-        if r.is_ok() {
-            out.extend_from_slice(&carry);
-        }
-        carry.clear();
-        stream.carry = carry;
+        Self::pass_on(stream, direction, carry, r.is_ok(), out);
         r
     }
 
@@ -206,8 +213,13 @@ impl Chain {
             }
             let others: usize = stream.held[d].iter().enumerate().filter(|(j, _)| *j != k).map(|(_, h)| h.len()).sum();
             let held = &mut stream.held[d][k];
-            held.extend_from_slice(carry);
-            carry.clear();
+            if held.is_empty() {
+                // Nothing held: the bytes move in rather than being copied.
+                std::mem::swap(held, carry);
+            } else {
+                held.extend_from_slice(carry);
+                carry.clear();
+            }
             let e: &Entry = &self.entries[stream.stages[k]];
             if others + held.len() > stream.max_pending {
                 return Err(Closed::PendingLimit { direction, held: others + held.len(), max: stream.max_pending });

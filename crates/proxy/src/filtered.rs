@@ -6,8 +6,8 @@
 //! others keep the relay of `relay.rs` (splice between plain sockets) and
 //! pay nothing. The idle timeout and the force-close signal are the same
 //! `relay::Run`; what differs is each direction's step: read into a pooled
-//! buffer, hand the bytes to the plugins, write what they pass on (kept in
-//! a per-direction vector reused from chunk to chunk). The end of a stream
+//! buffer, hand the bytes to the plugins, write what they pass on (in a
+//! vector from the kit's per-thread pool, given back once written). The end of a stream
 //! is forwarded once the plugins hold nothing more in that direction. A
 //! plugin's stream control (another task resuming held bytes, or closing
 //! the session) wakes the relay; a close flushes what was passed on first.
@@ -55,7 +55,8 @@ struct Way {
     direction: Direction,
     /// Held only while a read is being made.
     buf: Option<Buf>,
-    /// What the plugins passed on, not yet written.
+    /// What the plugins passed on, not yet written (empty, without
+    /// capacity, between chunks).
     out: Vec<u8>,
     written: usize,
     /// The reader ended (its end of stream went to the plugins).
@@ -98,7 +99,8 @@ impl Way {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        self.out.clear();
+        // Back to the pool once written: an idle session holds no vector.
+        strait_plugin::data::pool::give(std::mem::take(&mut self.out));
         self.written = 0;
         Poll::Ready(Ok(()))
     }
