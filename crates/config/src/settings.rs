@@ -152,7 +152,8 @@ pub struct WasmSettings {
     /// Kong's `wasm_filters`: `bundled`, `user` (those in `filters_path`),
     /// and names; empty when `off`.
     pub filters: Vec<String>,
-    /// Strait's `wasm_call_timeout`: the CPU time one guest call may take.
+    /// Strait's `wasm_call_timeout`: the time one guest call may take
+    /// (wall-clock, enforced by epoch interruption).
     pub call_timeout: Duration,
     /// Strait's `wasm_memory_limit`: the most linear memory an instance may grow to.
     pub memory_limit: usize,

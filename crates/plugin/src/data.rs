@@ -13,7 +13,7 @@
 //! session closes. A session with no data-phase instance never builds any
 //! of this and keeps the plain relay (splice between plain sockets).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -115,20 +115,34 @@ pub enum DataVerdict {
     Close,
 }
 
-const RESUME_DOWNSTREAM: u8 = 1;
-const RESUME_UPSTREAM: u8 = 2;
-const CLOSE: u8 = 4;
-const FAIL: u8 = 8;
+const CLOSE: u8 = 1;
+const FAIL: u8 = 2;
 
 /// A handle on a relaying session's data phase that other tasks may use (a
-/// plugin's timer, for instance): pass on what is held, or close the session.
-/// Requests take effect when the relay next runs, which they wake.
+/// plugin's timer, for instance): pass on what its plugin holds, or close
+/// the session. Requests take effect when the relay next runs, which they
+/// wake. Each data-phase plugin of a session has its own handle
+/// ([`Session::stream_control`](crate::Session::stream_control) during its
+/// calls), so a resume passes on only what that plugin holds.
 #[derive(Debug, Clone, Default)]
-pub struct StreamControl(Arc<ControlInner>);
+pub struct StreamControl {
+    inner: Arc<ControlInner>,
+    /// The stage (the plugin's place among the session's data-phase
+    /// plugins) this handle resumes.
+    stage: u8,
+}
+
+/// The resume bit of a stage; the 32nd and later stages share the last bit.
+pub(crate) fn stage_bit(stage: usize) -> u32 {
+    1 << stage.min(31)
+}
 
 #[derive(Debug, Default)]
 struct ControlInner {
+    /// Close and fail requests.
     requests: AtomicU8,
+    /// Per direction, the stages that asked to resume.
+    resumes: [AtomicU32; 2],
     /// The relay's waker, registered once: a task's waker stays valid for
     /// the task's life, so the relay's polls need no lock.
     registered: std::sync::atomic::AtomicBool,
@@ -140,39 +154,52 @@ struct ControlInner {
 /// What a [`StreamControl`] was asked, as the relay reads it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Requests {
-    pub resume_downstream: bool,
-    pub resume_upstream: bool,
+    /// The stages (a bit each, in chain order) that resumed, per direction.
+    pub resume_downstream: u32,
+    pub resume_upstream: u32,
     /// The plugin that closed the session, and the failure when it failed
     /// (status 500).
     pub close: Option<(&'static str, Option<String>)>,
 }
 
 impl StreamControl {
-    /// Passes on what this session's plugins hold in `direction`, as if each
-    /// paused plugin had continued.
+    /// Passes on what this handle's plugin holds in `direction`, without
+    /// calling it again (as Envoy continues a paused filter); the plugins
+    /// after it see the bytes. What other plugins hold stays held.
     pub fn resume(&self, direction: Direction) {
-        self.request(match direction {
-            Direction::Downstream => RESUME_DOWNSTREAM,
-            Direction::Upstream => RESUME_UPSTREAM,
-        });
+        self.inner.resumes[direction.index()].fetch_or(stage_bit(usize::from(self.stage)), Ordering::AcqRel);
+        self.wake();
+    }
+
+    pub(crate) fn stage(&self) -> usize {
+        usize::from(self.stage)
+    }
+
+    /// The same session's handle for another stage.
+    pub(crate) fn for_stage(&self, stage: usize) -> StreamControl {
+        StreamControl { inner: self.inner.clone(), stage: stage.min(31) as u8 }
     }
 
     /// Ends the session (what was passed on is delivered first); `plugin`
     /// is who closed it, for the log.
     pub fn close(&self, plugin: &'static str) {
-        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((plugin, None));
+        self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((plugin, None));
         self.request(CLOSE);
     }
 
     /// Ends the session as failed: status 500, `reason` in the log.
     pub fn fail(&self, plugin: &'static str, reason: impl Into<String>) {
-        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((plugin, Some(reason.into())));
+        self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert((plugin, Some(reason.into())));
         self.request(FAIL);
     }
 
     fn request(&self, bit: u8) {
-        self.0.requests.fetch_or(bit, Ordering::AcqRel);
-        let waker = self.0.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.inner.requests.fetch_or(bit, Ordering::AcqRel);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        let waker = self.inner.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(w) = waker {
             w.wake();
         }
@@ -181,39 +208,42 @@ impl StreamControl {
     /// For the relay (one task): takes what was asked since the last call;
     /// the first call registers the task to be woken when something is.
     pub fn poll_requests(&self, cx: &mut Context<'_>) -> Poll<Requests> {
-        let mut bits = self.0.requests.swap(0, Ordering::AcqRel);
-        if bits == 0 {
-            if self.0.registered.load(Ordering::Acquire) {
+        let take = || {
+            let i = &self.inner;
+            let r = (
+                i.requests.swap(0, Ordering::AcqRel),
+                i.resumes[0].swap(0, Ordering::AcqRel),
+                i.resumes[1].swap(0, Ordering::AcqRel),
+            );
+            (r != (0, 0, 0)).then_some(r)
+        };
+        let mut asked = take();
+        if asked.is_none() {
+            if self.inner.registered.load(Ordering::Acquire) {
                 return Poll::Pending;
             }
-            *self.0.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
-            self.0.registered.store(true, Ordering::Release);
+            *self.inner.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+            self.inner.registered.store(true, Ordering::Release);
             // Asked between the swap and the registration: seen now.
-            bits = self.0.requests.swap(0, Ordering::AcqRel);
-            if bits == 0 {
-                return Poll::Pending;
-            }
+            asked = take();
         }
+        let Some((bits, down, up)) = asked else { return Poll::Pending };
         let close = if bits & (CLOSE | FAIL) != 0 {
-            self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
         } else {
             None
         };
-        Poll::Ready(Requests {
-            resume_downstream: bits & RESUME_DOWNSTREAM != 0,
-            resume_upstream: bits & RESUME_UPSTREAM != 0,
-            close,
-        })
+        Poll::Ready(Requests { resume_downstream: down, resume_upstream: up, close })
     }
 
     /// Who closed the session, and the failure when it failed.
     pub fn closing(&self) -> Option<(&'static str, Option<String>)> {
-        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether a plugin closed (or failed) the session.
     pub fn is_closed(&self) -> bool {
-        self.0.closed.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 }
 
@@ -294,7 +324,7 @@ mod tests {
         c.fail("f", "boom");
         c.close("g");
         let Poll::Ready(r) = c.poll_requests(&mut cx) else { panic!("requests were made") };
-        assert!(r.resume_upstream && !r.resume_downstream);
+        assert!(r.resume_upstream == 1 && r.resume_downstream == 0);
         assert_eq!(r.close, Some(("f", Some("boom".to_owned()))), "the first to close is kept");
         assert!(c.poll_requests(&mut cx).is_pending(), "taken once");
         assert!(c.is_closed());

@@ -106,7 +106,8 @@ pub enum Verdict {
     /// Wait this long, then go on (the session holds no buffer meanwhile).
     Delay(Duration),
     /// Wait until another task calls [`Resume::resume`] (a plugin's timer,
-    /// say), at most a minute, then go on.
+    /// say), then go on; a session still held after a minute is refused
+    /// with 503.
     Wait(Resume),
 }
 

@@ -181,10 +181,14 @@ impl Chain {
     }
 }
 
-/// A `Verdict::Wait`: until resumed (or refused: the refusal), at most
-/// [`MAX_DELAY`].
+/// A `Verdict::Wait`: until resumed (or refused: the refusal). A session
+/// still held after [`MAX_DELAY`] is refused (503): a hold fails closed,
+/// and a forgotten one does not keep a session forever.
 pub(crate) async fn wait(r: &crate::Resume) -> Option<(Status, Option<String>)> {
-    tokio::time::timeout(MAX_DELAY, r.resumed()).await.ok().flatten()
+    match tokio::time::timeout(MAX_DELAY, r.resumed()).await {
+        Ok(refusal) => refusal,
+        Err(_) => Some((Status::Unavailable, Some("held for 60 s without being resumed".to_owned()))),
+    }
 }
 
 /// Runs a phase, turning a panic into a 500 rejection of this session only.

@@ -162,8 +162,21 @@ impl Session {
 
     /// While the session relays through a data phase: a handle to pass on
     /// held bytes or close the session from another task (a timer).
+    ///
+    /// The handle is the calling plugin's: taken during one of its
+    /// data-phase calls, its `resume` passes on what that plugin holds.
     pub fn stream_control(&self) -> Option<&StreamControl> {
         self.stream.as_ref()
+    }
+
+    /// The data-phase stage being called: its handle becomes the one
+    /// [`Session::stream_control`] gives.
+    pub(crate) fn set_stage(&mut self, stage: usize) {
+        if let Some(c) = &mut self.stream
+            && c.stage() != stage.min(31)
+        {
+            *c = c.for_stage(stage);
+        }
     }
 
     pub(crate) fn set_stream_control(&mut self, control: StreamControl, upstream: Option<SocketAddr>) {

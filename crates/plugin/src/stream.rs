@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::data::{Data, DataVerdict, Direction, StreamControl, pool};
+use crate::data::{Data, DataVerdict, Direction, StreamControl, pool, stage_bit};
 use crate::runtime::{Chain, Entry, guarded, wait};
 use crate::{Session, Status, Verdict};
 use strait_model::Protocol;
@@ -97,8 +97,9 @@ impl Chain {
     /// The upstream is connected: each data-phase instance's `on_connect`,
     /// in order (one may refuse, delay or hold the session).
     pub async fn connected(&self, s: &mut Session, stream: &Stream) -> Result<(), Closed> {
-        for &i in &stream.stages {
+        for (k, &i) in stream.stages.iter().enumerate() {
             let e = &self.entries[i];
+            s.set_stage(k);
             match guarded(e, || e.instance.on_connect(s)) {
                 Verdict::Continue => {}
                 Verdict::Delay(d) => tokio::time::sleep(d.min(crate::runtime::MAX_DELAY)).await,
@@ -129,7 +130,7 @@ impl Chain {
         }
         let mut carry = pool::take();
         carry.extend_from_slice(input);
-        let r = self.run(s, stream, direction, &mut carry, false);
+        let r = self.run(s, stream, direction, &mut carry, None);
         Self::pass_on(stream, direction, carry, r.is_ok(), out);
         r
     }
@@ -153,18 +154,21 @@ impl Chain {
         }
     }
 
-    /// A plugin asked to pass on what is held going `direction`: each
-    /// paused instance passes its bytes on without being called again (as
-    /// Envoy resumes a paused filter chain), the ones after it are called.
+    /// Plugins asked to pass on what they hold going `direction` (`stages`:
+    /// a bit each, as [`crate::data::Requests`] gives them): each passes its
+    /// bytes on without being called again (as Envoy continues a paused
+    /// filter), and the plugins after it are called with them; what other
+    /// plugins hold stays held.
     pub fn resume(
         &self,
         s: &mut Session,
         stream: &mut Stream,
         direction: Direction,
+        stages: u32,
         out: &mut Vec<u8>,
     ) -> Result<(), Closed> {
         let mut carry = Vec::new();
-        let r = self.run(s, stream, direction, &mut carry, true);
+        let r = self.run(s, stream, direction, &mut carry, Some(stages));
         Self::pass_on(stream, direction, carry, r.is_ok(), out);
         r
     }
@@ -175,8 +179,9 @@ impl Chain {
         if std::mem::replace(&mut stream.notified[direction.index()], true) {
             return;
         }
-        for &i in &stream.stages {
+        for (k, &i) in stream.stages.iter().enumerate() {
             let e = &self.entries[i];
+            s.set_stage(k);
             let notified = catch_unwind(AssertUnwindSafe(|| match direction {
                 Direction::Downstream => e.instance.on_downstream_close(s),
                 Direction::Upstream => e.instance.on_upstream_close(s),
@@ -188,28 +193,34 @@ impl Chain {
     }
 
     /// Runs `carry` through the stages going `direction`; what the last one
-    /// passes on is left in `carry`. `resuming`: paused stages pass their
-    /// bytes on without a call.
+    /// passes on is left in `carry`. `resumed`: the stages that continued,
+    /// whose bytes (and what reaches them) go on without a call.
     fn run(
         &self,
         s: &mut Session,
         stream: &mut Stream,
         direction: Direction,
         carry: &mut Vec<u8>,
-        resuming: bool,
+        resumed: Option<u32>,
     ) -> Result<(), Closed> {
         let d = direction.index();
         let eos = stream.ended[d];
         for i in 0..stream.stages.len() {
             let k = stream.stage(direction, i);
-            if resuming && carry.is_empty() {
-                // Nothing new reached this stage: what it held goes on as is.
-                std::mem::swap(&mut stream.held[d][k], carry);
-                continue;
-            }
-            if carry.is_empty() && stream.held[d][k].is_empty() && !eos {
+            match resumed {
+                Some(stages) if stages & stage_bit(k) != 0 => {
+                    let held = &mut stream.held[d][k];
+                    held.extend_from_slice(carry);
+                    carry.clear();
+                    std::mem::swap(held, carry);
+                    continue;
+                }
+                // Nothing new reached this stage: it keeps what it holds.
+                Some(_) if carry.is_empty() => continue,
+                Some(_) => {}
                 // Nothing for this stage, nor for the ones after it.
-                return Ok(());
+                None if carry.is_empty() && stream.held[d][k].is_empty() && !eos => return Ok(()),
+                None => {}
             }
             let others: usize = stream.held[d].iter().enumerate().filter(|(j, _)| *j != k).map(|(_, h)| h.len()).sum();
             let held = &mut stream.held[d][k];
@@ -224,6 +235,7 @@ impl Chain {
             if others + held.len() > stream.max_pending {
                 return Err(Closed::PendingLimit { direction, held: others + held.len(), max: stream.max_pending });
             }
+            s.set_stage(k);
             let mut data = Data::new(held, eos);
             let verdict = catch_unwind(AssertUnwindSafe(|| match direction {
                 Direction::Downstream => e.instance.on_downstream_data(s, &mut data),
@@ -231,7 +243,14 @@ impl Chain {
             }));
             match verdict {
                 Ok(DataVerdict::Continue) => std::mem::swap(held, carry),
-                Ok(DataVerdict::Pause) => return Ok(()),
+                Ok(DataVerdict::Pause) => {
+                    // What it holds now, with what it may have added.
+                    let total = others + held.len();
+                    if total > stream.max_pending {
+                        return Err(Closed::PendingLimit { direction, held: total, max: stream.max_pending });
+                    }
+                    return Ok(());
+                }
                 // A plugin that failed the session (its stream control) and
                 // closes it: the failure is what the log says.
                 Ok(DataVerdict::Close) => {
@@ -247,5 +266,97 @@ impl Chain {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::task::Poll;
+
+    use strait_model::{Config, Options, PluginNames, RouteIdx};
+
+    use super::*;
+    use crate::{Chains, Conf, ConfigureCx, ConfigureError, Facts, Instance, Plugin, Plugins, Registry};
+
+    /// Holds every chunk (pauses) and keeps its stream control, so a test
+    /// can resume it; `first` runs before `second`.
+    struct Holder(&'static str, i32, Arc<Mutex<Option<StreamControl>>>);
+    struct Holding(Arc<Mutex<Option<StreamControl>>>);
+    impl Plugin for Holder {
+        type Config = ();
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn priority(&self) -> i32 {
+            self.1
+        }
+        fn schema(&self, _conf: &mut Conf<'_>) -> Option<()> {
+            Some(())
+        }
+        fn configure(&self, _: (), _cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, ConfigureError> {
+            Ok(Arc::new(Holding(self.2.clone())))
+        }
+    }
+    impl Instance for Holding {
+        fn data_phase(&self) -> bool {
+            true
+        }
+        fn on_downstream_data(&self, s: &mut Session, _data: &mut Data<'_>) -> DataVerdict {
+            *self.0.lock().expect("control") = s.stream_control().cloned();
+            DataVerdict::Pause
+        }
+    }
+
+    #[test]
+    fn a_resume_passes_on_only_what_the_resuming_plugin_holds() {
+        let (first, second) = (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(None)));
+        let registry =
+            Registry::default().with(Holder("first", 20, first.clone())).with(Holder("second", 10, second.clone()));
+        let options = Options {
+            plugins: PluginNames { bundled: true, custom: vec!["first".into(), "second".into()] },
+            schemas: Some(Arc::new(registry.clone())),
+            filters: None,
+        };
+        let yaml = "_format_version: \"3.0\"\nservices:\n- url: tcp://127.0.0.1:1\n  routes:\n  - protocols: [tcp]\n    destinations: [{port: 1}]\nplugins:\n- name: first\n- name: second\n";
+        let config: Arc<Config> = Arc::new(strait_model::load_str_with(yaml, &options).expect("valid").config);
+        let chains =
+            Chains::compile(&config, &Plugins::new(registry), &|_| Err("no TLS".to_owned())).expect("compiles");
+        let chain = chains.route(RouteIdx(0)).expect("a chain").clone();
+        let a: SocketAddr = "127.0.0.1:1000".parse().expect("addr");
+        let mut s = Session::new(Facts {
+            config: config.clone(),
+            client: a,
+            server: a,
+            listener: Arc::from("test"),
+            protocol: Protocol::Tcp,
+            sni: None,
+            alpn: Vec::new(),
+            route: Some(RouteIdx(0)),
+        });
+        let mut stream = chain.stream(&mut s, None, 1024);
+        let mut out = Vec::new();
+        // The first holds "abc"; resumed, it passes it to the second, which holds it.
+        chain.data(&mut s, &mut stream, Direction::Downstream, b"abc", false, &mut out).expect("held");
+        assert!(out.is_empty() && stream.holds(Direction::Downstream));
+        first.lock().expect("c").as_ref().expect("first's control").resume(Direction::Downstream);
+        let waker = std::task::Waker::noop();
+        let Poll::Ready(r) = stream.control().poll_requests(&mut std::task::Context::from_waker(waker)) else {
+            panic!("a resume was asked")
+        };
+        assert_eq!((r.resume_downstream, r.resume_upstream), (1, 0), "the first stage's bit only");
+        chain.resume(&mut s, &mut stream, Direction::Downstream, r.resume_downstream, &mut out).expect("resumed");
+        assert!(out.is_empty(), "the second still holds what the first let go");
+        // "de" reaches the first (held again); the second's resume lets
+        // "abc" out, and the first keeps "de".
+        chain.data(&mut s, &mut stream, Direction::Downstream, b"de", false, &mut out).expect("held");
+        second.lock().expect("c").as_ref().expect("second's control").resume(Direction::Downstream);
+        let Poll::Ready(r) = stream.control().poll_requests(&mut std::task::Context::from_waker(waker)) else {
+            panic!("a resume was asked")
+        };
+        chain.resume(&mut s, &mut stream, Direction::Downstream, r.resume_downstream, &mut out).expect("resumed");
+        assert_eq!(out, b"abc", "only what the resuming plugin held");
+        assert!(stream.holds(Direction::Downstream), "the first still holds \"de\"");
     }
 }

@@ -117,18 +117,25 @@ fn number(digits: &[u8]) -> Option<i64> {
 /// or an inline command (a line of words).
 fn next_command(buf: &[u8]) -> Next<'_> {
     let Some(&first) = buf.first() else { return Next::Partial };
-    let head = match line(buf) {
+    if first != b'*' {
+        // Inline, read as Redis reads it: the line ends at `\n`, words are
+        // split on any white space, and quotes around the first are dropped.
+        let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+            return if buf.len() > MAX_LINE { Next::Invalid("a line longer than 64 KiB") } else { Next::Partial };
+        };
+        if end > MAX_LINE {
+            return Next::Invalid("a line longer than 64 KiB");
+        }
+        let word = buf[..end].split(|b| b.is_ascii_whitespace()).find(|w| !w.is_empty()).unwrap_or(b"");
+        let name = word.strip_prefix(b"\"").and_then(|w| w.strip_suffix(b"\"")).unwrap_or(word);
+        let name = name.strip_prefix(b"'").and_then(|w| w.strip_suffix(b"'")).unwrap_or(name);
+        return Next::Command { len: end + 1, name };
+    }
+    let (text, mut at) = match line(buf) {
         Err(why) => return Next::Invalid(why),
         Ok(None) => return Next::Partial,
         Ok(Some(h)) => h,
     };
-    if first != b'*' {
-        // Inline: the first word names the command.
-        let (text, len) = head;
-        let name = text.split(|b| *b == b' ').find(|w| !w.is_empty()).unwrap_or(b"");
-        return Next::Command { len, name };
-    }
-    let (text, mut at) = head;
     let Some(count) = number(&text[1..]).filter(|n| (-1..=1_048_576).contains(n)) else {
         return Next::Invalid("a bad array length");
     };
@@ -226,6 +233,11 @@ mod tests {
             assert_eq!(next_command(&cmd[..cut]), Next::Partial, "cut at {cut}");
         }
         assert_eq!(next_command(b"FLUSHALL\r\n"), Next::Command { len: 10, name: b"FLUSHALL" });
+        // Inline commands end at \n and split on any white space, quotes dropped.
+        assert_eq!(next_command(b"\tFLUSHALL\r\n"), Next::Command { len: 11, name: b"FLUSHALL" });
+        assert_eq!(next_command(b"\"flushall\"\r\n"), Next::Command { len: 12, name: b"flushall" });
+        assert_eq!(next_command(b"FLUSHALL\nPING\r\n"), Next::Command { len: 9, name: b"FLUSHALL" });
+        assert_eq!(next_command(b"FLUSH"), Next::Partial);
         assert_eq!(next_command(b"*0\r\n"), Next::Command { len: 4, name: b"" });
         assert!(matches!(next_command(b"*2\r\n:1\r\n"), Next::Invalid(_)));
         assert!(matches!(next_command(b"*x\r\n"), Next::Invalid(_)));

@@ -37,8 +37,8 @@ pub(crate) trait Hooks: Send {
         end_of_stream: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), Closed>;
-    /// Pass on what the plugins hold going `direction`.
-    fn resume(&mut self, direction: Direction, out: &mut Vec<u8>) -> Result<(), Closed>;
+    /// Pass on what the plugins of `stages` (a bit each) hold going `direction`.
+    fn resume(&mut self, direction: Direction, stages: u32, out: &mut Vec<u8>) -> Result<(), Closed>;
     /// `direction`'s sender will send no more.
     fn finished(&mut self, direction: Direction);
     /// Whether the plugins hold bytes going `direction`.
@@ -103,6 +103,17 @@ impl Way {
         strait_plugin::data::pool::give(std::mem::take(&mut self.out));
         self.written = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Writes what is pending and flushes the writer (a TLS writer buffers).
+    fn poll_flush_all<W: AsyncWrite + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+        progress: &mut bool,
+    ) -> Poll<Result<(), WayEnd>> {
+        ready!(self.poll_flush_out(cx, writer.as_mut(), progress))?;
+        writer.poll_flush(cx).map_err(WayEnd::Write)
     }
 
     /// Moves as much as possible; `Ready(Ok)` once the reader ended, the
@@ -225,11 +236,11 @@ where
     /// What the stream control asked (resume held bytes, close).
     fn requests(&mut self, cx: &mut Context<'_>) -> Result<(), Closed> {
         while let Poll::Ready(r) = self.hooks.poll_requests(cx) {
-            if r.resume_downstream {
-                self.hooks.resume(Direction::Downstream, &mut self.c2u.out)?;
+            if r.resume_downstream != 0 {
+                self.hooks.resume(Direction::Downstream, r.resume_downstream, &mut self.c2u.out)?;
             }
-            if r.resume_upstream {
-                self.hooks.resume(Direction::Upstream, &mut self.u2c.out)?;
+            if r.resume_upstream != 0 {
+                self.hooks.resume(Direction::Upstream, r.resume_upstream, &mut self.u2c.out)?;
             }
             if let Some((plugin, failure)) = r.close {
                 self.closing = Some(match failure {
@@ -255,16 +266,18 @@ where
         progress: &mut bool,
         first_closed: &mut Option<Side>,
     ) -> Option<RelayEnd> {
-        if self.closing.is_none() {
-            if let Err(closed) = self.requests(cx) {
-                return Some(RelayEnd::Stopped(closed));
-            }
+        if self.closing.is_none()
+            && let Err(closed) = self.requests(cx)
+        {
+            // A plugin closed while resuming: what went before still goes.
+            self.closing = Some(closed);
         }
         if let Some(closed) = &self.closing {
-            // Flush what the plugins passed on (failures end at once), then end.
+            // Flush what the plugins passed on, through any TLS writer's
+            // buffer (failures end at once), then end.
             let flushing = matches!(closed, Closed::ByPlugin { .. });
-            let c = flushing.then(|| self.c2u.poll_flush_out(cx, Pin::new(&mut *self.upstream), progress));
-            let u = flushing.then(|| self.u2c.poll_flush_out(cx, Pin::new(&mut *self.client), progress));
+            let c = flushing.then(|| self.c2u.poll_flush_all(cx, Pin::new(&mut *self.upstream), progress));
+            let u = flushing.then(|| self.u2c.poll_flush_all(cx, Pin::new(&mut *self.client), progress));
             let pending = matches!(c, Some(Poll::Pending)) || matches!(u, Some(Poll::Pending));
             if pending {
                 return None;

@@ -572,8 +572,8 @@ impl Hooks for DataHooks<'_> {
         self.p.chain.data(&mut self.p.s, &mut self.stream, d, input, end_of_stream, out)
     }
 
-    fn resume(&mut self, d: Direction, out: &mut Vec<u8>) -> Result<(), Closed> {
-        self.p.chain.resume(&mut self.p.s, &mut self.stream, d, out)
+    fn resume(&mut self, d: Direction, stages: u32, out: &mut Vec<u8>) -> Result<(), Closed> {
+        self.p.chain.resume(&mut self.p.s, &mut self.stream, d, stages, out)
     }
 
     fn finished(&mut self, d: Direction) {

@@ -32,9 +32,30 @@ fn entry(dir: &Path, engine: &Engine, wasm: &[u8]) -> PathBuf {
     dir.join(format!("{}-{:016x}.cwasm", hex(&Sha256::digest(wasm)), h.finish()))
 }
 
-/// Loads a cached entry, if it is intact.
+/// Whether the cache's files can only have been written by this process's
+/// user: the directory and the file owned by it, neither writable by group
+/// or others. Anything else is not trusted (it costs a compile).
+fn trusted(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // std has no safe `geteuid`: `/proc/self` is owned by the effective user.
+    let mine = |m: &std::fs::Metadata| m.mode() & 0o022 == 0 && m.uid() == current_uid();
+    let dir = path.parent().and_then(|d| std::fs::symlink_metadata(d).ok());
+    let file = std::fs::symlink_metadata(path).ok();
+    matches!((dir, file), (Some(d), Some(f)) if d.is_dir() && f.is_file() && mine(&d) && mine(&f))
+}
+
+/// This process's effective user, as `/proc/self` is owned by it.
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
+}
+
+/// Loads a cached entry, if it is intact and only we could have written it.
 #[allow(unsafe_code)]
 fn load(engine: &Engine, path: &Path) -> Option<Module> {
+    if !trusted(path) {
+        return None;
+    }
     let stored = std::fs::read(path).ok()?;
     let (digest, code) = stored.split_at_checked(32)?;
     if Sha256::digest(code).as_slice() != digest {
@@ -43,8 +64,9 @@ fn load(engine: &Engine, path: &Path) -> Option<Module> {
     // SAFETY: `deserialize` runs the native code it is given. These bytes are
     // exactly what `Module::serialize` wrote for this engine: the file's name
     // carries the engine's compatibility hash (wasmtime's full version and
-    // settings), its SHA-256 check above proves it whole, and the directory
-    // is Strait's own under `prefix` (0700). wasmtime also checks the
+    // settings), its SHA-256 check above proves it whole, and `trusted`
+    // checked that it and its directory belong to this user and are
+    // writable by no one else. wasmtime also checks the
     // engine's version and settings against the header and refuses a
     // mismatch with an error, not undefined behaviour. The bytes are copied
     // (`deserialize`, not `deserialize_file`), so a later change to the file

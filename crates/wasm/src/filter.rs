@@ -278,6 +278,12 @@ impl FilterInstance {
                 },
                 Action::Tick(_, ms) => {
                     let Some(root) = vm.store.data_mut().roots.get_mut(&ROOT) else { continue };
+                    if root.tick_ms == Some(ms) {
+                        // The running ticker already has this period: no
+                        // second one (a filter may set it on every call).
+                        continue;
+                    }
+                    root.tick_ms = Some(ms);
                     root.tick_token += 1;
                     let token = root.tick_token;
                     if ms > 0

@@ -21,6 +21,12 @@ use crate::props::{self, Props};
 use crate::shared::{Owner, Shared};
 use crate::vm::Limiter;
 
+/// The largest a data buffer may grow to through `proxy_set_buffer_bytes`.
+const MAX_BUFFER: usize = 16 * 1024 * 1024;
+/// The most properties a session's filter may set, and the largest value.
+const MAX_PROPERTIES: usize = 64;
+const MAX_PROPERTY: usize = 64 * 1024;
+
 /// A stream context's way back to its session.
 #[derive(Debug)]
 pub(crate) enum Link {
@@ -47,6 +53,8 @@ pub(crate) struct StreamCtx {
 pub(crate) struct RootCtx {
     /// Bumped whenever the tick period changes, so an older ticker stops.
     pub(crate) tick_token: u64,
+    /// The period the running ticker has.
+    pub(crate) tick_ms: Option<u32>,
 }
 
 /// What a host function asked for, carried out when the guest call returns.
@@ -307,6 +315,10 @@ impl Imports {
                     return status::BAD_ARGUMENT;
                 };
                 let (start, size) = (start as u32 as usize, size as u32 as usize);
+                if data.len().saturating_add(bytes.len()) > MAX_BUFFER {
+                    // A filter may not grow a buffer without bound within a call.
+                    return status::BAD_ARGUMENT;
+                }
                 // Envoy's edits: replace a prefix (prepend when `size` is 0),
                 // or append at or past the end; nothing in the middle.
                 if start == 0 {
@@ -371,8 +383,13 @@ impl Imports {
             let h = c.data_mut();
             let ctx = h.call.effective;
             let Some(s) = h.streams.get_mut(&ctx) else { return status::NOT_FOUND };
+            if value.len() > MAX_PROPERTY {
+                return status::BAD_ARGUMENT;
+            }
+            let full = s.own_props.len() >= MAX_PROPERTIES;
             match s.own_props.iter_mut().find(|(k, _)| *k == path) {
                 Some((_, v)) => *v = value,
+                None if full => return status::BAD_ARGUMENT,
                 None => s.own_props.push((path, value)),
             }
             status::OK

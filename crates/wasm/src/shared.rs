@@ -6,7 +6,7 @@
 //! The store is bounded by `nginx_wasm_shm_kv` (keys and values together):
 //! past it, the least recently written entries are evicted, as
 //! ngx_wasm_module's store evicts. Queues hold at most [`QUEUE_MAX`] items
-//! each; older items are dropped first.
+//! and [`QUEUE_MAX_BYTES`] each; older items are dropped first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, Weak};
@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 
 /// Most items one queue holds.
 pub(crate) const QUEUE_MAX: usize = 10_000;
+/// The most bytes one queue holds (its items together).
+pub(crate) const QUEUE_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Everything shared, one per process.
 #[derive(Debug)]
@@ -126,6 +128,8 @@ struct QueuesInner {
 #[derive(Debug)]
 struct Queue {
     items: VecDeque<Vec<u8>>,
+    /// The items' bytes together.
+    bytes: usize,
     owner: Owner,
 }
 
@@ -144,7 +148,7 @@ impl Queues {
         inner.next += 1;
         let id = inner.next;
         inner.by_name.insert(key, id);
-        inner.queues.insert(id, Queue { items: VecDeque::new(), owner });
+        inner.queues.insert(id, Queue { items: VecDeque::new(), bytes: 0, owner });
         id
     }
 
@@ -157,17 +161,24 @@ impl Queues {
     pub(crate) fn enqueue(&self, id: u32, value: Vec<u8>) -> Option<Owner> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let q = inner.queues.get_mut(&id)?;
-        if q.items.len() >= QUEUE_MAX {
-            q.items.pop_front();
-        }
+        q.bytes += value.len();
         q.items.push_back(value);
+        while q.items.len() > QUEUE_MAX || (q.bytes > QUEUE_MAX_BYTES && q.items.len() > 1) {
+            if let Some(old) = q.items.pop_front() {
+                q.bytes -= old.len();
+            }
+        }
         Some(q.owner.clone())
     }
 
     /// `None`: unknown queue; `Some(None)`: empty.
     pub(crate) fn dequeue(&self, id: u32) -> Option<Option<Vec<u8>>> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.queues.get_mut(&id).map(|q| q.items.pop_front())
+        inner.queues.get_mut(&id).map(|q| {
+            let item = q.items.pop_front();
+            q.bytes -= item.as_ref().map_or(0, Vec::len);
+            item
+        })
     }
 }
 

@@ -13,8 +13,16 @@ use crate::host::{Host, Imports, range, write};
 
 type C<'a> = Caller<'a, Host>;
 
-/// What a filter wrote to stdout or stderr: concatenated iovecs.
+/// Most iovecs one write may pass, and the most bytes of it logged.
+const MAX_IOVS: i32 = 1024;
+const MAX_LOGGED: usize = 64 * 1024;
+
+/// What a filter wrote to stdout or stderr: concatenated iovecs (at most
+/// [`MAX_LOGGED`] bytes of them).
 fn gather(c: &mut C<'_>, iovs: i32, n: i32) -> Option<Vec<u8>> {
+    if n > MAX_IOVS {
+        return None;
+    }
     let memory = c.data().memory?;
     let mem = memory.data(&*c);
     let mut out = Vec::new();
@@ -23,7 +31,8 @@ fn gather(c: &mut C<'_>, iovs: i32, n: i32) -> Option<Vec<u8>> {
         let entry = &mem[range(mem, at, 8)?];
         let ptr = i32::from_le_bytes(entry[..4].try_into().ok()?);
         let len = i32::from_le_bytes(entry[4..].try_into().ok()?);
-        out.extend_from_slice(&mem[range(mem, ptr, len)?]);
+        let bytes = &mem[range(mem, ptr, len)?];
+        out.extend_from_slice(&bytes[..bytes.len().min(MAX_LOGGED - out.len())]);
     }
     Some(out)
 }
