@@ -152,9 +152,28 @@ EOF
   echo $!
 }
 
-start_strait() {
-  local p=$1
-  cat > "$WORK/strait.yml" <<EOF
+# Strait, and Strait with a data phase on every route (what the feature costs
+# a session that uses it): "native" runs the kit's example plugin with
+# count_bytes (passes every chunk on, counting it), "wasm" a proxy-wasm
+# filter that passes every chunk on (tests/wasm/out/passthrough.wasm).
+start_strait() { strait_variant "$1" none; }
+start_strait_native() { strait_variant "$1" native; }
+start_strait_wasm() { strait_variant "$1" wasm; }
+
+strait_variant() {
+  local p=$1 variant=$2 name=strait extra="" settings="" chain=""
+  [ "$variant" = none ] || name=strait_$variant
+  case $variant in
+    native)
+      extra=$'plugins:\n- {name: tag-session, config: {tag: bench, count_bytes: true}}'
+      settings='plugins = ["bundled", "tag-session"]' ;;
+    wasm)
+      mkdir -p "$WORK/filters"
+      cp "$ROOT/tests/wasm/out/passthrough.wasm" "$WORK/filters/"
+      chain="  filter_chains: [{filters: [{name: passthrough}]}]"
+      settings=$'wasm = "on"\n'"wasm_filters_path = \"$WORK/filters\"" ;;
+  esac
+  cat > "$WORK/$name.yml" <<EOF
 _format_version: "3.0"
 certificates:
 - cert: |
@@ -164,18 +183,23 @@ $(sed 's/^/    /' "$WORK/certs/bench.test.key")
   snis: [bench.test]
 services:
 - url: tcp://127.0.0.1:$ECHO
+$chain
   routes:
   - {protocols: [tcp], destinations: [{port: $p}]}
   - {protocols: [tls], snis: [bench.test]}
 - url: tcp://127.0.0.1:$TLSECHO
+$chain
   routes: [{protocols: [tls_passthrough], snis: [pt.test]}]
 - url: tcp://127.0.0.1:$IPERF
+$chain
   routes: [{protocols: [tcp], destinations: [{port: $((p + 3))}]}]
+$extra
 EOF
-  cat > "$WORK/strait.toml" <<EOF
-prefix = "$WORK/strait"
+  cat > "$WORK/$name.toml" <<EOF
+prefix = "$WORK/$name"
 database = "off"
-declarative_config = "$WORK/strait.yml"
+declarative_config = "$WORK/$name.yml"
+$settings
 stream_listen = "127.0.0.1:$p, 127.0.0.1:$((p + 1)) ssl, 127.0.0.1:$((p + 2)) ssl, 127.0.0.1:$((p + 3))"
 admin_listen = "127.0.0.1:$((p + 4))"
 proxy_stream_access_log = "off"
@@ -188,7 +212,7 @@ EOF
   # grow in 2 MiB steps (up to 466 bytes per session at 6,000 idle
   # sessions, depending on where a step falls). nginx and HAProxy (glibc)
   # get none; neither does Strait here.
-  MIMALLOC_ALLOW_THP=0 $PROXYCPU "$STRAIT" start -c "$WORK/strait.toml" >"$WORK/strait.out" 2>&1 &
+  MIMALLOC_ALLOW_THP=0 $PROXYCPU "$STRAIT" start -c "$WORK/$name.toml" >"$WORK/$name.out" 2>&1 &
   echo $! >> "$WORK/pids"
   echo $!
 }
@@ -323,13 +347,14 @@ idle_rss() {
 declare -A PORT PID
 PORT[direct]=$ECHO; PID[direct]=0
 P=19100
-for proxy in nginx haproxy strait; do
+STRAITS=(strait strait_native strait_wasm)
+for proxy in nginx haproxy "${STRAITS[@]}"; do
   PORT[$proxy]=$P
   PID[$proxy]=$("start_$proxy" $P)
   P=$((P + 10))
 done
 names=()
-for proxy in direct nginx haproxy strait; do
+for proxy in direct nginx haproxy "${STRAITS[@]}"; do
   if [ "$proxy" != direct ]; then
     p=${PORT[$proxy]}
     wait_port "$p" && wait_port $((p + 3)) || { echo "$proxy did not start" >&2; record "$proxy" start 1 fail "" "" ""; continue; }
@@ -369,9 +394,9 @@ PY
     record strait apply_10k_routes 1 fail s "" ""
   fi
 fi
-for proxy in nginx haproxy strait; do stop_pid "${PID[$proxy]}"; done
+for proxy in nginx haproxy "${STRAITS[@]}"; do stop_pid "${PID[$proxy]}"; done
 
-for proxy in nginx haproxy strait; do
+for proxy in nginx haproxy "${STRAITS[@]}"; do
   idle_rss "$proxy" $P
   P=$((P + 10))
 done
@@ -381,7 +406,7 @@ python3 - "$CSV" "$RESULTS/latest.md" "$QUICK" <<'PY'
 import csv, sys, platform, os, subprocess
 rows = list(csv.DictReader(open(sys.argv[1])))
 out = open(sys.argv[2], "w")
-proxies = ["direct", "nginx", "haproxy", "strait"]
+proxies = ["direct", "nginx", "haproxy", "strait", "strait_native", "strait_wasm"]
 scen = []
 for r in rows:
     if r["scenario"] not in scen and r["scenario"] not in ("check", "start"):
@@ -396,8 +421,13 @@ lower_better = lambda s: s.startswith(("p99", "p50", "idle", "apply"))
 cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ") if os.path.exists("/proc/cpuinfo") else "?"
 lines = [f"Machine: {cpu}, {os.cpu_count()} CPUs, {platform.platform()}; quick={sys.argv[3]}", "",
          "Two runs per cell (`run1 / run2`). Proxy CPU is the proxy's own user+system time per unit of work.",
-         "Ratio: Strait's mean against the better of nginx and HAProxy (< 1 is better for CPU, latency and memory; > 1 for rates).", "",
-         "| scenario | unit | " + " | ".join(proxies) + " | strait/best |", "|---" * (len(proxies) + 3) + "|"]
+         "Ratio: Strait's mean against the better of nginx and HAProxy (< 1 is better for CPU, latency and memory; > 1 for rates).",
+         "strait_native and strait_wasm: Strait with a pass-through data phase on every route (the example plugin with count_bytes; a proxy-wasm filter);",
+         "native/s and wasm/s are their means against plain Strait's.", "",
+         "| scenario | unit | " + " | ".join(proxies) + " | strait/best | native/s | wasm/s |", "|---" * (len(proxies) + 5) + "|"]
+def against(s, key, variant):
+    base, v = mean("strait", s, key), mean(variant, s, key)
+    return f"{v / base:.2f}" if base and v else "-"
 for s in scen:
     unit = next(r["unit"] for r in rows if r["scenario"] == s)
     best = [m for m in (mean("nginx", s, "value"), mean("haproxy", s, "value")) if m is not None]
@@ -406,13 +436,13 @@ for s in scen:
     if best and st:
         b = min(best) if lower_better(s) else max(best)
         ratio = f"{st / b:.2f}" if b else "-"
-    lines.append(f"| {s} | {unit} | " + " | ".join(cell(p, s, "value") for p in proxies) + f" | {ratio} |")
+    lines.append(f"| {s} | {unit} | " + " | ".join(cell(p, s, "value") for p in proxies) + f" | {ratio} | {against(s, 'value', 'strait_native')} | {against(s, 'value', 'strait_wasm')} |")
     cu = next((r["cpu_unit"] for r in rows if r["scenario"] == s and r["cpu_unit"]), "")
     if cu:
         best = [m for m in (mean("nginx", s, "proxy_cpu"), mean("haproxy", s, "proxy_cpu")) if m is not None]
         st = mean("strait", s, "proxy_cpu")
         ratio = f"{st / min(best):.2f}" if best and st and min(best) else "-"
-        lines.append(f"| ↳ proxy CPU | {cu} | " + " | ".join(cell(p, s, "proxy_cpu") for p in proxies) + f" | {ratio} |")
+        lines.append(f"| ↳ proxy CPU | {cu} | " + " | ".join(cell(p, s, "proxy_cpu") for p in proxies) + f" | {ratio} | {against(s, 'proxy_cpu', 'strait_native')} | {against(s, 'proxy_cpu', 'strait_wasm')} |")
 fails = [r["proxy"] for r in rows if r["value"] == "fail"]
 if fails:
     lines += ["", "Refused to measure (failed a correctness check or did not start): " + ", ".join(sorted(set(fails)))]
