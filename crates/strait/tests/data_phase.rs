@@ -73,27 +73,7 @@ plugins:
 async fn redis_guard_refuses_flushall_even_split_over_two_reads() {
     let redis = RedisServer::start();
     let port = free_port();
-    let dir = test_support::gateway::TempDir::new();
-    let (log_path, log_yaml) = file_log(dir.path());
-    let yaml = format!(
-        r#"_format_version: "3.0"
-services:
-- name: redis
-  url: tcp://{}
-  routes:
-  - name: redis-route
-    protocols: [tcp]
-    destinations: [{{port: {port}}}]
-    plugins:
-    - name: redis-guard
-plugins:
-{log_yaml}"#,
-        redis.addr
-    );
-    let gw = Gateway::start(
-        bin(),
-        GatewayConfig::new(format!("127.0.0.1:{port}"), yaml).setting("plugins", "\"bundled,redis-guard\""),
-    );
+    let (gw, _dir, log_path) = guard_gateway(&redis, port, "", &[]);
 
     let mut c = TcpStream::connect(addr(port)).await.expect("connect");
     c.write_all(&resp(&["SET", "kept", "yes"])).await.expect("send SET");
