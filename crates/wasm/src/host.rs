@@ -551,7 +551,7 @@ impl Imports {
             let Some(name) = read(&mut c, ptr, len) else { return status::INVALID_MEMORY_ACCESS };
             let name = String::from_utf8_lossy(&name);
             let h = c.data();
-            let id = h.shared.metrics.define(h.filter, kind, &name);
+            let Some(id) = h.shared.metrics.define(h.filter, kind, &name) else { return status::BAD_ARGUMENT };
             if write(&mut c, id_out, &id.to_le_bytes()) { status::OK } else { status::INVALID_MEMORY_ACCESS }
         })?;
         self.wrap(ENV, "proxy_increment_metric", |c: C<'_>, id: i32, delta: i64| -> i32 {

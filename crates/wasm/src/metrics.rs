@@ -25,6 +25,10 @@ struct Metric {
     buckets: Vec<AtomicU64>,
 }
 
+/// The most metrics all filters together may define, and the longest name.
+const MAX_METRICS: usize = 10_000;
+const MAX_NAME: usize = 256;
+
 /// Every metric the filters defined.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -34,17 +38,22 @@ pub struct Metrics {
 impl Metrics {
     /// The metric's id: its place, with its type in the low two bits (as
     /// Envoy numbers them). Defining a name again gives the same metric.
-    pub(crate) fn define(&self, filter: &'static str, kind: MetricType, name: &str) -> u32 {
+    /// `None` past [`MAX_METRICS`] metrics, or for a name over
+    /// [`MAX_NAME`] bytes: filters cannot grow `/metrics` without bound.
+    pub(crate) fn define(&self, filter: &'static str, kind: MetricType, name: &str) -> Option<u32> {
         let tag = kind as u32;
         {
             let all = self.all.read().unwrap_or_else(|p| p.into_inner());
             if let Some(i) = all.iter().position(|m| m.filter == filter && m.kind == kind && m.name == name) {
-                return ((i as u32 + 1) << 2) | tag;
+                return Some(((i as u32 + 1) << 2) | tag);
             }
         }
         let mut all = self.all.write().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = all.iter().position(|m| m.filter == filter && m.kind == kind && m.name == name) {
-            return ((i as u32 + 1) << 2) | tag;
+            return Some(((i as u32 + 1) << 2) | tag);
+        }
+        if all.len() >= MAX_METRICS || name.len() > MAX_NAME {
+            return None;
         }
         let buckets = if kind == MetricType::Histogram {
             (0..=BUCKETS.len()).map(|_| AtomicU64::new(0)).collect()
@@ -52,7 +61,7 @@ impl Metrics {
             Vec::new()
         };
         all.push(Arc::new(Metric { filter, name: name.to_owned(), kind, value: AtomicI64::new(0), buckets }));
-        ((all.len() as u32) << 2) | tag
+        Some(((all.len() as u32) << 2) | tag)
     }
 
     fn find(&self, id: u32) -> Option<Arc<Metric>> {
@@ -158,10 +167,11 @@ mod tests {
     #[test]
     fn metrics_count_as_envoy_and_render_for_prometheus() {
         let m = Metrics::default();
-        let c = m.define("f", MetricType::Counter, "hits.total");
-        assert_eq!(m.define("f", MetricType::Counter, "hits.total"), c, "defined again: the same metric");
-        let g = m.define("f", MetricType::Gauge, "open");
-        let h = m.define("f", MetricType::Histogram, "size");
+        let c = m.define("f", MetricType::Counter, "hits.total").expect("defined");
+        assert_eq!(m.define("f", MetricType::Counter, "hits.total"), Some(c), "defined again: the same metric");
+        let g = m.define("f", MetricType::Gauge, "open").expect("defined");
+        let h = m.define("f", MetricType::Histogram, "size").expect("defined");
+        assert_eq!(m.define("f", MetricType::Counter, &"x".repeat(MAX_NAME + 1)), None, "a name too long");
         assert_eq!(c & 3, 0);
         assert_eq!(g & 3, 1);
         assert_eq!(h & 3, 2);
