@@ -53,22 +53,23 @@ fn monotonic_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// `fd_write` to stdout or stderr: into the log; the count written back.
+fn write_out(c: &mut C<'_>, fd: i32, iovs: i32, n: i32, written: i32) -> i32 {
+    if fd != 1 && fd != 2 {
+        return errno::BADF;
+    }
+    let Some(bytes) = gather(c, iovs, n) else { return errno::FAULT };
+    log_output(c.data().filter, fd, &bytes);
+    if write(c, written, &(bytes.len() as u32).to_le_bytes()) { errno::SUCCESS } else { errno::FAULT }
+}
+
 pub(crate) fn link(i: &mut Imports, m: &'static str) -> wasmtime::Result<()> {
     i.wrap(m, "fd_write", |mut c: C<'_>, fd: i32, iovs: i32, n: i32, written: i32| -> i32 {
-        if fd != 1 && fd != 2 {
-            return errno::BADF;
-        }
-        let Some(bytes) = gather(&mut c, iovs, n) else { return errno::FAULT };
-        log_output(c.data().filter, fd, &bytes);
-        if write(&mut c, written, &(bytes.len() as u32).to_le_bytes()) { errno::SUCCESS } else { errno::FAULT }
+        write_out(&mut c, fd, iovs, n, written)
     })?;
+    // At an offset: stdout and stderr have none, so as `fd_write`.
     i.wrap(m, "fd_pwrite", |mut c: C<'_>, fd: i32, iovs: i32, n: i32, _off: i64, written: i32| -> i32 {
-        if fd != 1 && fd != 2 {
-            return errno::BADF;
-        }
-        let Some(bytes) = gather(&mut c, iovs, n) else { return errno::FAULT };
-        log_output(c.data().filter, fd, &bytes);
-        if write(&mut c, written, &(bytes.len() as u32).to_le_bytes()) { errno::SUCCESS } else { errno::FAULT }
+        write_out(&mut c, fd, iovs, n, written)
     })?;
     i.wrap(m, "fd_read", |_: C<'_>, _: i32, _: i32, _: i32, _: i32| errno::NOSYS)?;
     i.wrap(m, "fd_pread", |_: C<'_>, _: i32, _: i32, _: i32, _: i64, _: i32| errno::NOSYS)?;
