@@ -747,6 +747,7 @@ pub async fn status_body(state: &AdminState) -> Value {
         "configuration_version": cur.version,
         "node_id": state.info.node_id,
         "hostname": state.info.hostname,
+        "generation": generation(&state.generation),
     });
     if let Some(store) = state.control.store() {
         // A shared store is watched continuously; asking it again here
@@ -755,6 +756,21 @@ pub async fn status_body(state: &AdminState) -> Value {
         body["database"] = json!({ "reachable": reachable });
     }
     body
+}
+
+/// The `generation` object of `/status`: which generation this process is,
+/// since when, and how the upgrade that made it went.
+fn generation(g: &crate::Generation) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let upgrade = g.upgrade.as_ref().map(|u| {
+        json!({
+            "sessions_moved": u.moved.load(Relaxed),
+            "sessions_drained": u.drained.load(Relaxed),
+            "sessions_closed": u.closed.load(Relaxed),
+            "finished": u.finished.load(Relaxed),
+        })
+    });
+    json!({ "number": g.number, "started_at": g.started_at, "last_upgrade": upgrade })
 }
 
 /// The Prometheus exposition (`/metrics`).

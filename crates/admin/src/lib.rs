@@ -35,6 +35,31 @@ pub struct NodeInfo {
     pub admin_listen: Vec<String>,
 }
 
+/// This process among the generations an upgrade chain made, for `/status`.
+#[derive(Debug, Default)]
+pub struct Generation {
+    /// 1 for a process started by hand; each upgrade adds one.
+    pub number: u64,
+    /// When this generation started (ms since the epoch).
+    pub started_at: i64,
+    /// The upgrade that made this generation, if one did.
+    pub upgrade: Option<UpgradeCounts>,
+}
+
+/// How the upgrade that made this generation went; the counts grow while
+/// the earlier generation hands over and drains.
+#[derive(Debug, Default)]
+pub struct UpgradeCounts {
+    /// Sessions the earlier generation handed over, relaying.
+    pub moved: std::sync::atomic::AtomicU64,
+    /// Sessions that stayed with it and ended there.
+    pub drained: std::sync::atomic::AtomicU64,
+    /// Sessions it closed at its `drain_timeout`.
+    pub closed: std::sync::atomic::AtomicU64,
+    /// The earlier generation has exited.
+    pub finished: std::sync::atomic::AtomicBool,
+}
+
 /// What request handlers share.
 #[derive(Debug)]
 pub struct AdminState {
@@ -43,6 +68,7 @@ pub struct AdminState {
     /// When set, requests must carry it in `Kong-Admin-Token`.
     pub token: Option<String>,
     pub info: NodeInfo,
+    pub generation: Arc<Generation>,
 }
 
 /// The Admin API as an axum router.

@@ -40,7 +40,8 @@ pub struct Control {
     pub(crate) served: tokio::sync::watch::Sender<i64>,
     pub(crate) current: ArcSwap<Current>,
     pub(crate) store: Option<Store>,
-    default_cert: KeyPair,
+    /// Swapped by a reload that changes `ssl_cert`.
+    default_cert: ArcSwap<KeyPair>,
     resumption: Resumption,
     pub(crate) options: Options,
     publish: OnceLock<Publisher>,
@@ -180,7 +181,7 @@ impl Control {
             served: tokio::sync::watch::Sender::new(current.version),
             current: ArcSwap::from_pointee(current),
             store,
-            default_cert: tls.default_cert,
+            default_cert: ArcSwap::from_pointee(tls.default_cert),
             resumption: tls.resumption,
             options,
             publish: OnceLock::new(),
@@ -190,7 +191,7 @@ impl Control {
     }
 
     pub(crate) fn compile(&self, config: &Arc<Config>) -> Result<Snapshot, CompileError> {
-        Snapshot::compile(config.clone(), &self.default_cert, &self.resumption, &self.upstreams, &self.plugins)
+        Snapshot::compile(config.clone(), &self.default_cert.load(), &self.resumption, &self.upstreams, &self.plugins)
     }
 
     /// Hands a snapshot to the proxy (once it has one).
@@ -262,6 +263,30 @@ impl Control {
         self.served.send_replace(version);
         tracing::info!(version, hash = %current.hash, "configuration updated from the database");
         Ok(current)
+    }
+
+    /// The certificate for clients whose SNI matches none.
+    pub fn default_cert(&self) -> Arc<KeyPair> {
+        self.default_cert.load_full()
+    }
+
+    /// Serves `cert` to clients whose SNI matches no certificate (a reload
+    /// that changed `ssl_cert`): the served configuration is compiled with
+    /// it and swapped in. A configuration that does not compile with it
+    /// keeps the old certificate.
+    pub async fn set_default_cert(&self, cert: KeyPair) -> Result<(), CompileError> {
+        let _guard = self.write_lock.lock().await;
+        let old = self.default_cert.swap(Arc::new(cert));
+        match self.compile(&self.current().config) {
+            Ok(snapshot) => {
+                self.publish(snapshot);
+                Ok(())
+            }
+            Err(e) => {
+                self.default_cert.store(old);
+                Err(e)
+            }
+        }
     }
 
     /// Where new snapshots go (the proxy). Set once, after the proxy starts.

@@ -121,6 +121,9 @@ pub struct SessionRecord {
     pub reason: CloseReason,
     /// Extra detail for failures (an error message), never secret material.
     pub detail: Option<String>,
+    /// How many binary upgrades the session crossed, handed from one
+    /// generation to the next.
+    pub moves: u16,
 }
 
 impl SessionRecord {
@@ -146,6 +149,7 @@ impl SessionRecord {
             datagrams: None,
             reason,
             detail: None,
+            moves: 0,
         }
     }
 }
@@ -210,6 +214,7 @@ impl OpenRecord {
             datagrams: _,
             reason: _,
             detail: _,
+            moves: _,
         } = rec;
         OpenRecord {
             client,
@@ -268,6 +273,7 @@ impl OpenRecord {
             datagrams: None,
             reason: end.reason,
             detail: end.detail,
+            moves: 0,
         }
     }
 

@@ -72,6 +72,10 @@ pub fn line(rec: &SessionRecord) -> String {
     if let Some(p) = &rec.proxied {
         let _ = write!(s, " proxied_by={}", p.by);
     }
+    if rec.moves > 0 {
+        // Handed from one generation to the next by this many upgrades.
+        let _ = write!(s, " moved={}", rec.moves);
+    }
     if let Some(d) = &rec.detail {
         let _ = write!(s, " detail=\"{}\"", d.replace('"', "'"));
     }
@@ -85,10 +89,30 @@ fn clf_time(t: SystemTime) -> String {
     time::OffsetDateTime::from(t).format(CLF).unwrap_or_default()
 }
 
+/// What the writer thread is sent.
+enum Msg {
+    Line(String),
+    /// Write to this destination from now on: the same path reopened
+    /// (after a log rotation moved the file away), or a reload's new one.
+    Reopen(AccessLog, mpsc::Sender<io::Result<()>>),
+}
+
 /// Sends log lines to the writer thread.
 #[derive(Debug, Clone)]
 pub struct AccessLogger {
-    tx: Option<mpsc::Sender<String>>,
+    tx: mpsc::Sender<Msg>,
+    /// Off: lines are not even formatted. Shared by every clone, so a
+    /// reload turns the log on or off for every session at once.
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Line(_) => "Line",
+            Msg::Reopen(..) => "Reopen",
+        })
+    }
 }
 
 /// Owns the writer thread; dropping every [`AccessLogger`] and then calling
@@ -98,29 +122,57 @@ pub struct AccessLogWriter {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Where lines go: nowhere, or a writer.
+fn destination(target: &AccessLog) -> io::Result<Option<Box<dyn Write + Send>>> {
+    Ok(match target {
+        AccessLog::Off => None,
+        AccessLog::Stdout => Some(Box::new(io::stdout())),
+        AccessLog::File(path) => Some(Box::new(open_append(path)?)),
+    })
+}
+
 impl AccessLogger {
     /// A logger that discards everything (`proxy_stream_access_log = off`).
     pub fn off() -> (AccessLogger, AccessLogWriter) {
-        (AccessLogger { tx: None }, AccessLogWriter { thread: None })
+        AccessLogger::open(&AccessLog::Off).unwrap_or_else(|_| {
+            // Spawning the thread failed: a logger whose lines go nowhere.
+            let (tx, _) = mpsc::channel();
+            (AccessLogger { tx, on: Default::default() }, AccessLogWriter { thread: None })
+        })
     }
 
     /// Opens the destination now, so a bad path fails at start, not later.
     pub fn open(target: &AccessLog) -> io::Result<(AccessLogger, AccessLogWriter)> {
-        let out: Box<dyn Write + Send> = match target {
-            AccessLog::Off => return Ok(AccessLogger::off()),
-            AccessLog::Stdout => Box::new(io::stdout()),
-            AccessLog::File(path) => Box::new(open_append(path)?),
-        };
-        let (tx, rx) = mpsc::channel::<String>();
+        let out = destination(target)?;
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(out.is_some()));
+        let (tx, rx) = mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new().name("strait-access-log".into()).spawn(move || write_loop(rx, out))?;
-        Ok((AccessLogger { tx: Some(tx) }, AccessLogWriter { thread: Some(thread) }))
+        Ok((AccessLogger { tx, on }, AccessLogWriter { thread: Some(thread) }))
     }
 
     pub fn log(&self, record: &SessionRecord) {
-        if let Some(tx) = &self.tx {
+        if self.on.load(std::sync::atomic::Ordering::Relaxed) {
             // The writer only goes away at exit; a lost line then is harmless.
-            let _ = tx.send(line(record));
+            let _ = self.tx.send(Msg::Line(line(record)));
         }
+    }
+
+    /// Writes to `target` from now on (reopened even when it is the same
+    /// path, as after a rotation), once every line sent before is written
+    /// to the old one. Waits for the writer to open it (5 s at most, not on
+    /// a runtime thread: call it from a blocking context).
+    pub fn reopen(&self, target: &AccessLog) -> io::Result<()> {
+        let (done, result) = mpsc::channel();
+        self.tx
+            .send(Msg::Reopen(target.clone(), done))
+            .map_err(|_| io::Error::other("the access log writer has stopped"))?;
+        let opened = result
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the access log writer did not answer"))?;
+        if opened.is_ok() {
+            self.on.store(*target != AccessLog::Off, std::sync::atomic::Ordering::Relaxed);
+        }
+        opened
     }
 }
 
@@ -140,23 +192,37 @@ fn open_append(path: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn write_loop(rx: mpsc::Receiver<String>, out: Box<dyn Write + Send>) {
-    let mut out = BufWriter::new(out);
-    while let Ok(line) = rx.recv() {
-        let mut write = |l: &str| {
-            if let Err(e) = writeln!(out, "{l}") {
-                tracing::error!(error = %e, "cannot write the access log");
-            }
-        };
-        write(&line);
-        while let Ok(more) = rx.try_recv() {
-            write(&more);
-        }
-        if let Err(e) = out.flush() {
+fn write_loop(rx: mpsc::Receiver<Msg>, out: Option<Box<dyn Write + Send>>) {
+    let mut out = out.map(BufWriter::new);
+    let flush = |out: &mut Option<BufWriter<Box<dyn Write + Send>>>| {
+        if let Some(o) = out.as_mut()
+            && let Err(e) = o.flush()
+        {
             tracing::error!(error = %e, "cannot flush the access log");
         }
+    };
+    while let Ok(msg) = rx.recv() {
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(l) => {
+                    if let Some(o) = out.as_mut()
+                        && let Err(e) = writeln!(o, "{l}")
+                    {
+                        tracing::error!(error = %e, "cannot write the access log");
+                    }
+                }
+                Msg::Reopen(target, done) => {
+                    flush(&mut out);
+                    // A destination that cannot be opened keeps the old one.
+                    let _ = done.send(destination(&target).map(|o| out = o.map(BufWriter::new)));
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        flush(&mut out);
     }
-    let _ = out.flush();
+    flush(&mut out);
 }
 
 #[cfg(test)]
@@ -205,6 +271,7 @@ mod tests {
             datagrams: None,
             reason: CloseReason::ClientClosed,
             detail: None,
+            moves: 0,
         };
         assert_eq!(
             line(&r),
@@ -212,5 +279,34 @@ mod tests {
              protocol=tls route=r1 service=- upstream=127.0.0.1:6379 sni=a.test tries=2 reason=\"client closed\" \
              failed_tries=\"127.0.0.1:6380 Connection refused (os error 111) at +0.0ms after 0.2ms\""
         );
+    }
+
+    #[test]
+    fn reopen_writes_to_a_new_file_after_a_rotation_and_can_turn_the_log_off() {
+        let dir = std::env::temp_dir().join(format!("strait-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("access.log");
+        let (log, writer) = AccessLogger::open(&AccessLog::File(path.clone())).unwrap();
+        let rec = |client: &str| {
+            SessionRecord::new(client.parse().unwrap(), "l".into(), Protocol::Tcp, CloseReason::ClientClosed)
+        };
+        log.log(&rec("10.0.0.1:1"));
+        // logrotate: the file moves away, then the writer is told to reopen.
+        let rotated = dir.join("access.log.1");
+        log.reopen(&AccessLog::File(path.clone())).unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen(&AccessLog::File(path.clone())).unwrap();
+        log.log(&rec("10.0.0.2:2"));
+        log.reopen(&AccessLog::Off).unwrap();
+        log.log(&rec("10.0.0.3:3"));
+        // A path that cannot be opened is an error and keeps what was.
+        assert!(log.reopen(&AccessLog::File(dir.join("access.log.1").join("x"))).is_err());
+        drop(log);
+        writer.finish();
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(old.starts_with("10.0.0.1:1 ") && old.lines().count() == 1, "{old}");
+        assert!(new.starts_with("10.0.0.2:2 ") && new.lines().count() == 1, "after the rotation, off after: {new}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -11,6 +11,7 @@
 pub mod access_log;
 mod connect;
 mod filtered;
+pub mod handoff;
 mod listener;
 pub mod relay;
 mod rewind;
@@ -30,7 +31,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use access_log::{AccessLogWriter, AccessLogger};
-pub use listener::{BindError, BoundListener, ListenerInfo, bind_all};
+pub use handoff::{Adopter, MoveError, Moving};
+pub use listener::{BindError, BoundListener, Inherited, ListenerInfo, bind_all, bind_all_inheriting, listen_key};
 pub use snapshot::{CompileError, CompiledRoute, CompiledService, Destination, Snapshot};
 use strait_plugin::SessionCounts;
 
@@ -52,18 +54,47 @@ pub struct SessionOptions {
     pub stream_max_pending: usize,
 }
 
-/// State shared by every session of a proxy.
+/// The settings a session reads as it is set up: swapped whole by
+/// [`Proxy::retune`] (a reload), read without a lock.
+#[derive(Debug, Clone)]
+pub(crate) struct Tunables {
+    pub(crate) preread: Duration,
+    pub(crate) tls_detect: Duration,
+    pub(crate) trusted_ips: Vec<ipnet::IpNet>,
+    pub(crate) stream_max_pending: usize,
+}
+
+impl Tunables {
+    fn new(timeouts: Timeouts, options: &SessionOptions) -> Tunables {
+        Tunables {
+            preread: timeouts.preread,
+            tls_detect: timeouts.tls_detect,
+            trusted_ips: options.trusted_ips.clone(),
+            stream_max_pending: options.stream_max_pending,
+        }
+    }
+}
+
+/// State shared by every session of one listener: the proxy's common
+/// state, and the listener's own close signal (a listener removed by a
+/// reload drains and closes its sessions alone).
 #[derive(Debug)]
 pub(crate) struct Shared {
     snapshot: Arc<ArcSwap<Snapshot>>,
     stats: Arc<Stats>,
     log: AccessLogger,
-    preread_timeout: Duration,
-    tls_detect_timeout: Duration,
-    trusted_ips: Vec<ipnet::IpNet>,
+    tunables: Arc<ArcSwap<Tunables>>,
     udp_max_sessions: usize,
-    stream_max_pending: usize,
     force_close: Arc<ForceClose>,
+    /// Where sessions handed over go, once an upgrade is under way.
+    handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Moving>>>,
+}
+
+impl Shared {
+    /// The current tunables; hold the guard only for a statement.
+    pub(crate) fn tun(&self) -> arc_swap::Guard<Arc<Tunables>> {
+        self.tunables.load()
+    }
 }
 
 /// The signal that closes every open session at once. A session waits on it
@@ -74,6 +105,8 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct ForceClose {
     set: AtomicBool,
+    /// An upgrade: sessions that can be handed over stop and are.
+    handoff: AtomicBool,
     notify: [Notify; 8],
 }
 
@@ -94,6 +127,18 @@ impl ForceClose {
         self.set.load(Ordering::SeqCst)
     }
 
+    /// Asks every relaying session that can move to stop and be handed over.
+    fn hand_off(&self) {
+        self.handoff.store(true, Ordering::SeqCst);
+        for n in &self.notify {
+            n.notify_waiters();
+        }
+    }
+
+    pub(crate) fn handing_off(&self) -> bool {
+        self.handoff.load(Ordering::Acquire)
+    }
+
     /// A waiter to create *before* checking [`is_set`](Self::is_set): a
     /// `close_all` after its creation completes it even if it was never
     /// polled, one before is seen by the check.
@@ -106,21 +151,43 @@ impl ForceClose {
         self.notify[i % self.notify.len()].notified()
     }
 
-    /// Completes once every session is to be closed.
+    /// Completes once every session is to be closed (not on a hand-off).
     pub(crate) async fn closed(&self) {
-        let waiter = self.waiter();
-        if self.is_set() {
-            return;
+        loop {
+            let waiter = self.waiter();
+            if self.is_set() {
+                return;
+            }
+            waiter.await;
         }
-        waiter.await;
+    }
+}
+
+/// The close signals of every listener's sessions, running or draining.
+#[derive(Debug, Default)]
+struct Signals(std::sync::Mutex<Vec<Arc<ForceClose>>>);
+
+impl Signals {
+    fn add(&self, f: Arc<ForceClose>) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // A listener's signal stays until the listener is gone and its
+        // sessions with it (only its holders here and in `Running`).
+        all.retain(|f| Arc::strong_count(f) > 1 && !f.is_set());
+        all.push(f);
+    }
+
+    fn close_all(&self) {
+        for f in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            f.close_all();
+        }
     }
 }
 
 /// Closes every session when the last of the proxy and its [`Closer`]s is
 /// dropped, so that a proxy dropped without [`Proxy::shutdown`] does not
 /// leave sessions running.
-#[derive(Debug)]
-struct CloseOnDrop(Arc<ForceClose>);
+#[derive(Debug, Default)]
+struct CloseOnDrop(Signals);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
@@ -128,15 +195,64 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// What every listener's sessions share, from which each listener's
+/// [`Shared`] is made.
+#[derive(Debug)]
+struct Common {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    stats: Arc<Stats>,
+    log: AccessLogger,
+    tunables: Arc<ArcSwap<Tunables>>,
+    udp_max_sessions: usize,
+    handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Moving>>>,
+}
+
+/// One listener accepting (or stopped, its sessions still open).
+#[derive(Debug)]
+struct Running {
+    info: Arc<ListenerInfo>,
+    /// A duplicate of the listening socket, for an upgrade's hand-off.
+    socket: std::os::fd::OwnedFd,
+    force_close: Arc<ForceClose>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    /// `recv` gives `None` once the accept loop and every session are gone.
+    alive: mpsc::Receiver<()>,
+    /// For sessions an earlier generation hands over, while it accepts.
+    joinable: handoff::Joinable,
+}
+
+impl Running {
+    /// Stops accepting; the sessions go on.
+    async fn stop_accepting(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Stops accepting, lets the sessions finish for up to `drain`, then
+    /// closes the rest and waits (5 s at most) for their log lines. True
+    /// when some had to be closed.
+    async fn drain(mut self, drain: Duration) -> bool {
+        self.stop_accepting().await;
+        if tokio::time::timeout(drain, self.alive.recv()).await.is_ok() {
+            return false;
+        }
+        self.force_close.close_all();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.alive.recv()).await;
+        true
+    }
+}
+
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
-    shared: Arc<Shared>,
-    stop_accept: watch::Sender<bool>,
-    force_close: Arc<CloseOnDrop>,
-    accept_tasks: Vec<JoinHandle<()>>,
-    alive_rx: mpsc::Receiver<()>,
-    addrs: Vec<SocketAddr>,
+    common: Common,
+    signals: Arc<CloseOnDrop>,
+    listeners: Vec<Running>,
+    /// Listeners a reload removed, draining in the background.
+    retiring: Vec<JoinHandle<bool>>,
 }
 
 /// Publishes snapshots to a running proxy; see [`Proxy::swapper`].
@@ -169,6 +285,14 @@ impl Stats {
         let accepted = self.accepted.load(std::sync::atomic::Ordering::Relaxed);
         SessionCounts { accepted, handled, active: accepted.saturating_sub(handled) }
     }
+
+    /// Carries an earlier generation's totals over (an upgrade): `/status`
+    /// and `/metrics` go on counting from them. Its sessions still open
+    /// count as accepted and not yet handled, here as there.
+    pub fn carry_over(&self, earlier: SessionCounts) {
+        self.accepted.fetch_add(earlier.accepted, std::sync::atomic::Ordering::Relaxed);
+        self.handled.fetch_add(earlier.handled, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Closes every open session of a proxy; see [`Proxy::closer`].
@@ -184,8 +308,10 @@ impl Closer {
 /// How a shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainReport {
-    /// Sessions still open at the drain deadline, closed by force.
+    /// Sessions were still open at the drain deadline, and were closed.
     pub forced: bool,
+    /// How many were closed so.
+    pub closed: u64,
 }
 
 impl Proxy {
@@ -197,87 +323,174 @@ impl Proxy {
         timeouts: Timeouts,
         options: SessionOptions,
     ) -> std::io::Result<Proxy> {
-        let (stop_accept, stop_rx) = watch::channel(false);
-        let force_close = Arc::new(ForceClose::default());
-        let (alive_tx, alive_rx) = mpsc::channel(1);
         snapshot.activate();
-        let shared = Arc::new(Shared {
+        let common = Common {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             stats: Arc::new(Stats::default()),
             log,
-            preread_timeout: timeouts.preread,
-            tls_detect_timeout: timeouts.tls_detect,
-            trusted_ips: options.trusted_ips,
+            tunables: Arc::new(ArcSwap::from_pointee(Tunables::new(timeouts, &options))),
             udp_max_sessions: options.udp_max_sessions.max(1),
-            stream_max_pending: options.stream_max_pending,
-            force_close: force_close.clone(),
-        });
-        let mut accept_tasks = Vec::new();
-        let mut addrs = Vec::new();
+            handoff: Arc::default(),
+        };
+        let mut proxy = Proxy { common, signals: Arc::default(), listeners: Vec::new(), retiring: Vec::new() };
+        proxy.add(listeners)?;
+        Ok(proxy)
+    }
+
+    /// Starts accepting on more listeners (a reload's new `stream_listen`
+    /// entries, or those an upgrade handed over).
+    pub fn add(&mut self, listeners: Vec<BoundListener>) -> std::io::Result<()> {
         for bound in listeners {
             let info = Arc::new(bound.info);
-            addrs.push(info.addr);
+            let socket = bound.socket.duplicate()?;
+            let force_close = Arc::new(ForceClose::default());
+            self.signals.0.add(force_close.clone());
+            let shared = Arc::new(Shared {
+                snapshot: self.common.snapshot.clone(),
+                stats: self.common.stats.clone(),
+                log: self.common.log.clone(),
+                tunables: self.common.tunables.clone(),
+                udp_max_sessions: self.common.udp_max_sessions,
+                force_close: force_close.clone(),
+                handoff: self.common.handoff.clone(),
+            });
+            let (stop, stop_rx) = watch::channel(false);
+            let (alive_tx, alive) = mpsc::channel(1);
+            let joinable =
+                handoff::Joinable { key: info.key.clone(), shared: shared.clone(), alive: alive_tx.downgrade() };
             tracing::info!(listener = %info.label, addr = %info.addr, ssl = info.ssl, udp = info.udp, "stream listener ready");
             let task = match bound.socket {
                 listener::BoundSocket::Tcp(l) => tokio::spawn(listener::accept_loop(
                     tokio::net::TcpListener::from_std(l)?,
-                    info,
-                    shared.clone(),
-                    stop_rx.clone(),
-                    alive_tx.clone(),
+                    info.clone(),
+                    shared,
+                    stop_rx,
+                    alive_tx,
                 )),
                 listener::BoundSocket::Udp(s) => tokio::spawn(udp::run(
                     Arc::new(tokio::net::UdpSocket::from_std(s)?),
-                    info,
-                    shared.clone(),
-                    stop_rx.clone(),
-                    alive_tx.clone(),
+                    info.clone(),
+                    shared,
+                    stop_rx,
+                    alive_tx,
                 )),
             };
-            accept_tasks.push(task);
+            self.listeners.push(Running { info, socket, force_close, stop, task: Some(task), alive, joinable });
         }
-        let force_close = Arc::new(CloseOnDrop(force_close));
-        Ok(Proxy { shared, stop_accept, force_close, accept_tasks, alive_rx, addrs })
+        Ok(())
+    }
+
+    /// Stops the listeners `which` selects: they accept nothing more, and
+    /// their sessions drain for up to `drain` in the background. Gives
+    /// their labels.
+    pub fn retire(&mut self, which: impl Fn(&ListenerInfo) -> bool, drain: Duration) -> Vec<String> {
+        let (gone, kept): (Vec<Running>, Vec<Running>) = self.listeners.drain(..).partition(|r| which(&r.info));
+        self.listeners = kept;
+        let mut labels = Vec::new();
+        for r in gone {
+            labels.push(r.info.label.to_string());
+            tracing::info!(listener = %r.info.label, "stream listener removed: its sessions drain");
+            self.retiring.push(tokio::spawn(r.drain(drain)));
+        }
+        labels
+    }
+
+    /// The listeners accepting now, in the order they were added.
+    pub fn listeners(&self) -> impl Iterator<Item = &ListenerInfo> {
+        self.listeners.iter().map(|r| &*r.info)
+    }
+
+    /// The listening sockets with what they listen for, for an upgrade's
+    /// hand-off (the same sockets: connections queued on them are not lost).
+    pub fn sockets(&self) -> impl Iterator<Item = (&ListenerInfo, std::os::fd::BorrowedFd<'_>)> {
+        use std::os::fd::AsFd;
+        self.listeners.iter().map(|r| (&*r.info, r.socket.as_fd()))
+    }
+
+    /// Stops every listener accepting; open sessions go on (an upgrade, once
+    /// the next generation accepts on the same sockets).
+    pub async fn stop_accepting(&mut self) {
+        for r in &mut self.listeners {
+            r.stop_accepting().await;
+        }
+    }
+
+    /// An upgrade: every relaying plain and passthrough session stops
+    /// reading and leaves through `to`; the others go on here (call after
+    /// [`stop_accepting`](Self::stop_accepting), then drain).
+    pub fn hand_off(&self, to: std::sync::mpsc::Sender<Moving>) {
+        let _ = self.common.handoff.set(to);
+        for f in self.signals.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            f.hand_off();
+        }
+    }
+
+    /// Takes sessions an earlier generation hands over, into these
+    /// listeners (must be called inside the runtime).
+    pub fn adopter(&self) -> Adopter {
+        Adopter {
+            listeners: self.listeners.iter().map(|r| r.joinable.clone()).collect(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Swaps the settings sessions read as they are set up (a reload).
+    pub fn retune(&self, timeouts: Timeouts, options: &SessionOptions) {
+        self.common.tunables.store(Arc::new(Tunables::new(timeouts, options)));
     }
 
     /// A handle that closes every open session at once (e.g. on a second
     /// SIGTERM during a drain).
     pub fn closer(&self) -> Closer {
-        Closer(self.force_close.clone())
+        Closer(self.signals.clone())
     }
 
-    /// The addresses actually bound, in `stream_listen` order.
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+    /// The addresses actually bound, in the order the listeners were added.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|r| r.info.addr).collect()
     }
 
     /// A handle that publishes snapshots, for the control plane. It holds
     /// nothing else of the proxy, so it never keeps the proxy alive.
     pub fn swapper(&self) -> Swapper {
-        Swapper(self.shared.snapshot.clone())
+        Swapper(self.common.snapshot.clone())
     }
 
     /// Session counters, for `/status`.
     pub fn stats(&self) -> Arc<Stats> {
-        self.shared.stats.clone()
+        self.common.stats.clone()
     }
 
     /// Stops accepting, lets open sessions finish for up to `drain`, then
-    /// closes the rest and waits for their log lines.
+    /// closes the rest and waits (5 s at most) for their log lines.
     pub async fn shutdown(mut self, drain: Duration) -> DrainReport {
-        let _ = self.stop_accept.send(true);
-        for t in self.accept_tasks.drain(..) {
-            let _ = t.await;
-        }
-        // Every session holds a sender; `recv` yields `None` once all are gone.
-        let mut forced = false;
-        if tokio::time::timeout(drain, self.alive_rx.recv()).await.is_err() {
-            forced = true;
+        let retiring: Vec<JoinHandle<bool>> = self.retiring.drain(..).collect();
+        self.stop_accepting().await;
+        let stats = self.common.stats.clone();
+        let mut listeners = std::mem::take(&mut self.listeners);
+        let all_ended = async {
+            for r in &mut listeners {
+                let _ = r.alive.recv().await;
+            }
+        };
+        let mut report = DrainReport { forced: false, closed: 0 };
+        if tokio::time::timeout(drain, all_ended).await.is_err() {
+            report.forced = true;
+            let at_deadline = stats.snapshot().handled;
             tracing::info!("drain_timeout reached: closing the remaining sessions");
-            self.force_close.0.close_all();
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.alive_rx.recv()).await;
+            self.signals.0.close_all();
+            let ended = async {
+                for r in &mut listeners {
+                    let _ = r.alive.recv().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), ended).await;
+            report.closed = stats.snapshot().handled.saturating_sub(at_deadline);
         }
-        DrainReport { forced }
+        for r in retiring {
+            report.forced |= r.await.unwrap_or(true);
+        }
+        report
     }
 }
 
@@ -302,7 +515,8 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_proxy_and_its_closers_closes_every_session() {
         let force = Arc::new(ForceClose::default());
-        let held = Arc::new(CloseOnDrop(force.clone()));
+        let held = Arc::new(CloseOnDrop::default());
+        held.0.add(force.clone());
         let closer = Closer(held.clone());
         let waiter = force.waiter();
         drop(held);

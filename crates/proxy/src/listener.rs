@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ const DEFAULT_BACKLOG: i32 = 511;
 pub struct ListenerInfo {
     /// `host:port` as configured, for the access log.
     pub label: Arc<str>,
+    /// What matches this listener to a settings entry ([`listen_key`]).
+    pub key: String,
     /// The address actually bound (port 0 resolved).
     pub addr: SocketAddr,
     pub ssl: bool,
@@ -44,6 +47,16 @@ pub(crate) enum BoundSocket {
     Udp(std::net::UdpSocket),
 }
 
+impl BoundSocket {
+    /// Another descriptor for the same socket.
+    pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
+        match self {
+            BoundSocket::Tcp(l) => l.as_fd().try_clone_to_owned(),
+            BoundSocket::Udp(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {entry}: {source}")]
 pub struct BindError {
@@ -53,11 +66,45 @@ pub struct BindError {
 
 /// Binds every entry now, so that a busy port fails the start.
 pub fn bind_all(entries: &[ListenEntry]) -> Result<Vec<BoundListener>, BindError> {
-    entries.iter().map(bind).collect()
+    entries.iter().map(|e| bind(e, None)).collect()
 }
 
-fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
+/// A socket an earlier generation listened on, handed over by an upgrade
+/// (or by systemd), and what it listened for: the key of its entry.
+#[derive(Debug)]
+pub struct Inherited {
+    pub key: String,
+    pub fd: OwnedFd,
+}
+
+/// The key matching an entry to an inherited socket: its address as
+/// configured, and whether it is UDP.
+pub fn listen_key(entry: &ListenEntry) -> String {
+    format!("{}{}", entry.addr_label(), if entry.udp { "/udp" } else { "" })
+}
+
+/// Binds every entry, taking the socket of an inherited entry instead of
+/// binding a new one (so its port never closes). Used sockets are removed
+/// from `inherited`; what is left there no entry wants.
+pub fn bind_all_inheriting(
+    entries: &[ListenEntry],
+    inherited: &mut Vec<Inherited>,
+) -> Result<Vec<BoundListener>, BindError> {
+    entries
+        .iter()
+        .map(|e| {
+            let key = listen_key(e);
+            let found = inherited.iter().position(|i| i.key == key).map(|i| inherited.swap_remove(i).fd);
+            bind(e, found)
+        })
+        .collect()
+}
+
+fn bind(entry: &ListenEntry, inherited: Option<OwnedFd>) -> Result<BoundListener, BindError> {
     let err = |source: io::Error| BindError { entry: entry.addr_label(), source };
+    if let Some(fd) = inherited {
+        return adopt(entry, fd).map_err(err);
+    }
     let addr = match &entry.host {
         ListenHost::Ip(ip) => SocketAddr::new(*ip, entry.port),
         ListenHost::Name(name) => (name.as_str(), entry.port)
@@ -93,17 +140,40 @@ fn bind(entry: &ListenEntry) -> Result<BoundListener, BindError> {
         let bound = socket.local_addr().map_err(err)?;
         (BoundSocket::Tcp(socket), bound)
     };
-    Ok(BoundListener {
-        socket,
-        info: ListenerInfo {
-            label: entry.addr_label().into(),
-            addr: bound,
-            ssl: entry.ssl,
-            proxy_protocol: entry.proxy_protocol,
-            udp: entry.udp,
-            keepalive: entry.so_keepalive,
-        },
-    })
+    Ok(BoundListener { socket, info: info(entry, bound) })
+}
+
+/// A listener on an inherited socket, after checking it is the kind the
+/// entry asks for.
+fn adopt(entry: &ListenEntry, fd: OwnedFd) -> io::Result<BoundListener> {
+    let socket = Socket::from(fd);
+    let want = if entry.udp { Type::DGRAM } else { Type::STREAM };
+    if socket.r#type()? != want {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the inherited socket is not of the entry's type"));
+    }
+    socket.set_nonblocking(true)?;
+    let (socket, bound) = if entry.udp {
+        let s: std::net::UdpSocket = socket.into();
+        let bound = s.local_addr()?;
+        (BoundSocket::Udp(s), bound)
+    } else {
+        let l: std::net::TcpListener = socket.into();
+        let bound = l.local_addr()?;
+        (BoundSocket::Tcp(l), bound)
+    };
+    Ok(BoundListener { socket, info: info(entry, bound) })
+}
+
+fn info(entry: &ListenEntry, bound: SocketAddr) -> ListenerInfo {
+    ListenerInfo {
+        label: entry.addr_label().into(),
+        key: listen_key(entry),
+        addr: bound,
+        ssl: entry.ssl,
+        proxy_protocol: entry.proxy_protocol,
+        udp: entry.udp,
+        keepalive: entry.so_keepalive,
+    }
 }
 
 fn apply_keepalive(stream: &TcpStream, k: Keepalive) -> io::Result<()> {

@@ -82,6 +82,24 @@ pub enum RelayEnd {
     /// The data phase ended the session (a plugin closed it, failed, or
     /// held too much).
     Stopped(strait_plugin::Closed),
+    /// An upgrade: the relay stopped reading and gives what it held, for
+    /// the next generation to go on from; the sockets are untouched.
+    HandOff(Box<Parked>),
+}
+
+/// What a plain relay held when it stopped for a hand-off: the bytes read
+/// and not yet written each way (relay buffers, splice pipes, replayed
+/// bytes not yet read), which directions had ended, the byte counts, and
+/// the time left before the idle timeout.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parked {
+    pub c2u: Vec<u8>,
+    pub u2c: Vec<u8>,
+    pub c2u_done: bool,
+    pub u2c_done: bool,
+    pub c2u_bytes: u64,
+    pub u2c_bytes: u64,
+    pub idle_left: Duration,
 }
 
 #[derive(Debug)]
@@ -282,6 +300,11 @@ pub(crate) trait Directions {
     fn done(&self) -> bool;
     /// Bytes moved (client to upstream, upstream to client).
     fn bytes(&self) -> (u64, u64);
+    /// Stops for a hand-off and gives what is held; `None` when these
+    /// directions cannot be handed over (TLS, data-phase plugins).
+    fn park(&mut self) -> Option<io::Result<Parked>> {
+        None
+    }
 }
 
 /// Copying through user-space buffers: any streams (TLS included).
@@ -391,17 +414,45 @@ impl Hybrid {
 /// socket to splice once nothing is left to replay.
 pub(crate) trait PlainSide: AsyncRead + AsyncWrite + Unpin {
     fn tcp(&self) -> Option<&TcpStream>;
+    /// The bytes still to be replayed, taken (a hand-off).
+    fn take_replay(&mut self) -> Vec<u8>;
 }
 
 impl PlainSide for TcpStream {
     fn tcp(&self) -> Option<&TcpStream> {
         Some(self)
     }
+
+    fn take_replay(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 impl PlainSide for Rewind<TcpStream> {
     fn tcp(&self) -> Option<&TcpStream> {
         self.drained()
+    }
+
+    fn take_replay(&mut self) -> Vec<u8> {
+        self.take_replay()
+    }
+}
+
+impl Hybrid {
+    /// The bytes this direction read and has not written, in order: the
+    /// buffer's, the pipe's, then what `from` still had to replay.
+    fn take_pending(&mut self, from: &mut impl PlainSide) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(buf) = self.copy.buf.take() {
+            out.extend_from_slice(&buf[self.copy.start as usize..self.copy.end as usize]);
+            give_buf(buf);
+        }
+        self.copy.start = self.copy.end;
+        if let Some(s) = &mut self.splice {
+            out.extend(s.drain_pipe()?);
+        }
+        out.extend(from.take_replay());
+        Ok(out)
     }
 }
 
@@ -442,6 +493,21 @@ impl<C: PlainSide, U: PlainSide> Directions for Plain<'_, C, U> {
     fn bytes(&self) -> (u64, u64) {
         (self.c2u.bytes(), self.u2c.bytes())
     }
+
+    fn park(&mut self) -> Option<io::Result<Parked>> {
+        let mut parked = || {
+            Ok(Parked {
+                c2u: self.c2u.take_pending(&mut *self.client)?,
+                u2c: self.u2c.take_pending(&mut *self.upstream)?,
+                c2u_done: self.c2u.copy.done,
+                u2c_done: self.u2c.copy.done,
+                c2u_bytes: self.c2u.bytes(),
+                u2c_bytes: self.u2c.bytes(),
+                idle_left: Duration::ZERO,
+            })
+        };
+        Some(parked())
+    }
 }
 
 /// Relays between `client` and `upstream` until both close, the session is
@@ -474,6 +540,32 @@ pub(crate) fn relay_plain<'a, C: PlainSide, U: PlainSide>(
     Run::new(Plain { client, upstream, c2u: Hybrid::new(), u2c: Hybrid::new() }, idle, force, report)
 }
 
+/// [`relay_plain`] for a session an earlier generation handed over: the
+/// bytes it held are replayed by the two sides (`Rewind`), and the relay
+/// goes on from its counts, ended directions and idle deadline.
+pub(crate) fn relay_resumed<'a, C: PlainSide, U: PlainSide>(
+    client: &'a mut C,
+    upstream: &'a mut U,
+    from: &Parked,
+    idle: Duration,
+    force: &'a ForceClose,
+) -> impl Future<Output = RelayOutcome> + 'a {
+    let half = |done: bool, bytes: u64| {
+        let mut h = Hybrid::new();
+        h.copy.done = done;
+        h.copy.bytes = bytes;
+        h
+    };
+    let d =
+        Plain { client, upstream, c2u: half(from.c2u_done, from.c2u_bytes), u2c: half(from.u2c_done, from.u2c_bytes) };
+    let mut run = Run::new(d, idle, force, None);
+    // The idle deadline the earlier generation had.
+    run.timer = tokio::time::sleep(from.idle_left);
+    let ago = idle.saturating_sub(from.idle_left);
+    run.last_activity = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+    run
+}
+
 pin_project_lite::pin_project! {
     /// The progress reports of a session that has them, with their own timer.
     struct Ticker<'a> {
@@ -497,6 +589,8 @@ pin_project_lite::pin_project! {
         #[pin]
         stop: Notified<'a>,
         waiting: bool,
+        // A hand-off this relay cannot make was seen (and waited past).
+        stayed: bool,
         #[pin]
         timer: Sleep,
         // Milliseconds (Kong's unit for timeouts): beside the flags below it
@@ -519,6 +613,7 @@ impl<'a, D: Directions> Run<'a, D> {
             force,
             stop: force.waiter(),
             waiting: false,
+            stayed: false,
             timer: tokio::time::sleep_until(now + idle),
             // Rounded up, so that a sub-millisecond timeout is not none.
             idle_ms: u32::try_from(idle.as_nanos().div_ceil(1_000_000)).unwrap_or(u32::MAX),
@@ -535,9 +630,28 @@ impl<D: Directions> Future for Run<'_, D> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
         let mut this = self.project();
         let end = 'end: {
+            if !*this.stayed && this.force.handing_off() {
+                match this.d.park() {
+                    Some(Ok(mut parked)) => {
+                        let deadline = *this.last_activity + Duration::from_millis(u64::from(*this.idle_ms));
+                        parked.idle_left = deadline.saturating_duration_since(Instant::now());
+                        break 'end RelayEnd::HandOff(Box::new(parked));
+                    }
+                    Some(Err(error)) => break 'end RelayEnd::Error { side: Side::Client, error },
+                    // This session stays: wait for a close again.
+                    None => {
+                        *this.stayed = true;
+                        *this.waiting = false;
+                    }
+                }
+            }
             if !*this.waiting {
-                if this.stop.as_mut().poll(cx).is_ready() {
-                    break 'end RelayEnd::Shutdown;
+                while this.stop.as_mut().poll(cx).is_ready() {
+                    if this.force.is_set() {
+                        break 'end RelayEnd::Shutdown;
+                    }
+                    // Woken by a hand-off, not a close: a new waiter.
+                    this.stop.set(this.force.waiter());
                 }
                 *this.waiting = true;
             }

@@ -31,6 +31,20 @@ impl<S> Rewind<S> {
         Rewind { replay, inner }
     }
 
+    /// The bytes not yet replayed, taken: reading goes to the stream from now on.
+    pub fn take_replay(&mut self) -> Vec<u8> {
+        match self.replay.take() {
+            Some(mut r) => r.bytes.split_off(r.pos),
+            None => Vec::new(),
+        }
+    }
+
+    /// The stream itself, and the bytes not yet replayed.
+    pub fn into_parts(mut self) -> (S, Vec<u8>) {
+        let rest = self.take_replay();
+        (self.inner, rest)
+    }
+
     /// The underlying stream, once every replayed byte has been read (so
     /// reading it directly loses nothing); `None` before that.
     pub fn drained(&self) -> Option<&S> {

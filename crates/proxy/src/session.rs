@@ -30,7 +30,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
 use crate::filtered::{Hooks, relay_filtered};
-use crate::relay::{RelayEnd, RelayOutcome, Report, Side, relay, relay_plain};
+use crate::handoff::Moving;
+use crate::relay::{Parked, RelayEnd, RelayOutcome, Report, Side, relay, relay_plain};
 use crate::rewind::Rewind;
 use crate::stages::{self, Fail, Plugged, Setup};
 use crate::{ForceClose, ListenerInfo, Shared};
@@ -154,7 +155,7 @@ impl Setup {
                 Ok(target) => target,
                 Err(refusal) => {
                     if let Some(m) = &refusal.tell_client {
-                        let timeout = shared.preread_timeout;
+                        let timeout = shared.tun().preread;
                         let _ = tokio::time::timeout(timeout, client.send_and_close(m.as_bytes())).await;
                     }
                     return Err(refusal.fail);
@@ -176,10 +177,11 @@ impl Setup {
     ) -> Result<(), Fail> {
         let bad = |why: String| Fail::new(Status::BadRequest, CloseReason::BadProxyHeader, why);
         let peer = self.rec.client;
-        if !shared.trusted_ips.iter().any(|net| net.contains(&peer.ip())) {
+        let trusted = shared.tun().trusted_ips.iter().any(|net| net.contains(&peer.ip()));
+        if !trusted {
             return Err(bad(format!("{} may not send a PROXY protocol header: not in trusted_ips", peer.ip())));
         }
-        let deadline = Instant::now() + shared.preread_timeout;
+        let deadline = Instant::now() + shared.tun().preread;
         loop {
             match proxy_protocol::parse(buf) {
                 Parsed::Header(header, len) => {
@@ -219,12 +221,14 @@ impl Setup {
         shared: &Shared,
     ) -> Result<(ConnKind, Option<ClientHello>, PrereadNeed), Fail> {
         let need = if ssl { PrereadNeed::TlsOnly } else { self.snap.router.preread_need(self.rec.client, self.local) };
+        let (preread, tls_detect) = {
+            let t = shared.tun();
+            (t.preread, t.tls_detect)
+        };
         let classified = match need {
             PrereadNeed::None => Classified::Skipped,
-            PrereadNeed::PlainFallback => {
-                read_first(stream, buf, shared.tls_detect_timeout, shared.preread_timeout).await?
-            }
-            PrereadNeed::TlsOnly => read_first(stream, buf, shared.preread_timeout, shared.preread_timeout).await?,
+            PrereadNeed::PlainFallback => read_first(stream, buf, tls_detect, preread).await?,
+            PrereadNeed::TlsOnly => read_first(stream, buf, preread, preread).await?,
         };
         let bad = |reason, detail: Option<String>| Err(Fail::new(Status::BadRequest, reason, detail));
         match (ssl, classified) {
@@ -256,7 +260,8 @@ impl Setup {
         }
         let route_tls = self.route.and_then(|r| snap.route(r)?.chain.as_ref()?.tls_server());
         let acceptor = TlsAcceptor::from(route_tls.unwrap_or(&snap.tls_server).clone());
-        let accepted = tokio::time::timeout(shared.preread_timeout, acceptor.accept(Rewind::new(buf, stream))).await;
+        let preread = shared.tun().preread;
+        let accepted = tokio::time::timeout(preread, acceptor.accept(Rewind::new(buf, stream))).await;
         snap.metrics.tls_handshake(matches!(accepted, Ok(Ok(_))));
         let failed = |detail: String| Fail::new(Status::BadRequest, CloseReason::TlsHandshakeFailed, detail);
         match accepted {
@@ -413,7 +418,7 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
         let out = match data_phase {
             Some(_) => {
                 // Boxed: only these sessions keep the larger state.
-                let max = shared.stream_max_pending;
+                let max = shared.tun().stream_max_pending;
                 Box::pin(relay_data_phase(streams, &mut plugged, max, &open, t0, idle, force)).await
             }
             None => {
@@ -426,6 +431,12 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
                 }
             }
         };
+        if let RelayEnd::HandOff(parked) = out.end {
+            // An upgrade: the session leaves for the next generation, which
+            // logs it where it ends.
+            hand_off(&shared, ready.take(), *parked, open, t0, idle, _alive);
+            return;
+        }
         // The sockets close before the log phase, as the session ends.
         drop(ready.take());
         let (mut detail, mut status) = (None, None);
@@ -433,7 +444,8 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
             RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
             RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
-            RelayEnd::Shutdown => CloseReason::Shutdown,
+            // A hand-off returned above.
+            RelayEnd::Shutdown | RelayEnd::HandOff(_) => CloseReason::Shutdown,
             RelayEnd::Error { side, error } => {
                 detail = Some(error.to_string());
                 match side {
@@ -462,6 +474,33 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
         rec.duration = t0.elapsed();
     }
     stages::log(&shared, plugged, rec);
+}
+
+/// Sends a parked session to the next generation (a plain or passthrough
+/// one: only those park). Without a way there, its sockets just close.
+#[cold]
+fn hand_off(
+    shared: &Shared,
+    ready: Option<Ready>,
+    mut parked: Parked,
+    open: OpenRecord,
+    t0: Instant,
+    idle: Duration,
+    alive: mpsc::Sender<()>,
+) {
+    let (Some(tx), Some(Ready { client: ClientStream::Plain(client), upstream: UpstreamStream::Plain(upstream), .. })) =
+        (shared.handoff.get(), ready)
+    else {
+        return;
+    };
+    let (client, rest) = client.into_parts();
+    parked.c2u.extend(rest);
+    let (Ok(client), Ok(upstream)) = (client.into_std(), upstream.into_std()) else { return };
+    let record = open.close(closing_so_far(t0, parked.c2u_bytes, parked.u2c_bytes));
+    // A TCP listener's key is its label (`listen_key`).
+    let listener = record.listener.to_string();
+    let alive = Some(alive);
+    let _ = tx.send(Moving { client: client.into(), upstream: upstream.into(), parked, record, idle, listener, alive });
 }
 
 /// Progress reports for the log plugins that ask for them, while a session

@@ -210,6 +210,33 @@ impl SpliceHalf {
 }
 
 impl SpliceHalf {
+    /// The bytes in the pipe, read out (a session being handed over: the
+    /// pipe does not travel, its bytes do). The pipe is non-blocking and
+    /// holds `in_pipe` bytes, so the reads never wait.
+    pub(crate) fn drain_pipe(&mut self) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut out = Vec::with_capacity(self.in_pipe);
+        if let Some(pipe) = self.pipe.take() {
+            let mut f = std::fs::File::from(pipe.read);
+            while out.len() < self.in_pipe {
+                let mut chunk = vec![0u8; self.in_pipe - out.len()];
+                match f.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Its write end closes with it: this pipe is never pooled.
+            drop(pipe.write);
+        }
+        if out.len() != self.in_pipe {
+            return Err(io::Error::other(format!("{} bytes in the pipe, {} read", self.in_pipe, out.len())));
+        }
+        self.in_pipe = 0;
+        Ok(out)
+    }
+
     /// Splicing failed for a local reason while nothing was in flight.
     fn give_up(&mut self, e: io::Error) -> Poll<Result<(), Failed>> {
         if !UNAVAILABLE.swap(true, Ordering::Relaxed) {
@@ -283,6 +310,16 @@ mod tests {
         use std::io::Write;
         let mut f = std::fs::File::from(pipe.write.try_clone().unwrap());
         f.write(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_drained_pipe_gives_its_bytes_in_order() {
+        let pipe = new_pipe().unwrap();
+        assert_eq!(write_into(&pipe, b"in flight"), 9);
+        let mut half = SpliceHalf { pipe: Some(pipe), in_pipe: 9, ..SpliceHalf::default() };
+        assert_eq!(half.drain_pipe().unwrap(), b"in flight");
+        assert_eq!(half.in_pipe, 0);
+        assert!(half.pipe.is_none());
     }
 
     #[test]

@@ -288,7 +288,8 @@ impl Setup {
         // QUIC: read the server name from the client's Initial packets
         // (never terminating QUIC).
         let hello = if self.snap.router.quic_sni_possible(ctx.client, ctx.local) {
-            quic_hello(pending, queued, ctx.shared.preread_timeout, &ctx.link).await
+            let preread = ctx.shared.tun().preread;
+            quic_hello(pending, queued, preread, &ctx.link).await
         } else {
             None
         };

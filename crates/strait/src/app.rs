@@ -1,39 +1,39 @@
-//! Wiring: settings → declarative configuration → snapshot → listeners →
-//! proxy, and the orderly shutdown on SIGTERM/SIGINT.
+//! Wiring: settings → declarative configuration → snapshot, shared by
+//! `start` (`gateway.rs`) and the one-shot commands (`check`, `config`,
+//! `migrations`).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use std::sync::Arc;
 
-use strait_admin::{AdminState, NodeInfo};
-use strait_config::{Database, LogLevel, Settings};
+use strait_config::{Database, Settings};
 use strait_control::{Control, ServerTls};
 use strait_model::{Config, KeyPair, Loaded, Options, PluginNames};
 use strait_plugin::Plugins;
-use strait_proxy::{AccessLogger, Proxy, SessionOptions, Snapshot, Timeouts};
+use strait_proxy::Snapshot;
 use strait_store::Store;
 use strait_tls::Resumption;
 use strait_upstream::Upstreams;
 
 /// Everything `start` needs, validated; also what `check` validates.
-struct Prepared {
-    settings: Settings,
-    loaded: Loaded,
-    default_cert: KeyPair,
+pub(crate) struct Prepared {
+    pub(crate) settings: Settings,
+    pub(crate) loaded: Loaded,
+    pub(crate) default_cert: KeyPair,
 }
 
 /// What a configuration may use: the plugins of this binary (the
 /// built-ins) and, when `wasm` is on, the filters of `wasm_filters_path`.
-struct Kit {
-    plugins: Arc<Plugins>,
+pub(crate) struct Kit {
+    pub(crate) plugins: Arc<Plugins>,
     /// The filters, for the loader; `None` when `wasm` is off.
-    filters: Option<Arc<strait_wasm::WasmFilters>>,
+    pub(crate) filters: Option<Arc<strait_wasm::WasmFilters>>,
 }
 
 /// Made once per command. `cache`: keep compiled filters under `prefix`
 /// (`check` writes nothing).
-fn kit(settings: &Settings, cache: bool) -> Result<Kit> {
+pub(crate) fn kit(settings: &Settings, cache: bool) -> Result<Kit> {
     let registry = strait_plugins::registry();
     if !settings.wasm.enabled {
         return Ok(Kit { plugins: Plugins::new(registry), filters: None });
@@ -55,7 +55,7 @@ fn kit(settings: &Settings, cache: bool) -> Result<Kit> {
     Ok(Kit { plugins: Plugins::with_filters(registry, metrics, Some(runtime)), filters: Some(filters) })
 }
 
-fn prepare(settings: Settings, kit: &Kit, generate_cert: bool) -> Result<Prepared> {
+pub(crate) fn prepare(settings: Settings, kit: &Kit, generate_cert: bool) -> Result<Prepared> {
     let plugins = &kit.plugins;
     let registry = plugins.registry();
     for name in settings.plugins.iter().filter(|p| *p != "bundled") {
@@ -93,7 +93,7 @@ fn load_declarative(what: &str, path: &Path, options: &Options) -> Result<Loaded
 }
 
 /// The TLS server side every compiled configuration shares.
-fn server_tls(settings: &Settings, default_cert: strait_model::KeyPair) -> ServerTls {
+pub(crate) fn server_tls(settings: &Settings, default_cert: strait_model::KeyPair) -> ServerTls {
     ServerTls { default_cert, resumption: resumption(settings) }
 }
 
@@ -104,7 +104,7 @@ fn resumption(settings: &Settings) -> Resumption {
 
 /// Validation options from the settings (`plugins`), the plugins' schemas
 /// and the filters'.
-fn options(settings: &Settings, kit: &Kit) -> Options {
+pub(crate) fn options(settings: &Settings, kit: &Kit) -> Options {
     Options {
         schemas: Some(kit.plugins.schemas()),
         filters: kit.filters.clone().map(|f| f as Arc<dyn strait_model::FilterSchemas>),
@@ -115,137 +115,8 @@ fn options(settings: &Settings, kit: &Kit) -> Options {
     }
 }
 
-fn init_tracing(level: LogLevel) {
-    let level = match level {
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Warn => tracing::Level::WARN,
-        LogLevel::Error => tracing::Level::ERROR,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-/// `strait start`.
-pub fn start(conf: Option<&Path>) -> Result<()> {
-    let settings = Settings::load(conf)?;
-    init_tracing(settings.log_level);
-    if settings.stream_listen.is_empty() && settings.admin_listen.is_empty() {
-        bail!("stream_listen and admin_listen are both off: there is nothing to serve");
-    }
-    std::fs::create_dir_all(&settings.prefix)
-        .with_context(|| format!("prefix: cannot create {}", settings.prefix.display()))?;
-    let kit = kit(&settings, true)?;
-    let plugins = kit.plugins.clone();
-    let Prepared { settings, loaded, default_cert } = prepare(settings, &kit, true)?;
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    if settings.declarative_config.is_none() && settings.database == Database::Off {
-        tracing::warn!("declarative_config is not set: there are no routes until POST /config");
-    }
-
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all().thread_name("strait-worker");
-    if let Some(n) = settings.worker_threads {
-        rt.worker_threads(n.get());
-    }
-    let rt = rt.build().context("cannot start the runtime")?;
-
-    let (logger, writer) = AccessLogger::open(&settings.proxy_stream_access_log)
-        .context("proxy_stream_access_log: cannot open the access log")?;
-    let listeners = strait_proxy::bind_all(&settings.stream_listen)?;
-    let report = rt.block_on(async {
-        let opened = open_store(&settings).await?;
-        let admin_tls = admin_tls(&settings, &default_cert)?;
-        let upstreams = Arc::new(Upstreams::new(settings.dns.clone()));
-        let cache = settings.prefix.join("config_cache.json");
-        let from_cache = matches!(opened, Opened::Unreachable(..));
-        let (control, snapshot) = match opened {
-            Opened::Ready(store) => {
-                let tls = server_tls(&settings, default_cert);
-                Control::start(store, loaded.config, tls, options(&settings, &kit), upstreams, plugins.clone())
-                    .await?
-            }
-            Opened::Unreachable(store, why) => {
-                if !settings.db_cache {
-                    bail!("{why:#}\n(db_cache is off, so there is no cached configuration to start from)");
-                }
-                if !cache.exists() {
-                    bail!("{why:#}\n(no cached configuration at {} to start from: this node never reached the database)", cache.display());
-                }
-                tracing::warn!("{why:#}");
-                Control::start_cached(
-                    store,
-                    &cache,
-                    server_tls(&settings, default_cert),
-                    options(&settings, &kit),
-                    upstreams,
-                    plugins.clone(),
-                )?
-            }
-        };
-        let counts = summary(&control.current().config);
-        let proxy = Proxy::start(
-            listeners,
-            snapshot,
-            logger,
-            Timeouts { preread: settings.preread_timeout, tls_detect: settings.tls_detect_timeout },
-            SessionOptions {
-                trusted_ips: settings.trusted_ips.clone(),
-                udp_max_sessions: settings.udp_max_sessions,
-                stream_max_pending: settings.stream_max_pending,
-            },
-        )?;
-        let swapper = proxy.swapper();
-        control.set_publisher(move |s| swapper.swap(s));
-
-        let node = node_id(&settings.prefix);
-        let (admin_stop, admin_addrs) =
-            start_admin(&settings, &node, control.clone(), proxy.stats(), admin_tls).await?;
-        if control.store().is_some_and(Store::is_shared) {
-            if settings.db_cache {
-                control.set_cache(cache);
-            }
-            let node = strait_control::cluster::Node { id: node, hostname: hostname() };
-            tokio::spawn(strait_control::cluster::watch(
-                control.clone(),
-                node,
-                settings.db_update_frequency,
-                from_cache && settings.auto_migrate,
-                admin_stop.subscribe(),
-            ));
-        }
-        let addrs: Vec<String> = proxy.local_addrs().iter().map(ToString::to_string).collect();
-        tracing::info!(listeners = %addrs.join(", "), admin = %admin_addrs.join(", "), config = %counts, "strait started");
-        wait_for_signal().await?;
-        tracing::info!(drain_timeout = ?settings.drain_timeout, "shutting down: no new sessions");
-        let _ = admin_stop.send(true);
-        drop(control);
-        // A second signal cuts the drain short.
-        let closer = proxy.closer();
-        tokio::spawn(async move {
-            if wait_for_signal().await.is_ok() {
-                tracing::warn!("second signal: closing every open session now");
-                closer.close_all();
-            }
-        });
-        anyhow::Ok(proxy.shutdown(settings.drain_timeout).await)
-    })?;
-    // Dropping the runtime drops any session task still holding a logger, so
-    // the writer can then flush and end.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    writer.finish();
-    tracing::info!(forced = report.forced, "strait stopped");
-    Ok(())
-}
-
 /// What opening the configured store gave.
-enum Opened {
+pub(crate) enum Opened {
     /// `Some` store, migrated and reachable; `None` for `database = off`.
     Ready(Option<Store>),
     /// PostgreSQL could not be reached; the error says where and why.
@@ -254,7 +125,7 @@ enum Opened {
 
 /// The store for `database`, migrated (or checked to be, with
 /// `auto_migrate = off`).
-async fn open_store(settings: &Settings) -> Result<Opened> {
+pub(crate) async fn open_store(settings: &Settings) -> Result<Opened> {
     match settings.database {
         Database::Off => Ok(Opened::Ready(None)),
         Database::Sqlite => {
@@ -322,13 +193,15 @@ fn pg_error(settings: &Settings, e: strait_store::StoreError) -> anyhow::Error {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
 }
 
-/// Binds the Admin API listeners and serves them until the returned sender says stop.
 /// The HTTPS configuration for `admin_listen ... ssl`, if any entry asks for it.
-fn admin_tls(settings: &Settings, default_cert: &strait_model::KeyPair) -> Result<Option<Arc<rustls::ServerConfig>>> {
+pub(crate) fn admin_tls(
+    settings: &Settings,
+    default_cert: &strait_model::KeyPair,
+) -> Result<Option<Arc<rustls::ServerConfig>>> {
     if !settings.admin_listen.iter().any(|l| l.ssl) {
         return Ok(None);
     }
@@ -344,75 +217,8 @@ fn admin_tls(settings: &Settings, default_cert: &strait_model::KeyPair) -> Resul
     Ok(Some(Arc::new(config)))
 }
 
-async fn start_admin(
-    settings: &Settings,
-    node_id: &str,
-    control: Arc<Control>,
-    stats: Arc<strait_proxy::Stats>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) -> Result<(tokio::sync::watch::Sender<bool>, Vec<String>)> {
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let info = NodeInfo {
-        node_id: node_id.to_owned(),
-        hostname: hostname(),
-        database: settings.database.as_str().to_owned(),
-        stream_listen: settings.stream_listen.iter().map(|l| l.addr_label()).collect(),
-        admin_listen: settings.admin_listen.iter().map(|l| l.addr_label()).collect(),
-    };
-    let state = Arc::new(AdminState { control, stats, token: settings.admin_token.clone(), info });
-    let mut addrs = Vec::new();
-    for entry in &settings.admin_listen {
-        let label = entry.addr_label();
-        let listener =
-            tokio::net::TcpListener::bind((entry.host.to_string().trim_matches(|c| c == '[' || c == ']'), entry.port))
-                .await
-                .with_context(|| format!("admin_listen: cannot listen on {label}"))?;
-        addrs.push(listener.local_addr().map_or(label, |a| a.to_string()));
-        let mut rx = stop_rx.clone();
-        let state = state.clone();
-        let tls = if entry.ssl { tls.clone() } else { None };
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.wait_for(|v| *v).await;
-            };
-            match tls {
-                Some(tls) => strait_admin::serve_tls(listener, tls, state, shutdown).await,
-                None => {
-                    if let Err(e) = strait_admin::serve(listener, state, shutdown).await {
-                        tracing::error!(error = %e, "the Admin API stopped");
-                    }
-                }
-            }
-        });
-    }
-    // The status API: /status and /metrics, read-only.
-    for entry in &settings.status_listen {
-        let label = entry.addr_label();
-        if entry.ssl {
-            bail!("status_listen: 'ssl' is not supported on {label}; the status API is plain HTTP");
-        }
-        let listener =
-            tokio::net::TcpListener::bind((entry.host.to_string().trim_matches(|c| c == '[' || c == ']'), entry.port))
-                .await
-                .with_context(|| format!("status_listen: cannot listen on {label}"))?;
-        let addr = listener.local_addr().map_or(label, |a| a.to_string());
-        tracing::info!(addr = %addr, "status API ready (/status, /metrics)");
-        let mut rx = stop_rx.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = rx.wait_for(|v| *v).await;
-            };
-            if let Err(e) = strait_admin::serve_status(listener, state, shutdown).await {
-                tracing::error!(error = %e, "the status API stopped");
-            }
-        });
-    }
-    Ok((stop, addrs))
-}
-
 /// This node's id, kept under `prefix` so it survives restarts.
-fn node_id(prefix: &Path) -> String {
+pub(crate) fn node_id(prefix: &Path) -> String {
     let path = prefix.join("node_id");
     if let Ok(id) = std::fs::read_to_string(&path)
         && let Ok(id) = uuid::Uuid::parse_str(id.trim())
@@ -426,18 +232,7 @@ fn node_id(prefix: &Path) -> String {
     id
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
-}
-
-fn summary(c: &Config) -> String {
+pub(crate) fn summary(c: &Config) -> String {
     format!(
         "{} services, {} routes, {} certificates, {} snis, {} ca_certificates, {} upstreams, {} targets, {} plugins",
         c.services.len(),

@@ -1,4 +1,4 @@
-//! Command-line interface: `start`, `check`, `config parse`, `config init`.
+//! Command-line interface: `start`, `reload`, `upgrade`, `check`, `config …`, `migrations …`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +15,10 @@ Examples:
       Override any setting from the environment as STRAIT_<KEY>.
   strait check -c strait.toml
       Validate the settings and the declarative file, then exit.
+  strait reload -c strait.toml
+      Apply changed settings to the running process (as kill -HUP).
+  strait upgrade -c strait.toml
+      Hand every listener and relaying session to a new process (as kill -USR2).
   strait config parse kong.yml
       Validate a Kong declarative file (_format_version 3.0, YAML or JSON).
   strait config init strait.yml
@@ -39,6 +43,25 @@ enum Command {
         /// Settings file (TOML). Default: ./strait.toml if present, else built-in defaults.
         #[arg(short = 'c', long = "conf", value_name = "FILE")]
         conf: Option<PathBuf>,
+    },
+    /// Re-read the settings (and, DB-less, the declarative file) in the
+    /// running process, as SIGHUP does; exits 1 listing the errors when the
+    /// new settings are refused (nothing changes then).
+    Reload {
+        /// Settings file (it is also how the running process is found: its `prefix`).
+        #[arg(short = 'c', long = "conf", value_name = "FILE")]
+        conf: Option<PathBuf>,
+    },
+    /// Replace the running process with a new one (the binary at its path,
+    /// or --binary), which takes over every listening socket and every
+    /// relaying session, as SIGUSR2 does; exits 1 with the reason when the
+    /// new generation fails to start (the old one keeps serving).
+    Upgrade {
+        #[arg(short = 'c', long = "conf", value_name = "FILE")]
+        conf: Option<PathBuf>,
+        /// The binary to start instead of the running one's.
+        #[arg(long = "binary", value_name = "PATH")]
+        binary: Option<PathBuf>,
     },
     /// Validate the settings and the declarative configuration, then exit.
     Check {
@@ -104,7 +127,11 @@ fn default_conf(conf: Option<PathBuf>) -> Option<PathBuf> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Start { conf } => app::start(default_conf(conf).as_deref()),
+        Command::Start { conf } => crate::gateway::start(default_conf(conf).as_deref()),
+        Command::Reload { conf } => crate::gateway::reload_command(default_conf(conf).as_deref()),
+        Command::Upgrade { conf, binary } => {
+            crate::gateway::upgrade_command(default_conf(conf).as_deref(), binary.as_deref())
+        }
         Command::Check { conf } => app::check(default_conf(conf).as_deref()),
         Command::Config(ConfigCommand::Parse { file }) => app::parse(&file),
         Command::Config(ConfigCommand::Init { file }) => app::init(&file),

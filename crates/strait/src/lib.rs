@@ -3,7 +3,13 @@
 //!
 //! Kept out of `main.rs` so tests and other front ends can call it.
 
+mod admin;
 pub mod app;
 pub mod certs;
 pub mod cli;
+mod ctl;
 pub mod example;
+mod gateway;
+mod logging;
+mod systemd;
+mod upgrade;

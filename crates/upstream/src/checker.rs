@@ -26,7 +26,7 @@ use crate::shared::{Endpoint, Shared, TargetState};
 /// Longest sleep when nothing is due (the task still wakes on changes).
 const IDLE: Duration = Duration::from_secs(3600);
 
-pub(crate) async fn run(shared: Arc<Shared>, dns: Arc<Dns>) {
+pub(crate) async fn run(shared: Arc<Shared>, dns: Arc<arc_swap::ArcSwap<Dns>>) {
     // When each address was last probed, keyed by the address's allocation.
     let mut last_probe: HashMap<usize, Instant> = HashMap::new();
     loop {
@@ -49,7 +49,7 @@ pub(crate) async fn run(shared: Arc<Shared>, dns: Arc<Dns>) {
                 Some(at) if Instant::from_std(at) > Instant::now() => wake_at = wake_at.min(Instant::from_std(at)),
                 _ => {
                     if !t.state.refreshing.swap(true, Ordering::AcqRel) {
-                        let (shared, state, dns) = (shared.clone(), t.state.clone(), dns.clone());
+                        let (shared, state, dns) = (shared.clone(), t.state.clone(), dns.load_full());
                         tokio::spawn(async move {
                             refresh(&shared, &state, &dns).await;
                             state.refreshing.store(false, Ordering::Release);

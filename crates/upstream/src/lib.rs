@@ -51,13 +51,24 @@ use shared::{Endpoint, Shared};
 /// Every upstream's shared state, and the DNS client. One per process.
 #[derive(Debug)]
 pub struct Upstreams {
-    dns: Arc<Dns>,
+    /// Swapped by a reload that changes the `dns_*` settings; each
+    /// resolution takes the current one.
+    dns: Arc<arc_swap::ArcSwap<Dns>>,
     registry: Mutex<HashMap<String, Arc<Shared>>>,
 }
 
 impl Upstreams {
     pub fn new(dns: DnsSettings) -> Upstreams {
-        Upstreams { dns: Arc::new(Dns::new(dns)), registry: Mutex::new(HashMap::new()) }
+        Upstreams {
+            dns: Arc::new(arc_swap::ArcSwap::from_pointee(Dns::new(dns))),
+            registry: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Resolves names with `dns` from now on (a reload): each name takes
+    /// the new settings at its next refresh.
+    pub fn set_dns(&self, dns: DnsSettings) {
+        self.dns.store(Arc::new(Dns::new(dns)));
     }
 
     fn shared(&self, key: &str) -> Arc<Shared> {

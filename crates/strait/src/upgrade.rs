@@ -1,0 +1,388 @@
+//! Binary upgrade: the running generation starts the next one (the binary
+//! at its own path, or another), which connects back over the control
+//! socket and receives the listening sockets (the same sockets: no port
+//! closes, nothing queued on them is lost) and the counters `/status` and
+//! `/metrics` report. It starts completely and says it is ready; only then
+//! does the old generation stop accepting, hand its relaying sessions over
+//! and drain the rest. If the next generation fails before it is ready,
+//! the old one never stopped serving.
+//!
+//! The conversation, after the next generation's `takeover` request:
+//! old → new `sockets` (with the descriptors); new → old `ready` or
+//! `failed`; old → new the sessions it hands over, then `left` with what
+//! stayed behind, at its exit.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use strait_admin::{Generation, UpgradeCounts};
+use strait_plugin::SessionCounts;
+use strait_proxy::{Adopter, Inherited, Moving, Stats};
+use tokio::sync::oneshot;
+
+use crate::ctl::{self, Wire};
+use crate::gateway::{Event, Gateway, now_ms};
+
+/// How long the next generation may take to be ready.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+const ENV_SOCKET: &str = "STRAIT_UPGRADE_SOCKET";
+const ENV_TOKEN: &str = "STRAIT_UPGRADE_TOKEN";
+
+/// An upgrade under way, in the old generation.
+pub(crate) struct Pending {
+    token: String,
+    pid: u32,
+    reply: Option<oneshot::Sender<Value>>,
+}
+
+/// The next generation, ready: the connection its sessions go through.
+pub(crate) struct Ready {
+    pub(crate) pid: u32,
+    wire: Wire,
+}
+
+impl Gateway {
+    /// Starts the next generation, unless one is starting already.
+    pub(crate) fn begin_upgrade(
+        &mut self,
+        binary: Option<PathBuf>,
+        conf: Option<PathBuf>,
+        reply: Option<oneshot::Sender<Value>>,
+    ) {
+        let refuse = |reply: Option<oneshot::Sender<Value>>, why: String| {
+            tracing::error!(error = %why, "upgrade refused");
+            if let Some(r) = reply {
+                let _ = r.send(json!({ "ok": false, "errors": [why] }));
+            }
+        };
+        if self.upgrading.is_some() {
+            return refuse(reply, "an upgrade is already in progress".to_owned());
+        }
+        let binary = binary.unwrap_or_else(|| self.exe.clone());
+        let token = uuid::Uuid::new_v4().to_string();
+        let socket = match std::path::absolute(ctl::socket_path(&self.settings.prefix)) {
+            Ok(p) => p,
+            Err(e) => return refuse(reply, format!("the control socket's path: {e}")),
+        };
+        let mut cmd = Command::new(&binary);
+        cmd.arg("start");
+        if let Some(c) = conf.or_else(|| self.conf.clone()) {
+            cmd.arg("-c").arg(c);
+        }
+        cmd.env(ENV_SOCKET, socket)
+            .env(ENV_TOKEN, &token)
+            // The sockets come over the control socket, not from systemd.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
+            .stdin(std::process::Stdio::null());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return refuse(reply, format!("cannot start {}: {e}", binary.display())),
+        };
+        let pid = child.id();
+        tracing::info!(binary = %binary.display(), pid, "upgrade: the next generation is starting");
+        // Its death before it is ready fails the upgrade at once; its
+        // silence, after START_TIMEOUT.
+        let events = self.events.clone();
+        let t = token.clone();
+        std::thread::spawn(move || {
+            let why = match child.wait() {
+                Ok(status) => format!("the new generation exited before it was ready ({status})"),
+                Err(e) => format!("the new generation could not be watched: {e}"),
+            };
+            let _ = events.send(Event::Started { token: t, result: Err(why) });
+        });
+        let events = self.events.clone();
+        let t = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(START_TIMEOUT).await;
+            let why = format!("the new generation was not ready within {} s", START_TIMEOUT.as_secs());
+            let _ = events.send(Event::Started { token: t, result: Err(why) });
+        });
+        self.upgrading = Some(Pending { token, pid, reply });
+    }
+
+    /// The next generation asks for the sockets.
+    pub(crate) fn takeover(&mut self, mut wire: Wire, token: &str) {
+        let Some(p) = self.upgrading.as_ref().filter(|p| p.token == token) else {
+            let _ = wire.send(json!({ "failed": "no upgrade is waiting for this process" }), &[]);
+            return;
+        };
+        match wire.peer() {
+            Ok((pid, _)) if pid == p.pid => {}
+            _ => {
+                let _ = wire.send(json!({ "failed": "only the process the upgrade started may take over" }), &[]);
+                return;
+            }
+        }
+        let mut keys = Vec::new();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        for (info, fd) in self.proxy.sockets() {
+            keys.push(info.key.clone());
+            fds.push(fd);
+        }
+        for (key, fd) in self.admin.borrowed() {
+            keys.push(key.to_owned());
+            fds.push(fd);
+        }
+        let counts = self.proxy.stats().snapshot();
+        let msg = json!({
+            "sockets": keys,
+            "generation": self.generation.number,
+            "accepted": counts.accepted,
+            "handled": counts.handled,
+        });
+        let sent = if fds.is_empty() {
+            let mut m = msg;
+            m["last"] = json!(true);
+            wire.send(m, &[])
+        } else {
+            fds.chunks(ctl::MAX_FDS).enumerate().try_for_each(|(i, chunk)| {
+                let mut m = if i == 0 { msg.clone() } else { json!({ "more": true }) };
+                m["last"] = json!((i + 1) * ctl::MAX_FDS >= fds.len());
+                wire.send(m, chunk)
+            })
+        };
+        if let Err(e) = sent {
+            let token = token.to_owned();
+            let _ =
+                self.events.send(Event::Started { token, result: Err(format!("cannot hand the sockets over: {e}")) });
+            return;
+        }
+        let events = self.events.clone();
+        let token = token.to_owned();
+        let pid = p.pid;
+        tokio::task::spawn_blocking(move || {
+            let result = match wire.recv() {
+                Ok((m, _)) if m.get("ready").and_then(Value::as_bool) == Some(true) => Ok(Ready { pid, wire }),
+                Ok((m, _)) => Err(m.get("failed").and_then(Value::as_str).unwrap_or("no reason given").to_owned()),
+                Err(e) => Err(format!("the new generation did not start: {e}")),
+            };
+            let _ = events.send(Event::Started { token, result });
+        });
+    }
+
+    /// How the next generation's start went; `Some` when it is ready.
+    pub(crate) fn started(&mut self, token: &str, result: Result<Ready, String>) -> Option<Ready> {
+        // Reports of an upgrade that already ended (its timer, its exit) are stale.
+        if self.upgrading.as_ref().is_none_or(|p| p.token != token) {
+            return None;
+        }
+        let mut p = self.upgrading.take()?;
+        match result {
+            Ok(ready) => {
+                let number = self.generation.number + 1;
+                if let Some(r) = p.reply.take() {
+                    let _ = r.send(json!({ "ok": true, "pid": ready.pid, "generation": number }));
+                }
+                Some(ready)
+            }
+            Err(why) => {
+                tracing::error!(error = %why, "upgrade failed: this generation keeps serving");
+                // A next generation that is still there is not wanted.
+                if let Some(pid) = rustix::process::Pid::from_raw(p.pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+                if let Some(r) = p.reply.take() {
+                    let _ = r.send(json!({ "ok": false, "errors": [why] }));
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Ready {
+    /// Sends every session the proxy hands over, until `done` (the drain
+    /// is over: no session is left to move). A session the next generation
+    /// cannot take (it died) resumes here through `fallback`, so none is
+    /// lost. Gives the connection back, and how many moved.
+    pub(crate) fn send_sessions(
+        mut self,
+        moving: &std::sync::mpsc::Receiver<Moving>,
+        fallback: &Adopter,
+        done: &AtomicBool,
+    ) -> (Ready, u64) {
+        use std::os::fd::AsFd;
+        use std::sync::mpsc::RecvTimeoutError;
+        let mut moved = 0;
+        let mut broken = false;
+        loop {
+            let m = match moving.recv_timeout(Duration::from_millis(50)) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) if !done.load(Ordering::Acquire) => continue,
+                Err(_) => match moving.try_recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            if !broken {
+                let frame = json!({ "session": m.describe() });
+                match self.wire.send(frame, &[m.client.as_fd(), m.upstream.as_fd()]) {
+                    Ok(()) => {
+                        moved += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the next generation stopped taking sessions: the rest stay here");
+                        broken = true;
+                    }
+                }
+            }
+            if let Err(e) = fallback.adopt(m) {
+                tracing::error!(error = %e, "a session that could not move could not resume here either");
+            }
+        }
+        (self, moved)
+    }
+
+    /// The old generation's last word: how many sessions moved, how many
+    /// ended with it (`drained`) and how many it closed at `drain_timeout`.
+    pub(crate) fn left(mut self, moved: u64, drained: u64, closed: u64) {
+        tracing::info!(moved, drained, closed, "handed over: this generation exits");
+        let _ = self.wire.send(json!({ "left": { "moved": moved, "drained": drained, "closed": closed } }), &[]);
+    }
+}
+
+/// The next generation's side of the conversation.
+pub(crate) struct Takeover {
+    wire: Wire,
+    sockets: Vec<Inherited>,
+    generation: u64,
+    counts: SessionCounts,
+}
+
+impl Takeover {
+    /// When this process was started by an upgrade: connects to the old
+    /// generation and takes its sockets.
+    pub(crate) fn from_env() -> Result<Option<Takeover>> {
+        let (Some(socket), Some(token)) = (std::env::var_os(ENV_SOCKET), std::env::var(ENV_TOKEN).ok()) else {
+            return Ok(None);
+        };
+        let mut wire = Wire::connect(std::path::Path::new(&socket))
+            .with_context(|| format!("upgrade: cannot reach the running generation at {}", socket.display()))?;
+        wire.set_timeout(Some(Duration::from_secs(30)))?;
+        wire.send(json!({ "cmd": "takeover", "token": token }), &[])?;
+        let mut sockets = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut first: Option<Value> = None;
+        loop {
+            let (m, got) = wire.recv().context("upgrade: the running generation did not hand its sockets over")?;
+            if let Some(why) = m.get("failed").and_then(Value::as_str) {
+                bail!("upgrade refused by the running generation: {why}");
+            }
+            fds.extend(got);
+            let last = m.get("last").and_then(Value::as_bool).unwrap_or(true);
+            if first.is_none() {
+                keys = m
+                    .get("sockets")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                first = Some(m);
+            }
+            if last {
+                break;
+            }
+        }
+        let first = first.unwrap_or_default();
+        if keys.len() != fds.len() {
+            bail!("upgrade: {} sockets named, {} received", keys.len(), fds.len());
+        }
+        for (key, fd) in keys.into_iter().zip(fds) {
+            sockets.push(Inherited { key, fd });
+        }
+        let n = |k: &str| first.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let counts = SessionCounts { accepted: n("accepted"), handled: n("handled"), active: 0 };
+        Ok(Some(Takeover { wire, sockets, generation: n("generation") + 1, counts }))
+    }
+
+    /// The sockets handed over (taken once).
+    pub(crate) fn take_sockets(&mut self) -> Vec<Inherited> {
+        std::mem::take(&mut self.sockets)
+    }
+
+    pub(crate) fn generation(&self) -> Generation {
+        Generation { number: self.generation, started_at: now_ms(), upgrade: Some(UpgradeCounts::default()) }
+    }
+
+    /// The old generation's session counters, to go on from.
+    pub(crate) fn counts(&self) -> SessionCounts {
+        self.counts
+    }
+
+    /// Tells the old generation this one failed to start.
+    pub(crate) fn failed(&mut self, why: &str) {
+        let _ = self.wire.send(json!({ "failed": why }), &[]);
+    }
+
+    /// Tells the old generation this one is ready, then takes what it
+    /// hands over until it exits.
+    pub(crate) fn ready(&mut self, gw: &Gateway, adopter: Adopter, stats: Arc<Stats>) -> Result<()> {
+        let mut wire = self.wire.try_clone()?;
+        wire.send(json!({ "ready": true, "pid": std::process::id() }), &[])
+            .context("upgrade: cannot tell the running generation this one is ready")?;
+        wire.set_timeout(None)?;
+        let generation = gw.generation.clone();
+        std::thread::Builder::new()
+            .name("strait-takeover".into())
+            .spawn(move || receive(wire, &generation, &adopter, &stats))?;
+        Ok(())
+    }
+}
+
+/// Takes what the old generation sends after `ready`, until it exits:
+/// its sessions, each resumed here at once, then what it left behind.
+fn receive(mut wire: Wire, generation: &Arc<Generation>, adopter: &Adopter, stats: &Stats) {
+    let Some(counts) = generation.upgrade.as_ref() else { return };
+    loop {
+        let (m, fds) = match wire.recv() {
+            Ok(got) => got,
+            Err(ctl::WireError::Closed) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "the hand-off from the previous generation broke off");
+                break;
+            }
+        };
+        if let Some(d) = m.get("session") {
+            match Moving::from_description(d, fds).and_then(|s| adopter.adopt(s)) {
+                Ok(()) => {
+                    counts.moved.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(error = %e, "a session handed over was refused"),
+            }
+        } else if let Some(left) = m.get("left") {
+            let n = |k: &str| left.get(k).and_then(Value::as_u64).unwrap_or(0);
+            counts.drained.store(n("drained"), Ordering::Relaxed);
+            counts.closed.store(n("closed"), Ordering::Relaxed);
+            // They were counted open when the counters were carried over.
+            stats.carry_over(SessionCounts { accepted: 0, handled: n("drained") + n("closed"), active: 0 });
+        }
+    }
+    counts.finished.store(true, Ordering::Relaxed);
+    tracing::info!(moved = counts.moved.load(Ordering::Relaxed), "the previous generation has exited");
+}
+
+/// Raises the soft limit on open files to the hard one: a generation that
+/// takes over every session holds two descriptors per session.
+pub(crate) fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    // "Unlimited" is not a value the kernel takes for this limit.
+    let target = l.maximum.unwrap_or(1 << 20);
+    if l.current.is_some_and(|c| c < target) {
+        l.current = Some(target);
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    }
+}
