@@ -211,8 +211,9 @@ struct Common {
 #[derive(Debug)]
 struct Running {
     info: Arc<ListenerInfo>,
-    /// A duplicate of the listening socket, for an upgrade's hand-off.
-    socket: std::os::fd::OwnedFd,
+    /// A duplicate of the listening socket, for an upgrade's hand-off;
+    /// dropped when the listener is removed, so that its port closes.
+    socket: Option<std::os::fd::OwnedFd>,
     force_close: Arc<ForceClose>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -225,6 +226,7 @@ struct Running {
 impl Running {
     /// Stops accepting; the sessions go on.
     async fn stop_accepting(&mut self) {
+        self.socket = None;
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
             let _ = t.await;
@@ -375,6 +377,7 @@ impl Proxy {
                     alive_tx,
                 )),
             };
+            let socket = Some(socket);
             self.listeners.push(Running { info, socket, force_close, stop, task: Some(task), alive, joinable });
         }
         Ok(())
@@ -404,7 +407,7 @@ impl Proxy {
     /// hand-off (the same sockets: connections queued on them are not lost).
     pub fn sockets(&self) -> impl Iterator<Item = (&ListenerInfo, std::os::fd::BorrowedFd<'_>)> {
         use std::os::fd::AsFd;
-        self.listeners.iter().map(|r| (&*r.info, r.socket.as_fd()))
+        self.listeners.iter().filter_map(|r| Some((&*r.info, r.socket.as_ref()?.as_fd())))
     }
 
     /// Stops every listener accepting; open sessions go on (an upgrade, once

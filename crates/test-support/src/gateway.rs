@@ -86,7 +86,11 @@ pub struct Gateway {
     child: Child,
     pub dir: TempDir,
     pub access_log: PathBuf,
+    /// The settings file it was started with.
+    pub conf: PathBuf,
     stderr: Arc<Mutex<String>>,
+    /// The generations binary upgrades started (killed on drop too).
+    generations: Mutex<Vec<u32>>,
 }
 
 impl Gateway {
@@ -127,7 +131,7 @@ impl Gateway {
                 }
             }
         });
-        let mut gw = Gateway { child, dir, access_log, stderr };
+        let mut gw = Gateway { child, dir, access_log, conf, stderr, generations: Mutex::new(Vec::new()) };
         let deadline = Instant::now() + WAIT;
         loop {
             if gw.stderr().contains("strait started") {
@@ -168,6 +172,70 @@ impl Gateway {
         }
     }
 
+    /// Runs `bin` with `args` and this gateway's settings file (`-c`), bounded.
+    pub fn cli(&self, bin: &Path, args: &[&str]) -> std::process::Output {
+        let mut child = Command::new(bin)
+            .args(args)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run strait");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("strait {args:?} did not finish in time:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("strait output")
+    }
+
+    /// `strait upgrade`, which must succeed; gives the new generation's pid.
+    pub fn upgrade(&self, bin: &Path) -> u32 {
+        let out = self.cli(bin, &["upgrade"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "strait upgrade failed: {}{}\nstderr:\n{}",
+            text,
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr()
+        );
+        let pid = text
+            .split("(pid ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {text:?}"));
+        if let Ok(mut g) = self.generations.lock() {
+            g.push(pid);
+        }
+        pid
+    }
+
+    /// The pid of the generation serving now.
+    pub fn pid(&self) -> u32 {
+        self.generations.lock().ok().and_then(|g| g.last().copied()).unwrap_or(self.child.id())
+    }
+
+    /// Sends `signal` (`HUP`, `USR1`, `USR2`, `TERM`, …) to the generation serving now.
+    pub fn signal(&self, signal: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Whether process `pid` still runs (and is not a zombie).
+    pub fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
@@ -194,6 +262,10 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        let pids = self.generations.lock().map(|g| g.clone()).unwrap_or_default();
+        for pid in pids {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
