@@ -385,3 +385,45 @@ async fn a_failed_new_generation_leaves_the_old_one_serving() {
     tokio::task::block_in_place(|| gw.upgrade(bin()));
     echo(&mut open, b"moved").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_socket_activation_serves_the_passed_socket_and_an_upgrade_keeps_it() {
+    let backend = Backend::plain("echo").await;
+    let port = free_port();
+    let yaml = one_route(backend.addr, &[], &["protocols: [tcp]", "sources: [{ip: 127.0.0.0/8}]"]);
+    // systemd's launcher binds the port and starts strait with it as fd 3.
+    let dir = test_support::gateway::TempDir::new();
+    let launcher = dir.write(
+        "activate.sh",
+        &format!(
+            "#!/bin/sh\nexec systemd-socket-activate -l 127.0.0.1:{port} --fdname=127.0.0.1:{port} {} \"$@\"\n",
+            bin().display()
+        ),
+    );
+    std::fs::set_permissions(&launcher, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The launcher starts strait at the first connection, which strait
+    // then serves from the socket's queue.
+    let first = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + WAIT;
+        let mut s = loop {
+            match std::net::TcpStream::connect(at(port)) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => panic!("the launcher never listened: {e}"),
+            }
+        };
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(b"first").unwrap();
+        let mut got = vec![0u8; 10];
+        s.read_exact(&mut got).unwrap();
+        got
+    });
+    let gw = Gateway::start(&launcher, GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
+    assert_eq!(first.join().unwrap(), b"echo\nfirst", "the connection that started it is served");
+    assert!(gw.stderr().contains("listening socket from systemd"), "{}", gw.stderr());
+    let mut open = session(port).await;
+    tokio::task::block_in_place(|| gw.upgrade(bin()));
+    drop(session(port).await);
+    echo(&mut open, b"moved").await;
+}
