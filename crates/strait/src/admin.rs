@@ -23,7 +23,7 @@ pub(crate) struct Admin {
 }
 
 /// The key of an admin or status entry among inherited sockets.
-fn key(kind: &str, entry: &AdminListen) -> String {
+pub(crate) fn key(kind: &str, entry: &AdminListen) -> String {
     format!("{kind}:{}", entry.addr_label())
 }
 

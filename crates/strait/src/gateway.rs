@@ -168,6 +168,7 @@ fn run(conf: Option<&Path>, mut takeover: Option<&mut upgrade::Takeover>) -> Res
         let proxy = Proxy::start(listeners, snapshot, logger.clone(), timeouts(&settings), session_options(&settings))?;
         if let Some(t) = takeover.as_deref() {
             proxy.stats().carry_over(t.counts());
+            t.carry_health(control.upstreams());
         }
         let swapper = proxy.swapper();
         control.set_publisher(move |s| swapper.swap(s));

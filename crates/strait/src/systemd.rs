@@ -37,10 +37,11 @@ pub(crate) fn reloading() -> String {
 }
 
 /// The sockets systemd passed (socket activation), each keyed to the
-/// `stream_listen`, `admin_listen` or `status_listen` entry it serves: by
-/// its `FileDescriptorName=` when that is the entry's address (as written
-/// in the settings), otherwise by the address it is bound to. A socket no
-/// entry wants is an error: it would be a port that never answers.
+/// `stream_listen`, `admin_listen` or `status_listen` entry with the
+/// address it is bound to (and its type: UDP for `udp` entries). A socket
+/// no entry wants is an error: it would be a port that never answers.
+/// (`LISTEN_FDNAMES` is only quoted in that error: systemd's names cannot
+/// hold the `:` of an address.)
 pub(crate) fn listen_fds(settings: &Settings) -> Result<Vec<Inherited>> {
     let pid_ok = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     let Some(n) = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).filter(|_| pid_ok) else {
@@ -58,7 +59,7 @@ pub(crate) fn listen_fds(settings: &Settings) -> Result<Vec<Inherited>> {
         let local = socket.local_addr().ok().and_then(|a| a.as_socket());
         let udp = socket.r#type().ok() == Some(socket2::Type::DGRAM);
         let name = names.get(i as usize).map(String::as_str).unwrap_or("");
-        let Some(key) = key_for(settings, name, local, udp) else {
+        let Some(key) = key_for(settings, local, udp) else {
             bail!(
                 "socket activation: socket {} ({name}, {}) matches no stream_listen, admin_listen or status_listen entry",
                 3 + i,
@@ -81,23 +82,21 @@ fn take_fd(fd: i32) -> OwnedFd {
 }
 
 /// The key of the entry a socket serves.
-fn key_for(settings: &Settings, name: &str, local: Option<SocketAddr>, udp: bool) -> Option<String> {
-    let addr_of = |host: &ListenHost, port: u16| match host {
-        ListenHost::Ip(ip) => Some(SocketAddr::new(*ip, port)),
-        ListenHost::Name(_) => None,
-    };
-    let matches = |label: String, host: &ListenHost, port: u16| {
-        (!name.is_empty() && name == label) || (local.is_some() && addr_of(host, port) == local)
+fn key_for(settings: &Settings, local: Option<SocketAddr>, udp: bool) -> Option<String> {
+    let local = local?;
+    let matches = |host: &ListenHost, port: u16| match host {
+        ListenHost::Ip(ip) => SocketAddr::new(*ip, port) == local,
+        ListenHost::Name(_) => false,
     };
     for e in &settings.stream_listen {
-        if e.udp == udp && matches(e.addr_label(), &e.host, e.port) {
+        if e.udp == udp && matches(&e.host, e.port) {
             return Some(strait_proxy::listen_key(e));
         }
     }
     for (kind, entries) in [("admin", &settings.admin_listen), ("status", &settings.status_listen)] {
         for e in entries {
-            if !udp && matches(e.addr_label(), &e.host, e.port) {
-                return Some(format!("{kind}:{}", e.addr_label()));
+            if !udp && matches(&e.host, e.port) {
+                return Some(crate::admin::key(kind, e));
             }
         }
     }

@@ -134,11 +134,23 @@ impl Gateway {
             fds.push(fd);
         }
         let counts = self.proxy.stats().snapshot();
+        // The addresses health checks (or an operator) took out of service.
+        let mut down = Vec::new();
+        for u in self.control.upstreams().all_health() {
+            for t in &u.targets {
+                for a in t.addresses.iter().filter(|a| a.health == "UNHEALTHY") {
+                    down.push(
+                        json!({ "upstream": u.id.to_string(), "target": t.target, "address": a.addr.to_string() }),
+                    );
+                }
+            }
+        }
         let msg = json!({
             "sockets": keys,
             "generation": self.generation.number,
             "accepted": counts.accepted,
             "handled": counts.handled,
+            "unhealthy": down,
         });
         let sent = if fds.is_empty() {
             let mut m = msg;
@@ -258,6 +270,8 @@ pub(crate) struct Takeover {
     sockets: Vec<Inherited>,
     generation: u64,
     counts: SessionCounts,
+    /// Addresses the old generation held out of service.
+    unhealthy: Vec<Value>,
 }
 
 impl Takeover {
@@ -303,7 +317,8 @@ impl Takeover {
         }
         let n = |k: &str| first.get(k).and_then(Value::as_u64).unwrap_or(0);
         let counts = SessionCounts { accepted: n("accepted"), handled: n("handled"), active: 0 };
-        Ok(Some(Takeover { wire, sockets, generation: n("generation") + 1, counts }))
+        let unhealthy = first.get("unhealthy").and_then(Value::as_array).cloned().unwrap_or_default();
+        Ok(Some(Takeover { wire, sockets, generation: n("generation") + 1, counts, unhealthy }))
     }
 
     /// The sockets handed over (taken once).
@@ -318,6 +333,20 @@ impl Takeover {
     /// The old generation's session counters, to go on from.
     pub(crate) fn counts(&self) -> SessionCounts {
         self.counts
+    }
+
+    /// Marks unhealthy here what was unhealthy there, so an upgrade does
+    /// not send sessions back to a target the health checks took out. An
+    /// address not known yet (a name still resolving) is left to the checks.
+    pub(crate) fn carry_health(&self, upstreams: &strait_upstream::Upstreams) {
+        for d in &self.unhealthy {
+            let s = |k: &str| d.get(k).and_then(Value::as_str);
+            let (Some(id), Some(target), Some(addr)) = (s("upstream"), s("target"), s("address")) else { continue };
+            let Ok(id) = uuid::Uuid::parse_str(id) else { continue };
+            if let Err(e) = upstreams.set_health(id, target, Some(addr), false) {
+                tracing::debug!(upstream = %id, target, address = addr, error = %e, "health not carried over");
+            }
+        }
     }
 
     /// Tells the old generation this one failed to start.

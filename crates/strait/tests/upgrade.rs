@@ -395,10 +395,7 @@ async fn systemd_socket_activation_serves_the_passed_socket_and_an_upgrade_keeps
     let dir = test_support::gateway::TempDir::new();
     let launcher = dir.write(
         "activate.sh",
-        &format!(
-            "#!/bin/sh\nexec systemd-socket-activate -l 127.0.0.1:{port} --fdname=127.0.0.1:{port} {} \"$@\"\n",
-            bin().display()
-        ),
+        &format!("#!/bin/sh\nexec systemd-socket-activate -l 127.0.0.1:{port} {} \"$@\"\n", bin().display()),
     );
     std::fs::set_permissions(&launcher, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // The launcher starts strait at the first connection, which strait

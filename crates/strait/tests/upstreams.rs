@@ -711,3 +711,30 @@ async fn below_the_threshold_or_with_nothing_healthy_sessions_get_503() {
     put(b.addr, "healthy").await;
     assert!(["a", "b"].contains(&banner(port).await.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_carries_the_health_state_over() {
+    let live = Backend::plain("live").await;
+    let dead: SocketAddr = format!("127.0.0.1:{}", test_support::free_port()).parse().unwrap();
+    let port = test_support::free_port();
+    // Passive checks only: nothing in the new generation could eject the
+    // dead target again before a session tried it.
+    let passive = "  healthchecks:\n    passive:\n      type: tcp\n      unhealthy: {tcp_failures: 1}";
+    let (gw, admin) = start(port, pool(port, "round-robin", &[(dead, 100), (live.addr, 100)], passive), &[]);
+    let target = dead.to_string();
+    let mut n = 0;
+    while health_in(&health(admin, "pool").await, &target, None) == "HEALTHY" {
+        assert_eq!(banner(port).await, "live");
+        n += 1;
+        assert!(n <= 8, "the refusing target was never ejected");
+    }
+    tokio::task::block_in_place(|| gw.upgrade(bin()));
+    assert_eq!(health_in(&health(admin, "pool").await, &target, None), "UNHEALTHY", "the new generation knows");
+    let seen = gw.log_lines().len();
+    for _ in 0..4 {
+        assert_eq!(banner(port).await, "live");
+    }
+    wait_lines(&gw, seen + 4).await;
+    let fresh = &gw.log_lines()[seen..];
+    assert!(fresh.iter().all(|l| !l.contains("failed_tries")), "the ejected target was tried again: {fresh:#?}");
+}
