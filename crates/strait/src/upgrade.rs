@@ -123,6 +123,8 @@ impl Gateway {
                 return;
             }
         }
+        // A next generation that stops reading cannot hold this loop up for long.
+        let _ = wire.set_timeout(Some(Duration::from_secs(10)));
         let mut keys = Vec::new();
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         for (info, fd) in self.proxy.sockets() {
@@ -173,6 +175,7 @@ impl Gateway {
         let token = token.to_owned();
         let pid = p.pid;
         tokio::task::spawn_blocking(move || {
+            let _ = wire.set_timeout(Some(START_TIMEOUT));
             let result = match wire.recv() {
                 Ok((m, _)) if m.get("ready").and_then(Value::as_bool) == Some(true) => Ok(Ready { pid, wire }),
                 Ok((m, _)) => Err(m.get("failed").and_then(Value::as_str).unwrap_or("no reason given").to_owned()),
@@ -226,7 +229,8 @@ impl Ready {
         use std::os::fd::AsFd;
         use std::sync::mpsc::RecvTimeoutError;
         let mut moved = 0;
-        let mut broken = false;
+        // A next generation that stops taking sessions is given up on.
+        let mut broken = self.wire.set_timeout(Some(Duration::from_secs(30))).is_err();
         loop {
             let m = match moving.recv_timeout(Duration::from_millis(50)) {
                 Ok(m) => m,
