@@ -39,7 +39,7 @@ pub use ctx::Ctx;
 pub use data::{Data, DataVerdict, Direction, Resume, StreamControl};
 pub use metrics::{Metrics, SessionCounts};
 pub use record::{CloseReason, Closing, OpenRecord, Proxied, SessionRecord, Try};
-pub use registry::{ConfigureCx, Filters, Plugins, Registry};
+pub use registry::{Carry, ConfigureCx, Filters, Plugins, Registry};
 pub use runtime::{Chain, ChainError, Chains, PhaseOutcome};
 pub use serialize::serialize;
 pub use session::{Facts, Session};
@@ -204,6 +204,12 @@ pub trait Instance: Send + Sync + 'static {
 
     /// Once, when the session has ended: [`Session::record`] is set.
     fn log(&self, _s: &mut Session) {}
+
+    /// A session a binary upgrade moved into this generation: the previous
+    /// one ran its preread (and gave back what it held there when it left),
+    /// so take again what the session holds while it is open (a
+    /// connection-limit place), without refusing it: it is already open.
+    fn adopt(&self, _s: &mut Session) {}
 
     /// Requires and verifies client certificates on the route's TLS
     /// handshakes (mtls-auth): a verifier, and what it accepts (see

@@ -156,6 +156,8 @@ pub struct Plugins {
     /// Shared with the loader (as its `PluginSchemas`): one per process.
     registry: Arc<Registry>,
     state: Mutex<HashMap<StateKey, Weak<dyn Any + Send + Sync>>>,
+    /// The states among those that cross an upgrade, by id and type name.
+    carriers: Mutex<HashMap<String, Weak<dyn Carry>>>,
     metrics: Arc<Metrics>,
     /// The filter runtime (proxy-wasm), when one is loaded.
     filters: Option<Arc<dyn Filters>>,
@@ -193,7 +195,7 @@ impl Plugins {
     /// With a filter runtime, and the metrics it exports into.
     pub fn with_filters(registry: Registry, metrics: Arc<Metrics>, filters: Option<Arc<dyn Filters>>) -> Arc<Plugins> {
         let registry = Arc::new(registry);
-        Arc::new(Plugins { registry, state: Mutex::new(HashMap::new()), metrics, filters })
+        Arc::new(Plugins { registry, state: Mutex::new(HashMap::new()), carriers: Mutex::default(), metrics, filters })
     }
 
     /// The filter runtime, when one is loaded.
@@ -264,6 +266,62 @@ impl ConfigureCx<'_> {
     /// The process-wide metrics (for the prometheus plugin).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.plugins.metrics
+    }
+
+    /// [`ConfigureCx::state`] for state that crosses a binary upgrade (a
+    /// limiter's windows and counts): the generation leaving exports it, the
+    /// next one takes it in ([`Carry`]).
+    pub fn carried_state<T: Carry + Default>(&self) -> Arc<T> {
+        let state = self.state::<T>();
+        let key = format!("{}/{}", self.id, std::any::type_name::<T>());
+        let mut carriers = self.plugins.carriers.lock().unwrap_or_else(|p| p.into_inner());
+        carriers.retain(|_, w| w.strong_count() > 0);
+        let erased: Arc<dyn Carry> = state.clone();
+        carriers.insert(key, Arc::downgrade(&erased));
+        state
+    }
+}
+
+/// Plugin state a binary upgrade carries from one generation to the next.
+/// All three calls come from the host's control thread, never a session's.
+pub trait Carry: Any + Send + Sync {
+    /// What the next generation needs, as JSON.
+    fn export(&self) -> Value;
+    /// Takes in what the previous generation exported (possibly twice: when
+    /// the next generation starts, and when the previous one stops
+    /// accepting). Bad input is ignored field by field.
+    fn import(&self, from: &Value);
+    /// The previous generation has exited: what was counted for its
+    /// sessions and did not move here is let go.
+    fn settle(&self) {}
+}
+
+impl Plugins {
+    /// Every carried state, keyed by plugin id and type.
+    pub fn export_state(&self) -> Value {
+        let carriers = self.carriers.lock().unwrap_or_else(|p| p.into_inner());
+        let all: serde_json::Map<String, Value> =
+            carriers.iter().filter_map(|(k, w)| Some((k.clone(), w.upgrade()?.export()))).collect();
+        Value::Object(all)
+    }
+
+    /// Takes in what [`Plugins::export_state`] gave in the previous
+    /// generation, for the states this one has too.
+    pub fn import_state(&self, from: &Value) {
+        let carriers = self.carriers.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, w) in carriers.iter() {
+            if let (Some(v), Some(state)) = (from.get(k), w.upgrade()) {
+                state.import(v);
+            }
+        }
+    }
+
+    /// The previous generation has exited.
+    pub fn settle_state(&self) {
+        let carriers = self.carriers.lock().unwrap_or_else(|p| p.into_inner());
+        for state in carriers.values().filter_map(Weak::upgrade) {
+            state.settle();
+        }
     }
 }
 

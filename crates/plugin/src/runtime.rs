@@ -152,6 +152,27 @@ impl Chain {
         }
     }
 
+    /// A session a binary upgrade moved here, `elapsed` into its life: each
+    /// instance takes back what the session holds ([`Instance::adopt`]), and
+    /// progress reports go on from where the previous generation was.
+    pub fn adopt(&self, s: &mut Session, elapsed: Duration) {
+        let proto = s.protocol();
+        s.progress_marks = self
+            .entries
+            .iter()
+            .map(|e| {
+                e.instance
+                    .progress_interval()
+                    .map_or(0, |every| (elapsed.as_millis() / every.as_millis().max(1)) as u64)
+            })
+            .collect();
+        for e in self.entries.iter().filter(|e| e.runs_on.contains(proto)) {
+            if catch_unwind(AssertUnwindSafe(|| e.instance.adopt(s))).is_err() {
+                tracing::error!(plugin = e.name, "plugin panicked adopting a moved session");
+            }
+        }
+    }
+
     /// Periodic progress for long sessions, with the record so far: each
     /// instance at its own interval, measured from the session's start
     /// (`elapsed`).

@@ -34,6 +34,10 @@ pub fn serialize(s: &Session) -> Value {
     if let Some((from, to)) = r.datagrams {
         session["datagrams"] = json!({ "received": from, "sent": to });
     }
+    // A Strait extension: binary upgrades the session crossed.
+    if r.moves > 0 {
+        session["moves"] = json!(r.moves);
+    }
     let tries: Vec<Value> = r
         .tries
         .iter()

@@ -160,6 +160,12 @@ impl Session {
         &self.fields
     }
 
+    /// For the host: the fields plugins added to a session in the
+    /// generation it came from (a binary upgrade moved it).
+    pub fn carry_log_fields(&mut self, fields: Map<String, Value>) {
+        self.fields = fields;
+    }
+
     /// While the session relays through a data phase: a handle to pass on
     /// held bytes or close the session from another task (a timer).
     ///

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use strait_model::Config;
 use uuid::Uuid;
 
-use strait_plugin::{Conf, ConfigureCx, ConfigureError, Instance, Plugin, Session, Status, Verdict};
+use strait_plugin::{Carry, Conf, ConfigureCx, ConfigureError, Instance, Plugin, Session, Status, Verdict};
 
 const SHARDS: usize = 16;
 
@@ -114,6 +114,103 @@ pub struct LimitConfig {
 pub struct Counts {
     entities: Cells<AtomicU32>,
     ips: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+    /// In an upgrade's next generation: places the previous generation's
+    /// sessions hold in the counts above until each moves here (and the
+    /// place becomes its own) or that generation exits.
+    elsewhere: Mutex<Elsewhere>,
+}
+
+#[derive(Debug, Default)]
+struct Elsewhere {
+    entities: HashMap<Option<Uuid>, u32>,
+    ips: HashMap<IpAddr, u32>,
+}
+
+fn entity_key(id: Option<Uuid>) -> String {
+    id.map_or_else(|| "global".to_owned(), |id| id.to_string())
+}
+
+fn parse_entity(k: &str) -> Option<Option<Uuid>> {
+    if k == "global" { Some(None) } else { Uuid::parse_str(k).ok().map(Some) }
+}
+
+/// Adds `delta` (which may be negative) to a count, never below zero.
+fn shift(n: u32, delta: i64) -> u32 {
+    (i64::from(n) + delta).clamp(0, i64::from(u32::MAX)) as u32
+}
+
+impl Counts {
+    fn shift_ip(&self, ip: IpAddr, delta: i64) {
+        let mut shard = lock(&self.ips[shard_of(&ip)]);
+        let n = shard.entry(ip).or_insert(0);
+        *n = shift(*n, delta);
+        if *n == 0 {
+            shard.remove(&ip);
+        }
+    }
+
+    fn shift_entity(&self, id: Option<Uuid>, delta: i64) {
+        let cell = self.entities.get(id);
+        let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(shift(n, delta)));
+    }
+}
+
+impl Carry for Counts {
+    fn export(&self) -> Value {
+        let entities: serde_json::Map<String, Value> = lock(&self.entities.0)
+            .iter()
+            .map(|(id, n)| (entity_key(*id), n.load(Ordering::Acquire)))
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k, json!(n)))
+            .collect();
+        let mut ips = serde_json::Map::new();
+        for shard in &self.ips {
+            ips.extend(lock(shard).iter().map(|(ip, n)| (ip.to_string(), json!(n))));
+        }
+        json!({ "entities": entities, "ips": ips })
+    }
+
+    /// The previous generation's open sessions count here too, until they
+    /// move or it exits; a second import replaces the first.
+    fn import(&self, from: &Value) {
+        let mut elsewhere = lock(&self.elsewhere);
+        let read = |k: &str| from.get(k).and_then(Value::as_object).into_iter().flatten();
+        let mut entities = HashMap::new();
+        for (k, n) in read("entities") {
+            if let (Some(id), Some(n)) = (parse_entity(k), n.as_u64()) {
+                entities.insert(id, u32::try_from(n).unwrap_or(u32::MAX));
+            }
+        }
+        let mut ips = HashMap::new();
+        for (k, n) in read("ips") {
+            if let (Ok(ip), Some(n)) = (k.parse::<IpAddr>(), n.as_u64()) {
+                ips.insert(ip, u32::try_from(n).unwrap_or(u32::MAX));
+            }
+        }
+        for (id, was) in &elsewhere.entities {
+            self.shift_entity(*id, -i64::from(*was));
+        }
+        for (ip, was) in &elsewhere.ips {
+            self.shift_ip(*ip, -i64::from(*was));
+        }
+        for (id, n) in &entities {
+            self.shift_entity(*id, i64::from(*n));
+        }
+        for (ip, n) in &ips {
+            self.shift_ip(*ip, i64::from(*n));
+        }
+        *elsewhere = Elsewhere { entities, ips };
+    }
+
+    fn settle(&self) {
+        let mut elsewhere = lock(&self.elsewhere);
+        for (id, n) in elsewhere.entities.drain() {
+            self.shift_entity(id, -i64::from(n));
+        }
+        for (ip, n) in elsewhere.ips.drain() {
+            self.shift_ip(ip, -i64::from(n));
+        }
+    }
 }
 
 struct LimitInstance {
@@ -166,7 +263,7 @@ impl Plugin for ConnectionLimit {
     }
 
     fn configure(&self, config: LimitConfig, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, ConfigureError> {
-        let counts = cx.state::<Counts>();
+        let counts = cx.carried_state::<Counts>();
         let cells = ByRoute::resolve(&counts.entities, cx.config(), config.limit_by);
         Ok(Arc::new(LimitInstance { config, counts, cells }))
     }
@@ -193,6 +290,41 @@ impl LimitInstance {
 }
 
 impl Instance for LimitInstance {
+    /// A moved session is open already: it takes its place even past the
+    /// limit (the previous generation gave its own back when it left).
+    fn adopt(&self, s: &mut Session) {
+        let mut elsewhere = lock(&self.counts.elsewhere);
+        // A place counted for it while it was in the previous generation
+        // becomes its own; otherwise it takes one.
+        let counted = |n: Option<&mut u32>| match n {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
+        let held = if self.config.limit_by == LimitBy::Ip {
+            let ip = s.client().ip().to_canonical();
+            if !counted(elsewhere.ips.get_mut(&ip)) {
+                *lock(&self.counts.ips[shard_of(&ip)]).entry(ip).or_insert(0) += 1;
+            }
+            Held::Ip(self.counts.clone(), ip)
+        } else {
+            let cell = self.cells.for_session(s);
+            let key = match self.config.limit_by {
+                LimitBy::Route => s.route().map(|r| r.meta.id),
+                LimitBy::Service => s.service().map(|v| v.meta.id),
+                LimitBy::Global | LimitBy::Ip => None,
+            };
+            if !counted(elsewhere.entities.get_mut(&key)) {
+                cell.fetch_add(1, Ordering::AcqRel);
+            }
+            Held::Cell(cell.clone())
+        };
+        drop(elsewhere);
+        s.ctx().insert(held);
+    }
+
     fn preread(&self, s: &mut Session) -> Verdict {
         match self.take(s) {
             Ok(held) => {
@@ -297,6 +429,45 @@ impl Buckets {
     }
 }
 
+/// Arrival times travel as how far ahead of now they are (the clocks of
+/// two processes share no origin); those already past are as good as new.
+impl Carry for Buckets {
+    fn export(&self) -> Value {
+        let now = now_ns();
+        let entities: serde_json::Map<String, Value> = lock(&self.entities.0)
+            .iter()
+            .map(|(id, tat)| (entity_key(*id), tat.load(Ordering::Acquire).saturating_sub(now)))
+            .filter(|(_, ahead)| *ahead > 0)
+            .map(|(k, ahead)| (k, json!(ahead)))
+            .collect();
+        let mut ips = serde_json::Map::new();
+        for shard in &self.ips {
+            let shard = lock(shard);
+            ips.extend(shard.tats.iter().filter(|(_, t)| **t > now).map(|(ip, t)| (ip.to_string(), json!(t - now))));
+        }
+        json!({ "entities": entities, "ips": ips })
+    }
+
+    /// Keeps the later of the two arrival times: sessions either
+    /// generation let in count against the window.
+    fn import(&self, from: &Value) {
+        let now = now_ns();
+        let read = |k: &str| from.get(k).and_then(Value::as_object).into_iter().flatten();
+        for (k, ahead) in read("entities") {
+            if let (Some(id), Some(ahead)) = (parse_entity(k), ahead.as_u64()) {
+                self.entities.get(id).fetch_max(now.saturating_add(ahead), Ordering::AcqRel);
+            }
+        }
+        for (k, ahead) in read("ips") {
+            if let (Ok(ip), Some(ahead)) = (k.parse::<IpAddr>(), ahead.as_u64()) {
+                let mut shard = lock(&self.ips[shard_of(&ip)]);
+                let tat = shard.tats.entry(ip).or_insert(0);
+                *tat = (*tat).max(now.saturating_add(ahead));
+            }
+        }
+    }
+}
+
 struct RateInstance {
     config: RateConfig,
     buckets: Arc<Buckets>,
@@ -328,7 +499,7 @@ impl Plugin for ConnectionRateLimit {
     }
 
     fn configure(&self, config: RateConfig, cx: &ConfigureCx<'_>) -> Result<Arc<dyn Instance>, ConfigureError> {
-        let buckets = cx.state::<Buckets>();
+        let buckets = cx.carried_state::<Buckets>();
         let cells = ByRoute::resolve(&buckets.entities, cx.config(), config.limit_by);
         Ok(Arc::new(RateInstance { config, buckets, cells }))
     }

@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use access_log::{AccessLogWriter, AccessLogger};
-pub use handoff::{Adopter, MoveError, Moving};
+pub use handoff::{Adopter, Adoption, Carried, Flow, Handed, MoveError, Moving};
 pub use listener::{BindError, BoundListener, Inherited, ListenerInfo, bind_all, bind_all_inheriting, listen_key};
 pub use snapshot::{CompileError, CompiledRoute, CompiledService, Destination, Snapshot};
 use strait_plugin::SessionCounts;
@@ -52,6 +52,9 @@ pub struct SessionOptions {
     pub udp_max_sessions: usize,
     /// Most bytes data-phase plugins may hold per direction of a session.
     pub stream_max_pending: usize,
+    /// This process is an upgrade's next generation: its UDP listeners read
+    /// their sockets only once the previous generation's flows are in.
+    pub adopting: bool,
 }
 
 /// The settings a session reads as it is set up: swapped whole by
@@ -87,7 +90,7 @@ pub(crate) struct Shared {
     udp_max_sessions: usize,
     force_close: Arc<ForceClose>,
     /// Where sessions handed over go, once an upgrade is under way.
-    handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Moving>>>,
+    handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Handed>>>,
 }
 
 impl Shared {
@@ -204,7 +207,10 @@ struct Common {
     log: AccessLogger,
     tunables: Arc<ArcSwap<Tunables>>,
     udp_max_sessions: usize,
-    handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Moving>>>,
+    handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Handed>>>,
+    /// An upgrade's next generation: its first UDP listeners wait for the
+    /// previous generation's flows.
+    adopting: bool,
 }
 
 /// One listener accepting (or stopped, its sessions still open).
@@ -333,9 +339,12 @@ impl Proxy {
             tunables: Arc::new(ArcSwap::from_pointee(Tunables::new(timeouts, &options))),
             udp_max_sessions: options.udp_max_sessions.max(1),
             handoff: Arc::default(),
+            adopting: options.adopting,
         };
         let mut proxy = Proxy { common, signals: Arc::default(), listeners: Vec::new(), retiring: Vec::new() };
         proxy.add(listeners)?;
+        // Listeners added later (a reload) have no earlier generation's flows.
+        proxy.common.adopting = false;
         Ok(proxy)
     }
 
@@ -358,8 +367,13 @@ impl Proxy {
             });
             let (stop, stop_rx) = watch::channel(false);
             let (alive_tx, alive) = mpsc::channel(1);
-            let joinable =
-                handoff::Joinable { key: info.key.clone(), shared: shared.clone(), alive: alive_tx.downgrade() };
+            let mut joinable = handoff::Joinable {
+                key: info.key.clone(),
+                shared: shared.clone(),
+                alive: alive_tx.downgrade(),
+                flows: None,
+                gate: None,
+            };
             tracing::info!(listener = %info.label, addr = %info.addr, ssl = info.ssl, udp = info.udp, "stream listener ready");
             let task = match bound.socket {
                 listener::BoundSocket::Tcp(l) => tokio::spawn(listener::accept_loop(
@@ -369,13 +383,21 @@ impl Proxy {
                     stop_rx,
                     alive_tx,
                 )),
-                listener::BoundSocket::Udp(s) => tokio::spawn(udp::run(
-                    Arc::new(tokio::net::UdpSocket::from_std(s)?),
-                    info.clone(),
-                    shared,
-                    stop_rx,
-                    alive_tx,
-                )),
+                listener::BoundSocket::Udp(s) => {
+                    let (flows, adopted) = mpsc::unbounded_channel();
+                    let (gate, gate_rx) = watch::channel(!self.common.adopting);
+                    joinable.flows = Some(flows);
+                    joinable.gate = Some(Arc::new(gate));
+                    tokio::spawn(udp::run(
+                        Arc::new(tokio::net::UdpSocket::from_std(s)?),
+                        info.clone(),
+                        shared,
+                        stop_rx,
+                        alive_tx,
+                        adopted,
+                        gate_rx,
+                    ))
+                }
             };
             let socket = Some(socket);
             self.listeners.push(Running { info, socket, force_close, stop, task: Some(task), alive, joinable });
@@ -421,7 +443,7 @@ impl Proxy {
     /// An upgrade: every relaying plain and passthrough session stops
     /// reading and leaves through `to`; the others go on here (call after
     /// [`stop_accepting`](Self::stop_accepting), then drain).
-    pub fn hand_off(&self, to: std::sync::mpsc::Sender<Moving>) {
+    pub fn hand_off(&self, to: std::sync::mpsc::Sender<Handed>) {
         let _ = self.common.handoff.set(to);
         for f in self.signals.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             f.hand_off();
@@ -434,6 +456,7 @@ impl Proxy {
         Adopter {
             listeners: self.listeners.iter().map(|r| r.joinable.clone()).collect(),
             runtime: tokio::runtime::Handle::current(),
+            stay: false,
         }
     }
 

@@ -549,6 +549,8 @@ pub(crate) fn relay_resumed<'a, C: PlainSide, U: PlainSide>(
     from: &Parked,
     idle: Duration,
     force: &'a ForceClose,
+    report: Option<Report<'a>>,
+    stay: bool,
 ) -> impl Future<Output = RelayOutcome> + 'a {
     let half = |done: bool, bytes: u64| {
         let mut h = Hybrid::new();
@@ -558,7 +560,9 @@ pub(crate) fn relay_resumed<'a, C: PlainSide, U: PlainSide>(
     };
     let d =
         Plain { client, upstream, c2u: half(from.c2u_done, from.c2u_bytes), u2c: half(from.u2c_done, from.u2c_bytes) };
-    let mut run = Run::new(d, idle, force, None);
+    let mut run = Run::new(d, idle, force, report);
+    // One that could not leave does not try again in this upgrade.
+    run.stayed = stay;
     // The idle deadline the earlier generation had.
     run.timer = tokio::time::sleep(from.idle_left);
     let ago = idle.saturating_sub(from.idle_left);

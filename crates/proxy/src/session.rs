@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
 use crate::filtered::{Hooks, relay_filtered};
-use crate::handoff::Moving;
+use crate::handoff::{Handed, Moving};
 use crate::relay::{Parked, RelayEnd, RelayOutcome, Report, Side, relay, relay_plain};
 use crate::rewind::Rewind;
 use crate::stages::{self, Fail, Plugged, Setup};
@@ -434,7 +434,9 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
         if let RelayEnd::HandOff(parked) = out.end {
             // An upgrade: the session leaves for the next generation, which
             // logs it where it ends.
-            hand_off(&shared, ready.take(), *parked, open, t0, idle, _alive);
+            let carried = stages::Carried::from(plugged.as_deref());
+            let record = open.close(closing_so_far(t0, parked.c2u_bytes, parked.u2c_bytes));
+            hand_off(&shared, ready.take(), *parked, record, idle, _alive, carried);
             return;
         }
         // The sockets close before the log phase, as the session ends.
@@ -483,10 +485,10 @@ fn hand_off(
     shared: &Shared,
     ready: Option<Ready>,
     mut parked: Parked,
-    open: OpenRecord,
-    t0: Instant,
+    record: SessionRecord,
     idle: Duration,
     alive: mpsc::Sender<()>,
+    carried: stages::Carried,
 ) {
     let (Some(tx), Some(Ready { client: ClientStream::Plain(client), upstream: UpstreamStream::Plain(upstream), .. })) =
         (shared.handoff.get(), ready)
@@ -496,11 +498,11 @@ fn hand_off(
     let (client, rest) = client.into_parts();
     parked.c2u.extend(rest);
     let (Ok(client), Ok(upstream)) = (client.into_std(), upstream.into_std()) else { return };
-    let record = open.close(closing_so_far(t0, parked.c2u_bytes, parked.u2c_bytes));
     // A TCP listener's key is its label (`listen_key`).
     let listener = record.listener.to_string();
     let alive = Some(alive);
-    let _ = tx.send(Moving { client: client.into(), upstream: upstream.into(), parked, record, idle, listener, alive });
+    let m = Moving { client: client.into(), upstream: upstream.into(), parked, record, idle, listener, carried, alive };
+    let _ = tx.send(Handed::Session(m));
 }
 
 /// Progress reports for the log plugins that ask for them, while a session

@@ -236,6 +236,11 @@ impl Snapshot {
         self.routes.get(idx.0)
     }
 
+    /// The route a session's record names (its label: name, or id).
+    pub fn route_labelled(&self, label: &str) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| &*r.label == label)
+    }
+
     pub fn service(&self, idx: ServiceIdx) -> Option<&CompiledService> {
         self.services.get(idx.0)
     }

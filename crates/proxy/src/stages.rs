@@ -196,6 +196,61 @@ impl Setup {
     }
 }
 
+/// What plugins knew of a session a binary upgrade moves, beyond its
+/// record: the server it reached, its ALPN list and the log fields they added.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Carried {
+    pub server: Option<SocketAddr>,
+    pub alpn: Vec<Vec<u8>>,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Carried {
+    /// What a leaving session's plugins knew (nothing, without plugins).
+    pub(crate) fn from(plugged: Option<&Plugged>) -> Carried {
+        plugged.map_or_else(Carried::default, |p| Carried {
+            server: Some(p.s.server()),
+            alpn: p.s.alpn().to_vec(),
+            fields: p.s.log_fields().clone(),
+        })
+    }
+}
+
+/// The plugins of a session a binary upgrade moved into this generation,
+/// `elapsed` into its life: its route's chain in this generation's
+/// snapshot (found by the label its record names), or the global chain when
+/// the route is gone. They take back what the session holds
+/// ([`Chain::adopt`]) and will see its end in their log phase.
+pub(crate) fn replug(
+    shared: &Shared,
+    rec: &SessionRecord,
+    carried: Carried,
+    local: SocketAddr,
+    elapsed: std::time::Duration,
+) -> Option<Box<Plugged>> {
+    let snap = shared.snapshot.load();
+    let route = rec.route.as_deref().and_then(|l| snap.route_labelled(l));
+    let chain = match route {
+        Some(r) => r.chain.clone(),
+        None => snap.chains.global().cloned(),
+    }?;
+    let server =
+        carried.server.or_else(|| rec.proxied.as_ref().and_then(|p| p.header.addrs.map(|a| a.1))).unwrap_or(local);
+    let mut s = Session::new(Facts {
+        config: snap.config.clone(),
+        client: rec.client,
+        server,
+        listener: rec.listener.clone(),
+        protocol: rec.protocol,
+        sni: rec.sni.clone(),
+        alpn: carried.alpn,
+        route: route.map(|r| r.idx),
+    });
+    s.carry_log_fields(carried.fields);
+    chain.adopt(&mut s, elapsed);
+    Some(Box::new(Plugged { chain, s }))
+}
+
 /// A plugin's refusal, as the log tells it.
 pub(crate) fn rejected(status: Status, plugin: &str, message: Option<String>) -> Fail {
     let detail = match message {

@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use std::os::fd::AsFd;
 use strait_model::{Protocol, ServiceIdx};
-use strait_plugin::{CloseReason, Status, Try};
+
+use strait_plugin::{CloseReason, SessionRecord, Status, Try};
 use strait_router::ConnKind;
 use strait_upstream::InUse;
 use strait_wire::{ClientHello, InitialReader, QuicPeek};
@@ -27,9 +29,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::handoff::{Carried, Flow, Handed};
 use crate::relay::Report;
 use crate::snapshot::Destination;
-use crate::stages::{self, Fail, Setup};
+use crate::stages::{self, Fail, Plugged, Setup};
 use crate::{ListenerInfo, Shared};
 
 /// Largest UDP payload (65,535 − 8 byte UDP header − 20 byte IPv4 header),
@@ -84,21 +87,130 @@ struct Entry {
     generation: u64,
 }
 
-/// Serves one `udp` listener until `stop` turns true.
+/// How long an upgrade's next generation waits for the previous one's
+/// flows before it reads a UDP listener's socket anyway.
+const GATE_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a stopping listener waits for its sessions to park when it
+/// hands them over.
+const PARK_WAIT: Duration = Duration::from_secs(2);
+
+/// The session table of one listener, and what its sessions are made with.
+struct Table {
+    sessions: HashMap<SocketAddr, Entry>,
+    generation: u64,
+    info: Arc<ListenerInfo>,
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    parked: mpsc::UnboundedSender<(u64, Flow)>,
+    closing: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+}
+
+impl Table {
+    fn ctx(&self, client: SocketAddr, link: Arc<Link>, generation: u64) -> Ctx {
+        Ctx {
+            client,
+            local: self.info.addr,
+            listener: self.info.clone(),
+            socket: self.socket.clone(),
+            shared: self.shared.clone(),
+            link,
+            ended: self.ended.clone(),
+            parked: self.parked.clone(),
+            generation,
+            closing: self.closing.clone(),
+        }
+    }
+
+    /// A session an earlier generation handed over: into the table, and its
+    /// task relaying again.
+    fn adopt(&mut self, f: Flow) {
+        let Flow { upstream, record, idle, idle_left, from_client, to_client, carried, alive, .. } = f;
+        let upstream = std::net::UdpSocket::from(upstream);
+        let upstream = match upstream.set_nonblocking(true).and_then(|()| UdpSocket::from_std(upstream)) {
+            Ok(u) => Arc::new(u),
+            Err(e) => {
+                tracing::warn!(error = %e, "a handed-over UDP session could not be resumed");
+                return;
+            }
+        };
+        let client = record.client;
+        self.generation += 1;
+        // `began` is set so that the idle deadline is the one the earlier
+        // generation had.
+        let now = Instant::now();
+        let began = now.checked_sub(idle.saturating_sub(idle_left)).unwrap_or(now);
+        let link = Arc::new(Link {
+            upstream: OnceLock::from(upstream.clone()),
+            from_client: AtomicU64::new(from_client.0),
+            from_client_bytes: AtomicU64::new(from_client.1),
+            last_active_ms: AtomicU64::new(0),
+            began,
+            setup_bytes: AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        // Connected already: nothing is ever queued for it.
+        let (queue, _) = mpsc::channel(1);
+        self.sessions.insert(client, Entry { link: link.clone(), queue, generation: self.generation });
+        let ctx = self.ctx(client, link, self.generation);
+        let alive = alive.unwrap_or_else(|| self.alive.clone());
+        tokio::spawn(resumed(ctx, upstream, record, idle, to_client, carried, alive));
+    }
+}
+
+/// Serves one `udp` listener until `stop` turns true. In an upgrade's next
+/// generation, `gate` is closed until the previous generation's flows
+/// (`adopted`) are all in the table: a datagram of theirs read before
+/// would open a second session for the same client.
 pub(crate) async fn run(
     socket: Arc<UdpSocket>,
     info: Arc<ListenerInfo>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    mut adopted: mpsc::UnboundedReceiver<Flow>,
+    mut gate: watch::Receiver<bool>,
 ) {
     // UDP has no connection to drain: at shutdown sessions end at once
-    // (reason `shutdown`), and this tells them.
+    // (reason `shutdown`), and this tells them; in an upgrade they park
+    // and move instead.
     let (closing_tx, closing) = watch::channel(false);
-    let mut sessions: HashMap<SocketAddr, Entry> = HashMap::new();
     let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let (parked_tx, mut parked_rx) = mpsc::unbounded_channel::<(u64, Flow)>();
+    let mut t = Table {
+        sessions: HashMap::new(),
+        generation: 0,
+        info: info.clone(),
+        socket: socket.clone(),
+        shared: shared.clone(),
+        ended: ended_tx,
+        parked: parked_tx,
+        closing,
+        alive,
+    };
+    if !*gate.borrow() {
+        let waited = tokio::time::timeout(GATE_WAIT, async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|v| *v) => return,
+                    _ = gate.wait_for(|v| *v) => return,
+                    Some(f) = adopted.recv() => t.adopt(f),
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(listener = %info.label, "the previous generation's UDP sessions did not all arrive: reading the socket");
+        }
+        // Those already sent are queued: into the table before any datagram.
+        while let Ok(f) = adopted.try_recv() {
+            t.adopt(f);
+        }
+    }
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut generation = 0u64;
     let mut refused = 0u64;
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -109,9 +221,13 @@ pub(crate) async fn run(
                 break;
             }
             Some((client, generation)) = ended_rx.recv() => {
-                if sessions.get(&client).is_some_and(|e| e.generation == generation) {
-                    sessions.remove(&client);
+                if t.sessions.get(&client).is_some_and(|e| e.generation == generation) {
+                    t.sessions.remove(&client);
                 }
+                continue;
+            }
+            Some(f) = adopted.recv() => {
+                t.adopt(f);
                 continue;
             }
             r = socket.recv_from(&mut buf) => match r {
@@ -129,10 +245,10 @@ pub(crate) async fn run(
             continue;
         }
         let datagram = &buf[..n];
-        if sessions.get(&client).is_some_and(|e| e.link.closed.load(Ordering::Acquire)) {
-            sessions.remove(&client);
+        if t.sessions.get(&client).is_some_and(|e| e.link.closed.load(Ordering::Acquire)) {
+            t.sessions.remove(&client);
         }
-        if let Some(entry) = sessions.get(&client) {
+        if let Some(entry) = t.sessions.get(&client) {
             let link = &entry.link;
             link.touch();
             link.from_client.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +266,7 @@ pub(crate) async fn run(
             }
             continue;
         }
-        if sessions.len() >= shared.udp_max_sessions {
+        if t.sessions.len() >= shared.udp_max_sessions {
             refused += 1;
             if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 tracing::warn!(listener = %info.label, refused, max = shared.udp_max_sessions, "udp_max_sessions reached: datagrams from new clients dropped");
@@ -159,7 +275,7 @@ pub(crate) async fn run(
             }
             continue;
         }
-        generation += 1;
+        t.generation += 1;
         let link = Arc::new(Link {
             upstream: OnceLock::new(),
             from_client: AtomicU64::new(1),
@@ -171,20 +287,33 @@ pub(crate) async fn run(
         });
         let (queue, queued) = mpsc::channel(SETUP_QUEUE);
         let first = datagram.to_vec();
-        sessions.insert(client, Entry { link: link.clone(), queue, generation });
-        let ctx = Ctx {
-            client,
-            local: info.addr,
-            listener: info.clone(),
-            socket: socket.clone(),
-            shared: shared.clone(),
-            link,
-            ended: ended_tx.clone(),
-            generation,
-            closing: closing.clone(),
-        };
-        tokio::spawn(session(ctx, first, queued, alive.clone()));
+        t.sessions.insert(client, Entry { link: link.clone(), queue, generation: t.generation });
+        let ctx = t.ctx(client, link, t.generation);
+        tokio::spawn(session(ctx, first, queued, t.alive.clone()));
     }
+    let Some(tx) = shared.handoff.get() else { return };
+    // An upgrade: every relaying session parks and moves, then the next
+    // generation may read the socket (sessions still setting up end here).
+    let mut waiting: std::collections::HashSet<u64> = t.sessions.values().map(|e| e.generation).collect();
+    let mut flows = Vec::new();
+    let _ = tokio::time::timeout(PARK_WAIT, async {
+        while !waiting.is_empty() {
+            tokio::select! {
+                Some((g, f)) = parked_rx.recv() => {
+                    waiting.remove(&g);
+                    flows.push(f);
+                }
+                Some((_, g)) = ended_rx.recv() => {
+                    waiting.remove(&g);
+                }
+            }
+        }
+    })
+    .await;
+    for f in flows {
+        let _ = tx.send(Handed::Flow(f));
+    }
+    let _ = tx.send(Handed::FlowsDone(info.key.clone()));
 }
 
 struct Ctx {
@@ -195,18 +324,19 @@ struct Ctx {
     shared: Arc<Shared>,
     link: Arc<Link>,
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    /// Where a session that parks for an upgrade goes.
+    parked: mpsc::UnboundedSender<(u64, Flow)>,
     generation: u64,
     /// Turns true when the listener stops.
     closing: watch::Receiver<bool>,
 }
 
 /// One client's session, from its first datagram to its idle expiry.
-async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, _alive: mpsc::Sender<()>) {
+async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, alive: mpsc::Sender<()>) {
     ctx.shared.stats.session_started();
     let snap = ctx.shared.snapshot.load_full();
     let label = ctx.listener.label.clone();
     let mut setup = Setup::new(snap, ctx.client, ctx.local, label, Protocol::Udp, CloseReason::IdleTimeout);
-    let mut to_client = (0u64, 0u64);
     let mut pending = vec![first];
     let mut closing = ctx.closing.clone();
     let opened = tokio::select! {
@@ -216,7 +346,7 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
         }
         r = setup.open(&ctx, &mut pending, &mut queued) => r,
     };
-    let (mut rec, mut plugged) = match opened {
+    match opened {
         Err(fail) => {
             let shutdown = fail.reason == CloseReason::Shutdown;
             setup.rec.status = fail.status;
@@ -227,10 +357,11 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             if !shutdown {
                 let _ = tokio::time::timeout(HOLD_DOWN, async { while queued.recv().await.is_some() {} }).await;
             }
-            setup.finish()
+            let (rec, plugged) = setup.finish();
+            end(&ctx, rec, plugged, (0, 0), ctx.link.began, Duration::ZERO);
         }
         Ok((upstream, idle, in_use)) => {
-            let (mut rec, mut plugged) = setup.finish();
+            let (mut rec, plugged) = setup.finish();
             rec.connected_after = Some(ctx.link.began.elapsed());
             let _ = ctx.link.upstream.set(upstream.clone());
             // From now on the listener sends directly; what it queued before
@@ -242,35 +373,106 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             while let Some(d) = queued.recv().await {
                 let _ = upstream.send(&d).await;
             }
-            // Log plugins that report long sessions while they run.
-            let every = plugged.as_ref().and_then(|p| p.chain.progress_every());
             let began = ctx.link.began;
-            let report = every.map(|every| {
-                let (plugged, rec) = (&mut plugged, &rec);
-                let call = Box::new(move |up: u64, down: u64| {
-                    if let Some(p) = plugged.as_mut() {
-                        let mut now = rec.clone();
-                        now.bytes_received = up;
-                        now.bytes_sent = down;
-                        now.duration = began.elapsed();
-                        p.chain.progress(&mut p.s, now, began.elapsed());
-                    }
-                });
-                Report { every, call }
-            });
-            rec.reason = relay(&ctx, &upstream, idle, &mut to_client, report).await;
+            relaying(ctx, upstream, idle, rec, plugged, (0, 0), began, Duration::ZERO, alive).await;
             drop(in_use);
-            (rec, plugged)
         }
-    };
+    }
+}
+
+/// A session an earlier generation handed over, relaying again.
+async fn resumed(
+    ctx: Ctx,
+    upstream: Arc<UdpSocket>,
+    mut record: SessionRecord,
+    idle: Duration,
+    to_client: (u64, u64),
+    carried: Carried,
+    alive: mpsc::Sender<()>,
+) {
+    record.moves = record.moves.saturating_add(1);
+    let before = record.duration;
+    let plugged = stages::replug(&ctx.shared, &record, carried, ctx.local, before);
+    relaying(ctx, upstream, idle, record, plugged, to_client, Instant::now(), before, alive).await;
+}
+
+/// Relays a connected session until it ends, then logs it; or, in an
+/// upgrade, parks it for the next generation. `since` and `before` give its
+/// duration (`before` spent in earlier generations).
+#[allow(clippy::too_many_arguments)]
+async fn relaying(
+    ctx: Ctx,
+    upstream: Arc<UdpSocket>,
+    idle: Duration,
+    mut rec: SessionRecord,
+    mut plugged: Option<Box<Plugged>>,
+    mut to_client: (u64, u64),
+    since: Instant,
+    before: Duration,
+    alive: mpsc::Sender<()>,
+) {
+    // Log plugins that report long sessions while they run.
+    let every = plugged.as_ref().and_then(|p| p.chain.progress_every());
+    let report = every.map(|every| {
+        let (plugged, rec) = (&mut plugged, &rec);
+        let call = Box::new(move |up: u64, down: u64| {
+            if let Some(p) = plugged.as_mut() {
+                let mut now = rec.clone();
+                now.bytes_received = up;
+                now.bytes_sent = down;
+                now.duration = before + since.elapsed();
+                p.chain.progress(&mut p.s, now, before + since.elapsed());
+            }
+        });
+        Report { every, call }
+    });
+    rec.reason = relay(&ctx, &upstream, idle, &mut to_client, report).await;
+    let handing = rec.reason == CloseReason::Shutdown && !ctx.shared.force_close.is_set();
+    if let (true, Some(_)) = (handing, ctx.shared.handoff.get()) {
+        // An upgrade: this session leaves for the next generation, which
+        // logs it where it ends. Its table entry goes with the listener.
+        if let Ok(fd) = upstream.as_fd().try_clone_to_owned() {
+            let now = Instant::now();
+            let last = ctx.link.began + Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
+            rec.duration = before + since.elapsed();
+            rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
+            rec.bytes_sent = to_client.1;
+            let flow = Flow {
+                upstream: fd,
+                listener: ctx.listener.key.clone(),
+                idle,
+                idle_left: (last + idle).saturating_duration_since(now),
+                from_client: (ctx.link.from_client.load(Ordering::Relaxed), rec.bytes_received),
+                to_client,
+                carried: Carried::from(plugged.as_deref()),
+                record: rec,
+                alive: Some(alive),
+            };
+            let _ = ctx.parked.send((ctx.generation, flow));
+            return;
+        }
+    }
+    drop(alive);
+    end(&ctx, rec, plugged, to_client, since, before);
+}
+
+/// The end of a session: out of the table, then logged.
+fn end(
+    ctx: &Ctx,
+    mut rec: SessionRecord,
+    plugged: Option<Box<Plugged>>,
+    to_client: (u64, u64),
+    since: Instant,
+    before: Duration,
+) {
     // Leave the table first, so a new datagram from this client opens a new session.
     ctx.link.closed.store(true, Ordering::Release);
     let _ = ctx.ended.send((ctx.client, ctx.generation));
-    rec.duration = ctx.link.began.elapsed();
+    rec.duration = before + since.elapsed();
     rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
     rec.bytes_sent = to_client.1;
     rec.datagrams = Some((ctx.link.from_client.load(Ordering::Relaxed), to_client.0));
-    stages::log(&ctx.shared, plugged.take(), rec);
+    stages::log(&ctx.shared, plugged, rec);
 }
 
 type Opened = (Arc<UdpSocket>, Duration, Option<InUse>);

@@ -65,6 +65,11 @@ impl Wire {
         Ok(Wire { stream: UnixStream::connect(path)? })
     }
 
+    /// No more frames from this end; the peer's still arrive.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
     pub(crate) fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(t)?;
         self.stream.set_write_timeout(t)

@@ -165,10 +165,13 @@ fn run(conf: Option<&Path>, mut takeover: Option<&mut upgrade::Takeover>) -> Res
             }
         };
         let counts = app::summary(&control.current().config);
-        let proxy = Proxy::start(listeners, snapshot, logger.clone(), timeouts(&settings), session_options(&settings))?;
+        let options = SessionOptions { adopting: takeover.is_some(), ..session_options(&settings) };
+        let proxy = Proxy::start(listeners, snapshot, logger.clone(), timeouts(&settings), options)?;
         if let Some(t) = takeover.as_deref() {
             proxy.stats().carry_over(t.counts());
             t.carry_health(control.upstreams());
+            // The plugins are configured now: their limiters go on from the old generation's.
+            plugins.import_state(t.plugin_state());
         }
         let swapper = proxy.swapper();
         control.set_publisher(move |s| swapper.swap(s));
@@ -226,7 +229,7 @@ fn run(conf: Option<&Path>, mut takeover: Option<&mut upgrade::Takeover>) -> Res
             stop,
         };
         if let Some(t) = takeover.as_deref_mut() {
-            t.ready(&gw, gw.proxy.adopter(), gw.proxy.stats())?;
+            t.ready(&gw, gw.proxy.adopter(), gw.proxy.stats(), gw.kit.plugins.clone())?;
         }
         systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
         signals(gw.events.clone())?;
@@ -290,6 +293,7 @@ fn session_options(s: &Settings) -> SessionOptions {
         trusted_ips: s.trusted_ips.clone(),
         udp_max_sessions: s.udp_max_sessions,
         stream_max_pending: s.stream_max_pending,
+        adopting: false,
     }
 }
 
@@ -511,17 +515,21 @@ impl Gateway {
     /// (up to `drain_timeout`) and exits.
     async fn hand_over(mut self, ready: upgrade::Ready, rx: mpsc::UnboundedReceiver<Event>) -> Outcome {
         tracing::info!(pid = ready.pid, "the next generation is ready: handing over");
-        self.proxy.stop_accepting().await;
         let stats = self.proxy.stats();
         let before = stats.snapshot().handled;
         // Sessions that cannot leave (the next generation is gone) resume here.
-        let fallback = self.proxy.adopter();
+        let fallback = self.proxy.adopter().staying();
         let (to, moving) = std::sync::mpsc::channel();
+        // Before the listeners stop: a UDP listener that stops with a way
+        // out hands its sessions over instead of ending them.
         self.proxy.hand_off(to);
+        self.proxy.stop_accepting().await;
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The limiters as they are now that this generation admits no one.
+        let state = self.kit.plugins.export_state();
         let sender = {
             let done = done.clone();
-            tokio::task::spawn_blocking(move || ready.send_sessions(&moving, &fallback, &done))
+            tokio::task::spawn_blocking(move || ready.send_sessions(&state, &moving, &fallback, &done))
         };
         let outcome = self.drain(rx).await;
         done.store(true, std::sync::atomic::Ordering::Release);

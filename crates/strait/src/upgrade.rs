@@ -12,6 +12,7 @@
 //! `failed`; old → new the sessions it hands over, then `left` with what
 //! stayed behind, at its exit.
 
+use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use strait_admin::{Generation, UpgradeCounts};
 use strait_plugin::SessionCounts;
-use strait_proxy::{Adopter, Inherited, Moving, Stats};
+use strait_proxy::{Adopter, Flow, Handed, Inherited, Moving, Stats};
 use tokio::sync::oneshot;
 
 use crate::ctl::{self, Wire};
@@ -46,6 +47,8 @@ pub(crate) struct Pending {
 pub(crate) struct Ready {
     pub(crate) pid: u32,
     wire: Wire,
+    /// Descriptors the next generation can take sessions into.
+    fd_room: u64,
 }
 
 impl Gateway {
@@ -153,6 +156,7 @@ impl Gateway {
             "accepted": counts.accepted,
             "handled": counts.handled,
             "unhealthy": down,
+            "plugins": self.kit.plugins.export_state(),
         });
         let sent = if fds.is_empty() {
             let mut m = msg;
@@ -177,7 +181,10 @@ impl Gateway {
         tokio::task::spawn_blocking(move || {
             let _ = wire.set_timeout(Some(START_TIMEOUT));
             let result = match wire.recv() {
-                Ok((m, _)) if m.get("ready").and_then(Value::as_bool) == Some(true) => Ok(Ready { pid, wire }),
+                Ok((m, _)) if m.get("ready").and_then(Value::as_bool) == Some(true) => {
+                    let fd_room = m.get("fd_room").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                    Ok(Ready { pid, wire, fd_room })
+                }
                 Ok((m, _)) => Err(m.get("failed").and_then(Value::as_str).unwrap_or("no reason given").to_owned()),
                 Err(e) => Err(format!("the new generation did not start: {e}")),
             };
@@ -215,49 +222,161 @@ impl Gateway {
     }
 }
 
+/// Sessions sent and not yet acknowledged, at most: the next generation
+/// answers each in order, and this many may be on their way.
+const WINDOW: usize = 64;
+
+/// Descriptors a generation keeps free for itself (new sessions, files,
+/// the store) when it takes sessions over.
+const FD_RESERVE: u64 = 256;
+
 impl Ready {
     /// Sends every session the proxy hands over, until `done` (the drain
-    /// is over: no session is left to move). A session the next generation
-    /// cannot take (it died) resumes here through `fallback`, so none is
-    /// lost. Gives the connection back, and how many moved.
+    /// is over: no session is left to move). Each is acknowledged by the
+    /// next generation, which starts it only once it said so; one it
+    /// refuses, or one not acknowledged when it stops answering (it died),
+    /// resumes here through `fallback`, so none is lost or duplicated. So
+    /// does each beyond the descriptors the next generation has room for.
+    /// Gives the connection back, and how many moved.
     pub(crate) fn send_sessions(
         mut self,
-        moving: &std::sync::mpsc::Receiver<Moving>,
+        plugin_state: &Value,
+        moving: &std::sync::mpsc::Receiver<Handed>,
         fallback: &Adopter,
         done: &AtomicBool,
     ) -> (Ready, u64) {
         use std::os::fd::AsFd;
-        use std::sync::mpsc::RecvTimeoutError;
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
         let mut moved = 0;
-        // A next generation that stops taking sessions is given up on.
+        let mut seq = 0u64;
+        let mut in_flight: VecDeque<(u64, Handed)> = VecDeque::new();
+        let mut room = self.fd_room;
+        let mut short = 0u64;
+        // A next generation that stops answering is given up on.
         let mut broken = self.wire.set_timeout(Some(Duration::from_secs(30))).is_err();
+        // First the limiters, final now that this generation admits no one.
+        if !broken && let Err(e) = self.wire.send(json!({ "plugins": plugin_state }), &[]) {
+            tracing::error!(error = %e, "the next generation stopped taking sessions: they stay here");
+            broken = true;
+        }
         loop {
-            let m = match moving.recv_timeout(Duration::from_millis(50)) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) if !done.load(Ordering::Acquire) => continue,
-                Err(_) => match moving.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                },
-            };
-            if !broken {
-                let frame = json!({ "session": m.describe() });
-                match self.wire.send(frame, &[m.client.as_fd(), m.upstream.as_fd()]) {
-                    Ok(()) => {
-                        moved += 1;
-                        continue;
+            let h = match moving.try_recv() {
+                Ok(h) => h,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    // Nothing waiting: settle what is in flight, so that the
+                    // places those sessions hold in this drain are let go.
+                    while !in_flight.is_empty() && !broken {
+                        broken = !self.acknowledged(&mut in_flight, fallback, &mut moved);
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "the next generation stopped taking sessions: the rest stay here");
-                        broken = true;
+                    if broken {
+                        self.give_up(&mut in_flight, fallback, &mut moved);
+                    }
+                    match moving.recv_timeout(Duration::from_millis(50)) {
+                        Ok(h) => h,
+                        Err(RecvTimeoutError::Timeout) if !done.load(Ordering::Acquire) => continue,
+                        Err(_) => match moving.try_recv() {
+                            Ok(h) => h,
+                            Err(_) => break,
+                        },
                     }
                 }
+            };
+            let needs = match &h {
+                Handed::Session(_) => 2,
+                Handed::Flow(_) => 1,
+                Handed::FlowsDone(_) => 0,
+            };
+            if !broken && needs > room {
+                short += 1;
+                resume_here(fallback, h);
+                continue;
             }
-            if let Err(e) = fallback.adopt(m) {
-                tracing::error!(error = %e, "a session that could not move could not resume here either");
+            if broken {
+                resume_here(fallback, h);
+                continue;
+            }
+            seq += 1;
+            let sent = match &h {
+                Handed::Session(m) => self
+                    .wire
+                    .send(json!({ "session": m.describe(), "seq": seq }), &[m.client.as_fd(), m.upstream.as_fd()]),
+                Handed::Flow(f) => self.wire.send(json!({ "flow": f.describe(), "seq": seq }), &[f.upstream.as_fd()]),
+                Handed::FlowsDone(key) => self.wire.send(json!({ "flows_done": key }), &[]),
+            };
+            if let Err(e) = sent {
+                tracing::error!(error = %e, "the next generation stopped taking sessions: the rest stay here");
+                broken = true;
+                resume_here(fallback, h);
+                self.give_up(&mut in_flight, fallback, &mut moved);
+                continue;
+            }
+            room -= needs;
+            if needs > 0 {
+                in_flight.push_back((seq, h));
+            }
+            while in_flight.len() >= WINDOW && !broken {
+                broken = !self.acknowledged(&mut in_flight, fallback, &mut moved);
+            }
+            if broken {
+                self.give_up(&mut in_flight, fallback, &mut moved);
             }
         }
+        while !in_flight.is_empty() && !broken {
+            broken = !self.acknowledged(&mut in_flight, fallback, &mut moved);
+        }
+        if broken {
+            self.give_up(&mut in_flight, fallback, &mut moved);
+        }
+        if short > 0 {
+            tracing::warn!(
+                sessions = short,
+                "the next generation has no descriptors left for these: they stay here until they end"
+            );
+        }
         (self, moved)
+    }
+
+    /// The next generation stopped answering: it may still answer for those
+    /// it received, so no more frames, then its answers until it closes
+    /// (briefly); the sessions left unanswered go on here at once.
+    fn give_up(&mut self, in_flight: &mut VecDeque<(u64, Handed)>, fallback: &Adopter, moved: &mut u64) {
+        if in_flight.is_empty() {
+            return;
+        }
+        let _ = self.wire.shutdown_write();
+        let _ = self.wire.set_timeout(Some(Duration::from_secs(5)));
+        while !in_flight.is_empty() && self.acknowledged(in_flight, fallback, moved) {}
+        for (_, h) in in_flight.drain(..) {
+            resume_here(fallback, h);
+        }
+    }
+
+    /// Reads the next generation's answer for the oldest session in flight:
+    /// taken, or refused (it resumes here). `false` when no answer came.
+    fn acknowledged(&mut self, in_flight: &mut VecDeque<(u64, Handed)>, fallback: &Adopter, moved: &mut u64) -> bool {
+        let Some((seq, _)) = in_flight.front() else { return true };
+        let seq = *seq;
+        let answer = match self.wire.recv() {
+            Ok((m, _)) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "the next generation stopped answering: the sessions it did not take stay here");
+                return false;
+            }
+        };
+        let Some((_, h)) = in_flight.pop_front() else { return true };
+        if answer.get("took").and_then(Value::as_u64) == Some(seq) {
+            *moved += 1;
+        } else if answer.get("refused").and_then(Value::as_u64) == Some(seq) {
+            let why = answer.get("why").and_then(Value::as_str).unwrap_or("no reason given");
+            tracing::warn!(reason = why, "the next generation refused a session: it stays here");
+            resume_here(fallback, h);
+        } else {
+            tracing::error!(%answer, "the next generation answered out of turn: the sessions in flight stay here");
+            in_flight.push_front((seq, h));
+            return false;
+        }
+        true
     }
 
     /// The old generation's last word: how many sessions moved, how many
@@ -265,6 +384,19 @@ impl Ready {
     pub(crate) fn left(mut self, moved: u64, drained: u64, closed: u64) {
         tracing::info!(moved, drained, closed, "handed over: this generation exits");
         let _ = self.wire.send(json!({ "left": { "moved": moved, "drained": drained, "closed": closed } }), &[]);
+    }
+}
+
+/// A session that could not move: it goes on here (a UDP one, whose
+/// listener has stopped here, ends).
+fn resume_here(fallback: &Adopter, h: Handed) {
+    let failed = match h {
+        Handed::Session(m) => fallback.adopt(m).err(),
+        Handed::Flow(f) => fallback.adopt_flow(f).err(),
+        Handed::FlowsDone(_) => None,
+    };
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "a session that could not move could not go on here either");
     }
 }
 
@@ -276,6 +408,8 @@ pub(crate) struct Takeover {
     counts: SessionCounts,
     /// Addresses the old generation held out of service.
     unhealthy: Vec<Value>,
+    /// The plugins' carried state (limiters) there.
+    plugins: Value,
 }
 
 impl Takeover {
@@ -322,7 +456,8 @@ impl Takeover {
         let n = |k: &str| first.get(k).and_then(Value::as_u64).unwrap_or(0);
         let counts = SessionCounts { accepted: n("accepted"), handled: n("handled"), active: 0 };
         let unhealthy = first.get("unhealthy").and_then(Value::as_array).cloned().unwrap_or_default();
-        Ok(Some(Takeover { wire, sockets, generation: n("generation") + 1, counts, unhealthy }))
+        let plugins = first.get("plugins").cloned().unwrap_or(Value::Null);
+        Ok(Some(Takeover { wire, sockets, generation: n("generation") + 1, counts, unhealthy, plugins }))
     }
 
     /// The sockets handed over (taken once).
@@ -332,6 +467,11 @@ impl Takeover {
 
     pub(crate) fn generation(&self) -> Generation {
         Generation { number: self.generation, started_at: now_ms(), upgrade: Some(UpgradeCounts::default()) }
+    }
+
+    /// The plugins' carried state in the old generation.
+    pub(crate) fn plugin_state(&self) -> &Value {
+        &self.plugins
     }
 
     /// The old generation's session counters, to go on from.
@@ -360,22 +500,35 @@ impl Takeover {
 
     /// Tells the old generation this one is ready, then takes what it
     /// hands over until it exits.
-    pub(crate) fn ready(&mut self, gw: &Gateway, adopter: Adopter, stats: Arc<Stats>) -> Result<()> {
+    pub(crate) fn ready(
+        &mut self,
+        gw: &Gateway,
+        adopter: Adopter,
+        stats: Arc<Stats>,
+        plugins: Arc<strait_plugin::Plugins>,
+    ) -> Result<()> {
         let mut wire = self.wire.try_clone()?;
-        wire.send(json!({ "ready": true, "pid": std::process::id() }), &[])
+        wire.send(json!({ "ready": true, "pid": std::process::id(), "fd_room": fd_room() }), &[])
             .context("upgrade: cannot tell the running generation this one is ready")?;
         wire.set_timeout(None)?;
         let generation = gw.generation.clone();
         std::thread::Builder::new()
             .name("strait-takeover".into())
-            .spawn(move || receive(wire, &generation, &adopter, &stats))?;
+            .spawn(move || receive(wire, &generation, &adopter, &stats, &plugins))?;
         Ok(())
     }
 }
 
 /// Takes what the old generation sends after `ready`, until it exits:
-/// its sessions, each resumed here at once, then what it left behind.
-fn receive(mut wire: Wire, generation: &Arc<Generation>, adopter: &Adopter, stats: &Stats) {
+/// its sessions, each answered (taken or refused) before it starts here,
+/// then what it left behind.
+fn receive(
+    mut wire: Wire,
+    generation: &Arc<Generation>,
+    adopter: &Adopter,
+    stats: &Stats,
+    plugins: &strait_plugin::Plugins,
+) {
     let Some(counts) = generation.upgrade.as_ref() else { return };
     loop {
         let (m, fds) = match wire.recv() {
@@ -386,13 +539,48 @@ fn receive(mut wire: Wire, generation: &Arc<Generation>, adopter: &Adopter, stat
                 break;
             }
         };
+        let seq = m.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        let refuse = |wire: &mut Wire, why: String| {
+            tracing::error!(error = %why, "a session handed over was refused");
+            let _ = wire.send(json!({ "refused": seq, "why": why }), &[]);
+        };
         if let Some(d) = m.get("session") {
-            match Moving::from_description(d, fds).and_then(|s| adopter.adopt(s)) {
-                Ok(()) => {
-                    counts.moved.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => tracing::error!(error = %e, "a session handed over was refused"),
+            let prepared = Moving::from_description(d, fds)
+                .map_err(|e| e.to_string())
+                .and_then(|s| adopter.prepare(s).map_err(|(_, e)| e.to_string()));
+            match prepared {
+                // Started only once the old generation knows: if this answer
+                // cannot reach it, the session goes on there instead.
+                Ok(a) => match wire.send(json!({ "took": seq }), &[]) {
+                    Ok(()) => {
+                        a.start();
+                        counts.moved.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a session handed over could not be acknowledged: left there")
+                    }
+                },
+                Err(why) => refuse(&mut wire, why),
             }
+        } else if let Some(d) = m.get("flow") {
+            match Flow::from_description(d, fds) {
+                Ok(f) => match wire.send(json!({ "took": seq }), &[]) {
+                    Ok(()) => match adopter.adopt_flow(f) {
+                        Ok(()) => {
+                            counts.moved.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(error = %e, "a UDP session handed over could not be resumed"),
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "a session handed over could not be acknowledged: left there")
+                    }
+                },
+                Err(e) => refuse(&mut wire, e.to_string()),
+            }
+        } else if let Some(state) = m.get("plugins") {
+            plugins.import_state(state);
+        } else if let Some(key) = m.get("flows_done").and_then(Value::as_str) {
+            adopter.flows_done(key);
         } else if let Some(left) = m.get("left") {
             let n = |k: &str| left.get(k).and_then(Value::as_u64).unwrap_or(0);
             counts.drained.store(n("drained"), Ordering::Relaxed);
@@ -401,8 +589,19 @@ fn receive(mut wire: Wire, generation: &Arc<Generation>, adopter: &Adopter, stat
             stats.carry_over(SessionCounts { accepted: 0, handled: n("drained") + n("closed"), active: 0 });
         }
     }
+    // Nothing more will come: UDP listeners still waiting read their
+    // sockets, and what the limiters counted for the old generation goes.
+    adopter.all_flows_done();
+    plugins.settle_state();
     counts.finished.store(true, Ordering::Relaxed);
     tracing::info!(moved = counts.moved.load(Ordering::Relaxed), "the previous generation has exited");
+}
+
+/// How many more descriptors this process may open, less a reserve.
+fn fd_room() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20);
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    limit.saturating_sub(open).saturating_sub(FD_RESERVE)
 }
 
 /// Raises the soft limit on open files to the hard one: a generation that

@@ -424,3 +424,165 @@ async fn systemd_socket_activation_serves_the_passed_socket_and_an_upgrade_keeps
     drop(session(port).await);
     echo(&mut open, b"moved").await;
 }
+
+/// A UDP backend that answers each datagram with the address it came from
+/// (the gateway's upstream socket, as the backend sees it).
+async fn udp_peer_echo() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind the UDP backend");
+    let addr = s.local_addr().expect("its address");
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let reply = format!("{from} {}", String::from_utf8_lossy(&buf[..n]));
+            let _ = s.send_to(reply.as_bytes(), from).await;
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_keep_their_upstream_socket_across_two_upgrades() {
+    let (backend, _task) = udp_peer_echo().await;
+    let port = free_port();
+    let yaml = format!(
+        "_format_version: \"3.0\"\nservices:\n- name: dns\n  url: udp://{backend}\n  routes: [{{name: dns, protocols: [udp], sources: [{{ip: 127.0.0.1}}]}}]\n"
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port} udp"), yaml));
+    let to = at(port);
+    let clients = [
+        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    async fn ask(c: &tokio::net::UdpSocket, to: SocketAddr, msg: &str) -> String {
+        c.send_to(msg.as_bytes(), to).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = tokio::time::timeout(WAIT, c.recv_from(&mut buf)).await.expect("a reply in time").unwrap();
+        assert_eq!(from, to, "the reply comes from the listener's address");
+        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (peer, echoed) = reply.split_once(' ').expect("peer and message");
+        assert_eq!(echoed, msg, "a reply reached the wrong client");
+        peer.to_owned()
+    }
+    let mut peers = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        peers.push(ask(c, to, &format!("{i} before")).await);
+    }
+    assert_ne!(peers[0], peers[1], "each client has its own upstream socket");
+    for round in 0..2 {
+        tokio::task::block_in_place(|| gw.upgrade(bin()));
+        for (i, c) in clients.iter().enumerate() {
+            // The same upstream socket: the backend sees the same peer.
+            assert_eq!(ask(c, to, &format!("{i} after {round}")).await, peers[i], "client {i}, upgrade {round}");
+        }
+    }
+    // UDP sessions end at shutdown: each is logged once, by the last generation.
+    gw.signal("TERM");
+    let line = gw.wait_log(&["protocol=udp", "moved=2", "datagrams=3/3"]).await;
+    assert!(line.contains("route=dns"), "{line}");
+    let lines: Vec<String> = gw.log_lines().into_iter().filter(|l| l.contains("protocol=udp")).collect();
+    assert_eq!(lines.len(), 2, "each UDP session logged once: {lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_log_plugins_follow_the_sessions_across_an_upgrade() {
+    let backend = Backend::plain("lim").await;
+    let (p_lim, p_rate) = (free_port(), free_port());
+    let dir = test_support::gateway::TempDir::new();
+    let file = dir.path().join("sessions.log");
+    let yaml = format!(
+        r#"_format_version: "3.0"
+services:
+- name: s
+  url: tcp://{backend}
+  routes:
+  - name: limited
+    protocols: [tcp]
+    destinations: [{{port: {p_lim}}}]
+    plugins:
+    - name: connection-limit
+      config: {{max_sessions: 1, limit_by: route}}
+    - name: file-log
+      config: {{path: "{file}"}}
+  - name: rated
+    protocols: [tcp]
+    destinations: [{{port: {p_rate}}}]
+    plugins:
+    - name: connection-rate-limit
+      config: {{rate: 2, window: minute, limit_by: route}}
+"#,
+        backend = backend.addr,
+        file = file.display()
+    );
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{p_lim}, 127.0.0.1:{p_rate}"), yaml));
+    async fn refused_at(port: u16) -> bool {
+        let mut s = TcpStream::connect(at(port)).await.unwrap();
+        let mut b = [0u8; 16];
+        matches!(tokio::time::timeout(WAIT, s.read(&mut b)).await.expect("an answer in time"), Ok(0) | Err(_))
+    }
+    // One session holds the only place; two of the minute's two are used.
+    let mut held = session(p_lim).await;
+    assert!(refused_at(p_lim).await, "the limit holds before the upgrade");
+    for _ in 0..2 {
+        drop(session(p_rate).await);
+    }
+    tokio::task::block_in_place(|| gw.upgrade(bin()));
+    // The moved session still holds its place in the new generation, and the
+    // window goes on from the old generation's.
+    assert!(refused_at(p_lim).await, "the moved session still counts against connection-limit");
+    assert!(refused_at(p_rate).await, "the rate window was carried over");
+    echo(&mut held, b"still here").await;
+    drop(held);
+    // Its end gives the place back, in the new generation.
+    let deadline = Instant::now() + WAIT;
+    let mut again = loop {
+        let mut s = TcpStream::connect(at(p_lim)).await.unwrap();
+        if read_banner(&mut s).await.is_ok() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the place was never given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    echo(&mut again, b"next").await;
+    // file-log saw the moved session end, once, with its whole counts.
+    let mut entry = serde_json::Value::Null;
+    until("file-log's entry for the moved session", || {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        entry = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["session"]["moves"] == 1)
+            .unwrap_or_default();
+        !entry.is_null()
+    })
+    .await;
+    // "lim\n" banner, then the two echoes.
+    assert_eq!(entry["session"]["sent"], 4 + 5 + 10, "{entry}");
+    assert_eq!(entry["session"]["received"], 5 + 10, "{entry}");
+    assert_eq!(entry["route"]["name"], "limited", "{entry}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let moved = text.lines().filter(|l| l.contains("\"moves\"")).count();
+    assert_eq!(moved, 1, "logged once: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_generation_that_dies_mid_hand_off_leaves_its_sessions_with_the_old_one() {
+    let backend = Backend::plain("echo").await;
+    let port = free_port();
+    let yaml = one_route(backend.addr, &[], &["protocols: [tcp]", "sources: [{ip: 127.0.0.0/8}]"]);
+    let gw = Gateway::start(bin(), GatewayConfig::new(format!("127.0.0.1:{port}"), yaml));
+    let mut s = session(port).await;
+    // It says it is ready, then dies on the first session, unanswered.
+    let dying = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dying_generation.py");
+    let out = gw.cli(bin(), &["upgrade", "--binary", &dying.to_string_lossy()]);
+    ok(&out);
+    // The session goes on in the old generation: no byte lost, none twice.
+    echo(&mut s, b"after the next generation died").await;
+    echo(&mut s, b"and again").await;
+    assert!(Gateway::alive(gw.pid()), "the old generation keeps its session");
+    drop(s);
+    let line = gw.wait_log(&["reason=\"client closed\""]).await;
+    assert!(!line.contains("moved="), "it never moved: {line}");
+    assert!(line.contains(" 49 44 "), "whole byte counts (banner and three echoes): {line}");
+    assert!(gw.stderr().contains("stay here"), "the old generation says what stayed: {}", gw.stderr());
+    assert_eq!(gw.log_lines().len(), 1, "logged once: {:?}", gw.log_lines());
+}
