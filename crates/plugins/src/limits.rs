@@ -566,4 +566,52 @@ mod tests {
         assert_eq!(b.take_ip([10, 0, 0, 3].into(), &tiny, t0), Some(0));
         assert_eq!(b.take_ip([10, 0, 0, 3].into(), &tiny, t0), None);
     }
+
+    #[test]
+    fn counts_carried_over_hold_places_until_their_sessions_move_or_settle() {
+        let old = Counts::default();
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        old.shift_ip(ip, 2);
+        let route = Some(Uuid::new_v4());
+        old.shift_entity(route, 3);
+        let state = old.export();
+        let new = Counts::default();
+        new.import(&state);
+        // Imported twice (start, then hand-over): replaced, not added.
+        new.import(&state);
+        let ip_count = |c: &Counts| lock(&c.ips[shard_of(&ip)]).get(&ip).copied().unwrap_or(0);
+        let cell = |c: &Counts| c.entities.get(route).load(Ordering::Acquire);
+        assert_eq!((ip_count(&new), cell(&new)), (2, 3));
+        // A session that moves takes over one of those places (as adopt does).
+        *lock(&new.elsewhere).ips.get_mut(&ip).unwrap() -= 1;
+        new.settle();
+        assert_eq!((ip_count(&new), cell(&new)), (1, 0), "what did not move is let go");
+        // Bad input is ignored field by field.
+        new.import(&json!({ "entities": { "nope": 1, "global": "x" }, "ips": { "1.2.3.4": 1, "bad": 2 } }));
+        assert_eq!(ip_count(&new), 1);
+        new.import(&json!("garbage"));
+        assert_eq!(ip_count(&new), 1, "garbage changes nothing");
+    }
+
+    #[test]
+    fn rate_windows_carried_over_keep_the_later_arrival_time() {
+        let c = RateConfig::new(2.0, Duration::from_secs(60), LimitBy::Global, false);
+        let old = Buckets::default();
+        let now = now_ns();
+        let cell = old.entities.get(None);
+        assert_eq!(Buckets::take_cell(&cell, &c, now), Some(0));
+        assert_eq!(Buckets::take_cell(&cell, &c, now), Some(0));
+        old.take_ip([10, 0, 0, 9].into(), &c, now);
+        let state = old.export();
+        let new = Buckets::default();
+        new.import(&state);
+        let carried = new.entities.get(None);
+        assert_eq!(Buckets::take_cell(&carried, &c, now_ns()), None, "the window is used up here too");
+        assert_eq!(new.take_ip([10, 0, 0, 9].into(), &c, now_ns()), Some(0), "one of two used for that client");
+        assert_eq!(new.take_ip([10, 0, 0, 9].into(), &c, now_ns()), None);
+        // A later arrival time here is not pulled back by an import.
+        let before = carried.load(Ordering::Acquire);
+        new.import(&json!({ "entities": { "global": 1 } }));
+        assert!(carried.load(Ordering::Acquire) >= before);
+    }
 }

@@ -385,7 +385,8 @@ impl Proxy {
                 )),
                 listener::BoundSocket::Udp(s) => {
                     let (flows, adopted) = mpsc::unbounded_channel();
-                    let (gate, gate_rx) = watch::channel(!self.common.adopting);
+                    // Only a socket the previous generation read has its flows to wait for.
+                    let (gate, gate_rx) = watch::channel(!(self.common.adopting && bound.inherited));
                     joinable.flows = Some(flows);
                     joinable.gate = Some(Arc::new(gate));
                     tokio::spawn(udp::run(

@@ -38,6 +38,8 @@ pub struct ListenerInfo {
 pub struct BoundListener {
     pub(crate) socket: BoundSocket,
     pub info: ListenerInfo,
+    /// The socket came from elsewhere (an earlier generation, systemd).
+    pub(crate) inherited: bool,
 }
 
 /// A bound socket: a listening TCP socket, or a UDP socket (`udp` entries).
@@ -140,7 +142,7 @@ fn bind(entry: &ListenEntry, inherited: Option<OwnedFd>) -> Result<BoundListener
         let bound = socket.local_addr().map_err(err)?;
         (BoundSocket::Tcp(socket), bound)
     };
-    Ok(BoundListener { socket, info: info(entry, bound) })
+    Ok(BoundListener { socket, info: info(entry, bound), inherited: false })
 }
 
 /// A listener on an inherited socket, after checking it is the kind the
@@ -161,7 +163,7 @@ fn adopt(entry: &ListenEntry, fd: OwnedFd) -> io::Result<BoundListener> {
         let bound = l.local_addr()?;
         (BoundSocket::Tcp(l), bound)
     };
-    Ok(BoundListener { socket, info: info(entry, bound) })
+    Ok(BoundListener { socket, info: info(entry, bound), inherited: true })
 }
 
 fn info(entry: &ListenEntry, bound: SocketAddr) -> ListenerInfo {
