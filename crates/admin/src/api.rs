@@ -18,6 +18,7 @@ use strait_model::{EntityKind, export};
 
 use crate::error::ApiError;
 use crate::health;
+use crate::sessions;
 use crate::{AdminState, form};
 
 use EntityKind as K;
@@ -175,6 +176,24 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             Method::POST => post_config(req).await,
             _ => Err(ApiError::method_not_allowed()),
         },
+        ["sessions"] => match *m {
+            Method::GET => sessions::list(&req.state.sessions, req.query),
+            Method::DELETE => sessions::kill_matching(&req.state.sessions, req.query),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        ["sessions", "events"] => {
+            only(m, &[Method::GET])?;
+            sessions::events(&req.state.sessions, req.query)
+        }
+        ["sessions", id] => match *m {
+            Method::GET => sessions::get(&req.state.sessions, id),
+            Method::DELETE => sessions::kill(&req.state.sessions, id),
+            _ => Err(ApiError::method_not_allowed()),
+        },
+        ["router", "match"] => {
+            only(m, &[Method::GET])?;
+            sessions::router_match(&req.state.tester, req.query)
+        }
         ["openapi.json"] => only(m, &[Method::GET]).and_then(|_| json_reply(StatusCode::OK, crate::schema::openapi())),
         ["schemas", "filters", name] => {
             only(m, &[Method::GET])?;
@@ -776,7 +795,9 @@ fn generation(g: &crate::Generation) -> Value {
 /// The Prometheus exposition (`/metrics`).
 pub fn metrics_text(state: &AdminState) -> String {
     let control = &state.control;
-    control.plugins().metrics().render(state.stats.snapshot(), &control.upstreams().all_health())
+    let mut text = control.plugins().metrics().render(state.stats.snapshot(), &control.upstreams().all_health());
+    text.push_str(&sessions::metrics(&state.sessions));
+    text
 }
 
 fn rss_bytes() -> Option<u64> {

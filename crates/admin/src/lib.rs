@@ -11,6 +11,7 @@ pub mod error;
 mod form;
 mod health;
 pub mod schema;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -69,6 +70,10 @@ pub struct AdminState {
     pub token: Option<String>,
     pub info: NodeInfo,
     pub generation: Arc<Generation>,
+    /// The open sessions (`/sessions`).
+    pub sessions: Arc<strait_proxy::live::Registry>,
+    /// `/router/match`.
+    pub tester: strait_proxy::RouteTester,
 }
 
 /// The Admin API as an axum router.

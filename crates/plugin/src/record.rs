@@ -38,6 +38,9 @@ pub enum CloseReason {
     PendingLimit,
     /// A plugin failed while the session relayed (a panic, or its sandbox).
     PluginFailed,
+    /// Closed through the Admin API (`DELETE /sessions`, a drain's end, a
+    /// target gone).
+    ClosedByAdmin,
 }
 
 impl CloseReason {
@@ -63,6 +66,7 @@ impl CloseReason {
             CloseReason::PluginClosed => "closed by plugin",
             CloseReason::PendingLimit => "stream_max_pending exceeded",
             CloseReason::PluginFailed => "plugin failed",
+            CloseReason::ClosedByAdmin => "closed by admin",
         }
     }
 }

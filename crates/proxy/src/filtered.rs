@@ -23,7 +23,7 @@ use strait_plugin::{Closed, Direction};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::ForceClose;
+use crate::live::Live;
 use crate::relay::{Buf, Directions, RelayEnd, RelayOutcome, Run, Side, give_buf, take_buf};
 
 /// What the relay asks of the session's data phase.
@@ -346,7 +346,7 @@ pub(crate) fn relay_filtered<'a, C, U, H>(
     upstream: &'a mut U,
     hooks: &'a mut H,
     idle: Duration,
-    force: &'a ForceClose,
+    live: &'a Live,
 ) -> impl Future<Output = RelayOutcome> + 'a
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -363,5 +363,5 @@ where
         closing: None,
         tick,
     };
-    Run::new(d, idle, force, None)
+    Run::new(d, idle, live, None)
 }

@@ -59,6 +59,8 @@ pub struct Moving {
     /// Its place among this generation's open sessions, held until it is
     /// handed over or resumed here: a drain waits for it.
     pub(crate) alive: Option<mpsc::Sender<()>>,
+    /// Its id in the sessions registry, kept across generations (0: none).
+    pub id: u64,
 }
 
 /// A UDP session leaving this generation: its client is an address on the
@@ -78,6 +80,8 @@ pub struct Flow {
     pub to_client: (u64, u64),
     pub carried: Carried,
     pub(crate) alive: Option<mpsc::Sender<()>>,
+    /// Its id in the sessions registry (0: none).
+    pub id: u64,
 }
 
 /// Why a moving session's description was refused.
@@ -231,6 +235,7 @@ impl Moving {
             "u2c_done": p.u2c_done,
             "c2u_bytes": p.c2u_bytes,
             "u2c_bytes": p.u2c_bytes,
+            "session_id": self.id,
         });
         if let Value::Object(own) = own {
             d.extend(own);
@@ -256,7 +261,9 @@ impl Moving {
         };
         let idle = Duration::from_millis(f.n("idle_ms")?);
         let listener = f.s("listener").ok_or_else(|| Fields::bad("listener"))?.to_owned();
-        Ok(Moving { client, upstream, parked, record, idle, listener, carried, alive: None })
+        // An earlier generation without session ids sends none: a new one is given.
+        let id = d.get("session_id").and_then(Value::as_u64).unwrap_or(0);
+        Ok(Moving { client, upstream, parked, record, idle, listener, carried, alive: None, id })
     }
 }
 
@@ -270,6 +277,7 @@ impl Flow {
             "idle_left_ms": self.idle_left.as_millis() as u64,
             "from_client": [self.from_client.0, self.from_client.1],
             "to_client": [self.to_client.0, self.to_client.1],
+            "session_id": self.id,
         });
         if let Value::Object(own) = own {
             d.extend(own);
@@ -301,6 +309,7 @@ impl Flow {
             to_client: pair("to_client")?,
             carried,
             alive: None,
+            id: d.get("session_id").and_then(Value::as_u64).unwrap_or(0),
         })
     }
 }
@@ -413,7 +422,7 @@ impl Adoption {
 
 /// A handed-over session, relaying again until it ends (or moves on).
 async fn resume(m: Moving, shared: Arc<Shared>, alive: mpsc::Sender<()>, stay: bool) {
-    let Moving { client, upstream, parked, mut record, idle, listener, carried, alive: _ } = m;
+    let Moving { client, upstream, parked, mut record, idle, listener, carried, alive: _, id } = m;
     let t0 = Instant::now();
     let open = |fd: OwnedFd| {
         let s = std::net::TcpStream::from(fd);
@@ -433,12 +442,16 @@ async fn resume(m: Moving, shared: Arc<Shared>, alive: mpsc::Sender<()>, stay: b
     let before = record.duration;
     let local = client.local_addr().unwrap_or(record.client);
     // Its plugins in this generation: they take their places again and see its end.
+    let server = carried.server.unwrap_or(local);
+    let live = stages::register_moved(&shared, &record, server, id);
+    live.progress(parked.c2u_bytes, parked.u2c_bytes, Instant::now());
+    live.relaying();
     let mut plugged = stages::replug(&shared, &record, carried, local, before);
     let mut c = Rewind::new(parked.c2u.clone(), client);
     let mut u = Rewind::new(parked.u2c.clone(), upstream);
     let out = {
         let report = progress(&mut plugged, &record, before, t0);
-        relay_resumed(&mut c, &mut u, &parked, idle, &shared.force_close, report, stay).await
+        relay_resumed(&mut c, &mut u, &parked, idle, &live, report, stay).await
     };
     if let RelayEnd::HandOff(next) = out.end {
         // Another upgrade: on to the next generation.
@@ -459,6 +472,7 @@ async fn resume(m: Moving, shared: Arc<Shared>, alive: mpsc::Sender<()>, stay: b
                     idle,
                     listener,
                     alive: Some(alive),
+                    id: live.id(),
                 };
                 let _ = tx.send(Handed::Session(m));
             }
@@ -471,6 +485,7 @@ async fn resume(m: Moving, shared: Arc<Shared>, alive: mpsc::Sender<()>, stay: b
         RelayEnd::Closed { first: Side::Client } => (CloseReason::ClientClosed, None),
         RelayEnd::Closed { first: Side::Upstream } => (CloseReason::UpstreamClosed, None),
         RelayEnd::IdleTimeout => (CloseReason::IdleTimeout, None),
+        RelayEnd::Killed => (CloseReason::ClosedByAdmin, None),
         RelayEnd::Error { side: Side::Client, error } => (CloseReason::ClientError, Some(error.to_string())),
         RelayEnd::Error { side: Side::Upstream, error } => (CloseReason::UpstreamError, Some(error.to_string())),
         RelayEnd::Shutdown | RelayEnd::HandOff(_) | RelayEnd::Stopped(_) => (CloseReason::Shutdown, None),
@@ -480,7 +495,7 @@ async fn resume(m: Moving, shared: Arc<Shared>, alive: mpsc::Sender<()>, stay: b
     record.bytes_sent = out.upstream_to_client;
     record.reason = reason;
     record.detail = detail;
-    stages::log(&shared, plugged, record);
+    stages::log(&shared, plugged, record, &live);
 }
 
 /// Progress reports for a moved session's log plugins, from where the
@@ -557,6 +572,7 @@ mod tests {
                 fields: [("tag".to_owned(), json!({ "a": 1 }))].into_iter().collect(),
             },
             alive: None,
+            id: 7,
         };
         let d = m.describe();
         let (x, y) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -597,6 +613,7 @@ mod tests {
             to_client: (2, 200),
             carried: Carried::default(),
             alive: None,
+            id: 8,
         };
         let d = f.describe();
         let (x, _) = std::os::unix::net::UnixStream::pair().unwrap();

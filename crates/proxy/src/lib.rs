@@ -13,12 +13,14 @@ mod connect;
 mod filtered;
 pub mod handoff;
 mod listener;
+pub mod live;
 pub mod relay;
 mod rewind;
 mod session;
 pub mod snapshot;
 mod splice;
 mod stages;
+mod tester;
 mod udp;
 
 use std::net::SocketAddr;
@@ -35,6 +37,7 @@ pub use handoff::{Adopter, Adoption, Carried, Flow, Handed, MoveError, Moving};
 pub use listener::{BindError, BoundListener, Inherited, ListenerInfo, bind_all, bind_all_inheriting, listen_key};
 pub use snapshot::{CompileError, CompiledRoute, CompiledService, Destination, Snapshot};
 use strait_plugin::SessionCounts;
+pub use tester::{Probe, RouteTester};
 
 /// Timeouts that apply to every session, from the settings.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +58,8 @@ pub struct SessionOptions {
     /// This process is an upgrade's next generation: its UDP listeners read
     /// their sockets only once the previous generation's flows are in.
     pub adopting: bool,
+    /// This process's generation: its sessions' ids are numbered from it.
+    pub generation: u64,
 }
 
 /// The settings a session reads as it is set up: swapped whole by
@@ -91,6 +96,7 @@ pub(crate) struct Shared {
     force_close: Arc<ForceClose>,
     /// Where sessions handed over go, once an upgrade is under way.
     handoff: Arc<std::sync::OnceLock<std::sync::mpsc::Sender<Handed>>>,
+    sessions: Arc<live::Registry>,
 }
 
 impl Shared {
@@ -110,6 +116,8 @@ pub(crate) struct ForceClose {
     set: AtomicBool,
     /// An upgrade: sessions that can be handed over stop and are.
     handoff: AtomicBool,
+    /// The listener stopped accepting and its sessions drain.
+    draining: AtomicBool,
     notify: [Notify; 8],
 }
 
@@ -142,6 +150,14 @@ impl ForceClose {
         self.handoff.load(Ordering::Acquire)
     }
 
+    fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// A waiter to create *before* checking [`is_set`](Self::is_set): a
     /// `close_all` after its creation completes it even if it was never
     /// polled, one before is seen by the check.
@@ -154,14 +170,31 @@ impl ForceClose {
         self.notify[i % self.notify.len()].notified()
     }
 
-    /// Completes once every session is to be closed (not on a hand-off).
-    pub(crate) async fn closed(&self) {
+    /// Completes once every session is to be closed, or `live` alone is
+    /// (killed through the Admin API): true for the latter.
+    pub(crate) async fn closed_or_killed(&self, live: &live::Live) -> bool {
         loop {
-            let waiter = self.waiter();
+            let mut waiter = std::pin::pin!(self.waiter());
             if self.is_set() {
-                return;
+                return false;
             }
-            waiter.await;
+            // The task's waker is left with the session once: a kill wakes
+            // this task alone, which then sees the flag.
+            let mut left = false;
+            let killed = std::future::poll_fn(|cx| {
+                if !left {
+                    live.wake_on_kill(cx.waker());
+                    left = true;
+                }
+                if live.killed() {
+                    return std::task::Poll::Ready(true);
+                }
+                waiter.as_mut().poll(cx).map(|()| false)
+            })
+            .await;
+            if killed || self.is_set() {
+                return killed;
+            }
         }
     }
 }
@@ -211,6 +244,9 @@ struct Common {
     /// An upgrade's next generation: its first UDP listeners wait for the
     /// previous generation's flows.
     adopting: bool,
+    sessions: Arc<live::Registry>,
+    /// The listeners accepting, for the route tester.
+    listening: Arc<std::sync::RwLock<Vec<Arc<ListenerInfo>>>>,
 }
 
 /// One listener accepting (or stopped, its sessions still open).
@@ -243,6 +279,7 @@ impl Running {
     /// closes the rest and waits (5 s at most) for their log lines. True
     /// when some had to be closed.
     async fn drain(mut self, drain: Duration) -> bool {
+        self.force_close.drain();
         self.stop_accepting().await;
         if tokio::time::timeout(drain, self.alive.recv()).await.is_ok() {
             return false;
@@ -340,6 +377,8 @@ impl Proxy {
             udp_max_sessions: options.udp_max_sessions.max(1),
             handoff: Arc::default(),
             adopting: options.adopting,
+            sessions: live::Registry::new(options.generation),
+            listening: Arc::default(),
         };
         let mut proxy = Proxy { common, signals: Arc::default(), listeners: Vec::new(), retiring: Vec::new() };
         proxy.add(listeners)?;
@@ -364,6 +403,7 @@ impl Proxy {
                 udp_max_sessions: self.common.udp_max_sessions,
                 force_close: force_close.clone(),
                 handoff: self.common.handoff.clone(),
+                sessions: self.common.sessions.clone(),
             });
             let (stop, stop_rx) = watch::channel(false);
             let (alive_tx, alive) = mpsc::channel(1);
@@ -402,6 +442,7 @@ impl Proxy {
             };
             let socket = Some(socket);
             self.listeners.push(Running { info, socket, force_close, stop, task: Some(task), alive, joinable });
+            self.publish_listeners();
         }
         Ok(())
     }
@@ -412,6 +453,7 @@ impl Proxy {
     pub fn retire(&mut self, which: impl Fn(&ListenerInfo) -> bool, drain: Duration) -> Vec<String> {
         let (gone, kept): (Vec<Running>, Vec<Running>) = self.listeners.drain(..).partition(|r| which(&r.info));
         self.listeners = kept;
+        self.publish_listeners();
         let mut labels = Vec::new();
         for r in gone {
             labels.push(r.info.label.to_string());
@@ -483,6 +525,25 @@ impl Proxy {
         Swapper(self.common.snapshot.clone())
     }
 
+    fn publish_listeners(&self) {
+        let infos = self.listeners.iter().map(|r| r.info.clone()).collect();
+        *self.common.listening.write().unwrap_or_else(|p| p.into_inner()) = infos;
+    }
+
+    /// The route tester, on the configuration and listeners in use.
+    pub fn tester(&self) -> RouteTester {
+        RouteTester {
+            snapshot: self.common.snapshot.clone(),
+            tunables: self.common.tunables.clone(),
+            listening: self.common.listening.clone(),
+        }
+    }
+
+    /// The open sessions, for the Admin API.
+    pub fn sessions(&self) -> Arc<live::Registry> {
+        self.common.sessions.clone()
+    }
+
     /// Session counters, for `/status`.
     pub fn stats(&self) -> Arc<Stats> {
         self.common.stats.clone()
@@ -492,6 +553,9 @@ impl Proxy {
     /// closes the rest and waits (5 s at most) for their log lines.
     pub async fn shutdown(mut self, drain: Duration) -> DrainReport {
         let retiring: Vec<JoinHandle<bool>> = self.retiring.drain(..).collect();
+        for r in &self.listeners {
+            r.force_close.drain();
+        }
         self.stop_accepting().await;
         let stats = self.common.stats.clone();
         let mut listeners = std::mem::take(&mut self.listeners);
@@ -527,7 +591,8 @@ mod tests {
 
     #[tokio::test]
     async fn close_all_completes_waiters_on_every_shard_made_before_or_after() {
-        let force = ForceClose::default();
+        let live = live::test_entry();
+        let force = live.force();
         // More waiters than shards, made before the signal and never polled.
         let before: Vec<_> = (0..20).map(|_| force.waiter()).collect();
         assert!(!force.is_set());
@@ -535,8 +600,9 @@ mod tests {
         for w in before {
             tokio::time::timeout(Duration::from_secs(5), w).await.expect("a waiter made before close_all completes");
         }
-        // After the signal, `closed` sees the flag.
-        tokio::time::timeout(Duration::from_secs(5), force.closed()).await.expect("closed() after close_all");
+        // After the signal, a session's wait sees the flag.
+        let killed = tokio::time::timeout(Duration::from_secs(5), force.closed_or_killed(&live)).await;
+        assert_eq!(killed.ok(), Some(false), "closed, not killed");
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep};
 
-use crate::ForceClose;
+use crate::live::Live;
 use crate::rewind::Rewind;
 use crate::splice::SpliceHalf;
 
@@ -74,6 +74,8 @@ pub enum RelayEnd {
     },
     IdleTimeout,
     Shutdown,
+    /// Closed through the Admin API.
+    Killed,
     /// A read or write on `side` failed.
     Error {
         side: Side,
@@ -516,14 +518,14 @@ pub(crate) fn relay<'a, C, U>(
     client: &'a mut C,
     upstream: &'a mut U,
     idle: Duration,
-    force: &'a ForceClose,
+    live: &'a Live,
     report: Option<Report<'a>>,
 ) -> impl Future<Output = RelayOutcome> + 'a
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    Run::new(Copying { client, upstream, c2u: Half::new(), u2c: Half::new() }, idle, force, report)
+    Run::new(Copying { client, upstream, c2u: Half::new(), u2c: Half::new() }, idle, live, report)
 }
 
 /// [`relay`] between plain TCP sockets: small messages are copied, bulk
@@ -534,10 +536,10 @@ pub(crate) fn relay_plain<'a, C: PlainSide, U: PlainSide>(
     client: &'a mut C,
     upstream: &'a mut U,
     idle: Duration,
-    force: &'a ForceClose,
+    live: &'a Live,
     report: Option<Report<'a>>,
 ) -> impl Future<Output = RelayOutcome> + 'a {
-    Run::new(Plain { client, upstream, c2u: Hybrid::new(), u2c: Hybrid::new() }, idle, force, report)
+    Run::new(Plain { client, upstream, c2u: Hybrid::new(), u2c: Hybrid::new() }, idle, live, report)
 }
 
 /// [`relay_plain`] for a session an earlier generation handed over: the
@@ -548,7 +550,7 @@ pub(crate) fn relay_resumed<'a, C: PlainSide, U: PlainSide>(
     upstream: &'a mut U,
     from: &Parked,
     idle: Duration,
-    force: &'a ForceClose,
+    live: &'a Live,
     report: Option<Report<'a>>,
     stay: bool,
 ) -> impl Future<Output = RelayOutcome> + 'a {
@@ -560,7 +562,7 @@ pub(crate) fn relay_resumed<'a, C: PlainSide, U: PlainSide>(
     };
     let d =
         Plain { client, upstream, c2u: half(from.c2u_done, from.c2u_bytes), u2c: half(from.u2c_done, from.u2c_bytes) };
-    let mut run = Run::new(d, idle, force, report);
+    let mut run = Run::new(d, idle, live, report);
     // One that could not leave does not try again in this upgrade.
     run.stayed = stay;
     // The idle deadline the earlier generation had.
@@ -586,7 +588,9 @@ pin_project_lite::pin_project! {
     /// the locals moved out of them side by side).
     pub(crate) struct Run<'a, D> {
         d: D,
-        force: &'a ForceClose,
+        // The session's entry among the open ones: its listener's close
+        // signal, its kill flag, where its counts are published.
+        live: &'a Live,
         // Polled until registered only: a registered waiter wakes this task
         // on `close_all` without being polled again, and polling it takes a
         // lock. Every later poll checks the flag instead.
@@ -608,13 +612,14 @@ pin_project_lite::pin_project! {
 }
 
 impl<'a, D: Directions> Run<'a, D> {
-    pub(crate) fn new(d: D, idle: Duration, force: &'a ForceClose, report: Option<Report<'a>>) -> Self {
+    pub(crate) fn new(d: D, idle: Duration, live: &'a Live, report: Option<Report<'a>>) -> Self {
+        let force = live.force();
         let now = Instant::now();
         let ticker =
             report.map(|report| Box::pin(Ticker { tick: tokio::time::sleep_until(now + report.every), report }));
         Run {
             d,
-            force,
+            live,
             stop: force.waiter(),
             waiting: false,
             stayed: false,
@@ -634,7 +639,9 @@ impl<D: Directions> Future for Run<'_, D> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
         let mut this = self.project();
         let end = 'end: {
-            if !*this.stayed && this.force.handing_off() {
+            let live: &Live = this.live;
+            let force = live.force();
+            if !*this.stayed && force.handing_off() {
                 match this.d.park() {
                     Some(Ok(mut parked)) => {
                         let deadline = *this.last_activity + Duration::from_millis(u64::from(*this.idle_ms));
@@ -651,16 +658,22 @@ impl<D: Directions> Future for Run<'_, D> {
             }
             if !*this.waiting {
                 while this.stop.as_mut().poll(cx).is_ready() {
-                    if this.force.is_set() {
+                    if force.is_set() {
                         break 'end RelayEnd::Shutdown;
                     }
                     // Woken by a hand-off, not a close: a new waiter.
-                    this.stop.set(this.force.waiter());
+                    this.stop.set(force.waiter());
                 }
                 *this.waiting = true;
+                // Once: a kill wakes this task through it.
+                live.wake_on_kill(cx.waker());
+            }
+            // Its own flag (a kill wakes this task alone), then the listener's.
+            if live.killed() {
+                break 'end RelayEnd::Killed;
             }
             // The waiter was made before this check: no close_all is missed.
-            if this.force.is_set() {
+            if force.is_set() {
                 break 'end RelayEnd::Shutdown;
             }
             let mut progress = false;
@@ -671,7 +684,10 @@ impl<D: Directions> Future for Run<'_, D> {
                 break 'end RelayEnd::Closed { first: this.first_closed.unwrap_or(Side::Client) };
             }
             if progress {
-                *this.last_activity = Instant::now();
+                let now = Instant::now();
+                *this.last_activity = now;
+                let (up, down) = this.d.bytes();
+                live.progress(up, down, now);
             }
             if let Some(t) = this.ticker.as_mut() {
                 let mut t = t.as_mut().project();
@@ -720,10 +736,10 @@ mod tests {
     async fn copies_both_ways_and_forwards_half_close() {
         let (mut client_far, mut client_near) = duplex(64);
         let (mut up_near, mut up_far) = duplex(64);
-        let force = ForceClose::default();
+        let live = crate::live::test_entry();
         let relay =
             tokio::spawn(
-                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &force, None).await },
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(5), &live, None).await },
             );
         client_far.write_all(b"ping").await.unwrap();
         client_far.shutdown().await.unwrap();
@@ -796,10 +812,10 @@ mod tests {
     async fn plain_relay_closes_the_last_direction_with_a_fin() {
         let (mut client_far, client_near) = tcp_pair().await;
         let (up_near, mut up_far) = tcp_pair().await;
-        let force = ForceClose::default();
+        let live = crate::live::test_entry();
         let relay = tokio::spawn(async move {
             let (mut c, mut u) = (client_near, up_near);
-            let out = relay_plain(&mut c, &mut u, Duration::from_secs(5), &force, None).await;
+            let out = relay_plain(&mut c, &mut u, Duration::from_secs(5), &live, None).await;
             // As the session does: the sockets close when the relay ends.
             drop((c, u));
             out
@@ -824,11 +840,11 @@ mod tests {
     async fn a_close_all_before_the_relay_starts_ends_it_at_once() {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
-        let force = ForceClose::default();
-        force.close_all();
+        let live = crate::live::test_entry();
+        live.force().close_all();
         let out = tokio::time::timeout(
             Duration::from_secs(5),
-            relay(&mut client_near, &mut up_near, Duration::from_secs(600), &force, None),
+            relay(&mut client_near, &mut up_near, Duration::from_secs(600), &live, None),
         )
         .await
         .unwrap();
@@ -839,8 +855,8 @@ mod tests {
     async fn idle_timeout_ends_a_silent_session() {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
-        let force = ForceClose::default();
-        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &force, None).await;
+        let live = crate::live::test_entry();
+        let out = relay(&mut client_near, &mut up_near, Duration::from_secs(60), &live, None).await;
         assert!(matches!(out.end, RelayEnd::IdleTimeout));
     }
 
@@ -848,10 +864,10 @@ mod tests {
     async fn activity_postpones_the_idle_timeout() {
         let (mut client_far, mut client_near) = duplex(64);
         let (mut up_near, mut up_far) = duplex(64);
-        let force = ForceClose::default();
+        let live = crate::live::test_entry();
         let task =
             tokio::spawn(
-                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &force, None).await },
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(10), &live, None).await },
             );
         let start = Instant::now();
         for _ in 0..5 {
@@ -870,16 +886,47 @@ mod tests {
     async fn shutdown_signal_ends_the_relay() {
         let (_client_far, mut client_near) = duplex(64);
         let (mut up_near, _up_far) = duplex(64);
-        let force = std::sync::Arc::new(ForceClose::default());
-        let f = force.clone();
+        let live = std::sync::Arc::new(crate::live::test_entry());
+        let l = live.clone();
         let task =
             tokio::spawn(
-                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(600), &f, None).await },
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(600), &l, None).await },
             );
         // Let the relay start waiting first: the signal must wake it.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        force.close_all();
+        live.force().close_all();
         let out = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
         assert!(matches!(out.end, RelayEnd::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn a_kill_ends_that_relay_alone_and_counts_are_published() {
+        let (mut client_far, mut client_near) = duplex(64);
+        let (mut up_near, mut up_far) = duplex(64);
+        let (_other_far, mut other_near) = duplex(64);
+        let (mut other_up, _other_up_far) = duplex(64);
+        let live = std::sync::Arc::new(crate::live::test_entry());
+        let registry = crate::live::test_registry(&live);
+        let other = std::sync::Arc::new(registry.test_sibling(&live));
+        let (l, o) = (live.clone(), other.clone());
+        let task =
+            tokio::spawn(
+                async move { relay(&mut client_near, &mut up_near, Duration::from_secs(600), &l, None).await },
+            );
+        let bystander =
+            tokio::spawn(
+                async move { relay(&mut other_near, &mut other_up, Duration::from_secs(600), &o, None).await },
+            );
+        client_far.write_all(b"abc").await.unwrap();
+        let mut b = [0u8; 3];
+        up_far.read_exact(&mut b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(live.view().bytes_from_client, 3, "the relay published its count");
+        assert!(live.kill());
+        let out = tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        assert!(matches!(out.end, RelayEnd::Killed), "{:?}", out.end);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!bystander.is_finished(), "a kill ends only its own session");
+        bystander.abort();
     }
 }

@@ -31,10 +31,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::connect::{Ends, UpstreamStream, UpstreamTls, connect};
 use crate::filtered::{Hooks, relay_filtered};
 use crate::handoff::{Handed, Moving};
+use crate::live::{self, Live, Registered};
 use crate::relay::{Parked, RelayEnd, RelayOutcome, Report, Side, relay, relay_plain};
 use crate::rewind::Rewind;
 use crate::stages::{self, Fail, Plugged, Setup};
-use crate::{ForceClose, ListenerInfo, Shared};
+use crate::{ListenerInfo, Shared};
 
 /// Bytes buffered while looking for a ClientHello, at most: enough for the
 /// largest accepted hello split into several records.
@@ -52,11 +53,11 @@ pub(crate) struct Accepted {
 
 /// What a session keeps once its setup is over.
 pub(crate) struct SetUp {
-    /// When it began.
-    t0: Instant,
     shared: Arc<Shared>,
     /// Its place among the open sessions.
     _alive: mpsc::Sender<()>,
+    /// Its entry in the sessions registry (the Admin API's view of it).
+    live: Registered,
     rec: SessionRecord,
     plugged: Option<Box<Plugged>>,
     /// The streams to relay: `None` when the session ended before its relay.
@@ -69,15 +70,19 @@ pub(crate) struct SetUp {
 /// accept loop boxes this future and hands it to [`serve`]: one allocation
 /// per session holds the connection and all of the setup's state.
 pub(crate) async fn setup(conn: Accepted) -> SetUp {
-    let t0 = Instant::now();
     let Accepted { stream, client, local, listener, shared, alive } = conn;
     shared.stats.session_started();
+    let facts = live::accepted(client, listener.label.clone(), local, Protocol::Tcp);
+    let live = shared.sessions.register(facts, shared.force_close.clone(), None);
     let snap = shared.snapshot.load_full();
     let mut setup = Setup::new(snap, client, local, listener.label.clone(), Protocol::Tcp, CloseReason::ClientClosed);
     let prepared = tokio::select! {
         biased;
-        _ = shared.force_close.closed() => Err(Fail::new(Status::Unavailable, CloseReason::Shutdown, None)),
-        r = setup.run(stream, &listener, &shared) => r,
+        killed = shared.force_close.closed_or_killed(&live) => Err(match killed {
+            true => Fail::new(Status::Unavailable, CloseReason::ClosedByAdmin, None),
+            false => Fail::new(Status::Unavailable, CloseReason::Shutdown, None),
+        }),
+        r = setup.run(stream, &listener, &shared, &live) => r,
     };
     let (ready, idle) = match prepared {
         Ok((ready, idle)) => (Some(ready), idle),
@@ -89,7 +94,7 @@ pub(crate) async fn setup(conn: Accepted) -> SetUp {
         }
     };
     let (rec, plugged) = setup.finish();
-    SetUp { t0, shared, _alive: alive, rec, plugged, ready, idle }
+    SetUp { shared, _alive: alive, live, rec, plugged, ready, idle }
 }
 
 /// What the first client bytes turned out to be.
@@ -129,6 +134,7 @@ impl Setup {
         mut stream: TcpStream,
         listener: &ListenerInfo,
         shared: &Shared,
+        live: &Live,
     ) -> Result<(Ready, Duration), Fail> {
         let mut buf = Vec::new();
         if listener.proxy_protocol {
@@ -142,10 +148,19 @@ impl Setup {
             (ConnKind::Plain, PrereadNeed::TlsOnly) => "only TLS routes match and the client did not speak TLS",
             _ => "no Route found with those values",
         };
-        self.route(kind, hello, miss)?;
-        let service = self.service()?;
+        if let Some(h) = hello.as_ref().filter(|h| !h.alpn.is_empty()) {
+            let alpn = h.alpn.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            live.learn(|f| f.alpn = alpn);
+        }
+        let routed = self.route(kind, hello, miss);
+        self.publish(live);
+        routed?;
+        shared.sessions.open_event(live);
+        let service = self.service();
+        self.publish(live);
+        let service = service?;
         let mut client = match self.rec.protocol {
-            Protocol::Tls => self.terminate_tls(stream, buf, shared).await?,
+            Protocol::Tls => self.terminate_tls(stream, buf, shared, live).await?,
             // Passthrough and plain: the bytes read so far are replayed.
             _ => ClientStream::Plain(Rewind::new(buf, stream)),
         };
@@ -162,7 +177,13 @@ impl Setup {
                 }
             },
         };
-        self.connect(client, service, target).await
+        let connected = self.connect(client, service, target).await;
+        self.publish(live);
+        if let Ok((ready, _)) = &connected {
+            let target = ready._in_use.as_ref().map(|u| u.target().clone());
+            live.learn(|f| f.target = target);
+        }
+        connected
     }
 
     /// PROXY header: a trusted peer must send one first (v1 or v2, within
@@ -250,7 +271,13 @@ impl Setup {
     /// certificate phase), with the route's own configuration when its
     /// plugins verify client certificates; within `preread_timeout`. The
     /// bytes read so far (the hello) are the handshake's first.
-    async fn terminate_tls(&mut self, stream: TcpStream, buf: Vec<u8>, shared: &Shared) -> Result<ClientStream, Fail> {
+    async fn terminate_tls(
+        &mut self,
+        stream: TcpStream,
+        buf: Vec<u8>,
+        shared: &Shared,
+        live: &Live,
+    ) -> Result<ClientStream, Fail> {
         let snap = &self.snap;
         if let (Some(global), Some(p)) = (snap.chains.global(), self.plugged.as_mut()) {
             if let PhaseOutcome::Reject { status, message, plugin } = global.certificate(&mut p.s).await {
@@ -266,8 +293,16 @@ impl Setup {
         let failed = |detail: String| Fail::new(Status::BadRequest, CloseReason::TlsHandshakeFailed, detail);
         match accepted {
             Ok(Ok(tls)) => {
+                let info = tls_info(tls.get_ref().1);
+                live.learn(|f| {
+                    f.tls = Some(live::TlsFacts {
+                        version: info.version,
+                        cipher: info.cipher.clone(),
+                        client_verify: info.client_verify,
+                    })
+                });
                 if let Some(p) = self.plugged.as_mut() {
-                    p.chain.tls_terminated(&mut p.s, tls_info(tls.get_ref().1));
+                    p.chain.tls_terminated(&mut p.s, info);
                 }
                 Ok(ClientStream::Tls(Box::new(tls)))
             }
@@ -404,14 +439,15 @@ impl ClientStream {
 /// staying in the task for the session's whole life, and nothing the relay
 /// does not need is kept across it.
 pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
-    let SetUp { t0, shared, _alive, mut rec, mut plugged, mut ready, idle } = setup.await;
+    let SetUp { shared, _alive, live, mut rec, mut plugged, mut ready, idle } = setup.await;
     if let Some(streams) = ready.as_mut() {
-        rec.connected_after = Some(t0.elapsed());
+        rec.connected_after = Some(live.t0().elapsed());
+        live.relaying();
         // Through the relay the session keeps only what its setup found.
         let open = OpenRecord::new(rec);
         use ClientStream as C;
         use UpstreamStream as U;
-        let force = &shared.force_close;
+        let l: &Live = &live;
         // Sessions with data-phase plugins relay through them; all others
         // keep the plain relay and pay nothing for the data phase.
         let data_phase = plugged.as_deref().filter(|p| p.chain.has_data_phase(p.s.protocol()));
@@ -419,15 +455,15 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             Some(_) => {
                 // Boxed: only these sessions keep the larger state.
                 let max = shared.tun().stream_max_pending;
-                Box::pin(relay_data_phase(streams, &mut plugged, max, &open, t0, idle, force)).await
+                Box::pin(relay_data_phase(streams, &mut plugged, max, &open, live.t0(), idle, l)).await
             }
             None => {
-                let report = report(&mut plugged, &open, t0);
+                let report = report(&mut plugged, &open, live.t0());
                 match (&mut streams.client, &mut streams.upstream) {
-                    (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, force, report).await,
-                    (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, force, report).await,
-                    (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, force, report).await,
-                    (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, force, report).await,
+                    (C::Plain(c), U::Plain(u)) => relay_plain(c, u, idle, l, report).await,
+                    (C::Plain(c), U::Tls(u)) => relay(c, u.as_mut(), idle, l, report).await,
+                    (C::Tls(c), U::Plain(u)) => relay(c.as_mut(), u, idle, l, report).await,
+                    (C::Tls(c), U::Tls(u)) => relay(c.as_mut(), u.as_mut(), idle, l, report).await,
                 }
             }
         };
@@ -435,8 +471,8 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             // An upgrade: the session leaves for the next generation, which
             // logs it where it ends.
             let carried = stages::Carried::from(plugged.as_deref());
-            let record = open.close(closing_so_far(t0, parked.c2u_bytes, parked.u2c_bytes));
-            hand_off(&shared, ready.take(), *parked, record, idle, _alive, carried);
+            let record = open.close(closing_so_far(live.t0(), parked.c2u_bytes, parked.u2c_bytes));
+            hand_off(&shared, ready.take(), *parked, record, idle, _alive, carried, live.id());
             return;
         }
         // The sockets close before the log phase, as the session ends.
@@ -446,6 +482,7 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
             RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
             RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+            RelayEnd::Killed => CloseReason::ClosedByAdmin,
             // A hand-off returned above.
             RelayEnd::Shutdown | RelayEnd::HandOff(_) => CloseReason::Shutdown,
             RelayEnd::Error { side, error } => {
@@ -463,7 +500,7 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             }
         };
         rec = open.close(Closing {
-            duration: t0.elapsed(),
+            duration: live.t0().elapsed(),
             bytes_sent: out.upstream_to_client,
             bytes_received: out.client_to_upstream,
             reason,
@@ -473,14 +510,15 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             rec.status = status;
         }
     } else {
-        rec.duration = t0.elapsed();
+        rec.duration = live.t0().elapsed();
     }
-    stages::log(&shared, plugged, rec);
+    stages::log(&shared, plugged, rec, &live);
 }
 
 /// Sends a parked session to the next generation (a plain or passthrough
 /// one: only those park). Without a way there, its sockets just close.
 #[cold]
+#[allow(clippy::too_many_arguments)]
 fn hand_off(
     shared: &Shared,
     ready: Option<Ready>,
@@ -489,6 +527,7 @@ fn hand_off(
     idle: Duration,
     alive: mpsc::Sender<()>,
     carried: stages::Carried,
+    id: u64,
 ) {
     let (Some(tx), Some(Ready { client: ClientStream::Plain(client), upstream: UpstreamStream::Plain(upstream), .. })) =
         (shared.handoff.get(), ready)
@@ -501,7 +540,8 @@ fn hand_off(
     // A TCP listener's key is its label (`listen_key`).
     let listener = record.listener.to_string();
     let alive = Some(alive);
-    let m = Moving { client: client.into(), upstream: upstream.into(), parked, record, idle, listener, carried, alive };
+    let m =
+        Moving { client: client.into(), upstream: upstream.into(), parked, record, idle, listener, carried, alive, id };
     let _ = tx.send(Handed::Session(m));
 }
 
@@ -565,7 +605,7 @@ async fn relay_data_phase(
     open: &OpenRecord,
     t0: Instant,
     idle: Duration,
-    force: &ForceClose,
+    live: &Live,
 ) -> RelayOutcome {
     let nothing = |end| RelayOutcome { end, client_to_upstream: 0, upstream_to_client: 0 };
     let Some(p) = plugged.as_deref_mut() else {
@@ -574,7 +614,9 @@ async fn relay_data_phase(
     let mut stream = p.chain.stream(&mut p.s, open.upstream(), max_pending);
     let connected = tokio::select! {
         biased;
-        _ = force.closed() => return nothing(RelayEnd::Shutdown),
+        killed = live.force().closed_or_killed(live) => {
+            return nothing(if killed { RelayEnd::Killed } else { RelayEnd::Shutdown });
+        }
         r = p.chain.connected(&mut p.s, &stream) => r,
     };
     if let Err(closed) = connected {
@@ -588,7 +630,7 @@ async fn relay_data_phase(
         (ClientStream::Tls(c), UpstreamStream::Tls(u)) => (c.as_mut(), u.as_mut()),
     };
     let mut hooks = DataHooks { p, stream, open, t0 };
-    let out = relay_filtered(client, upstream, &mut hooks, idle, force).await;
+    let out = relay_filtered(client, upstream, &mut hooks, idle, live).await;
     finish_stream(hooks.p, &mut hooks.stream);
     out
 }

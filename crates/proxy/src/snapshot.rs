@@ -18,6 +18,8 @@ use strait_router::{ConnKind, Router};
 use strait_tls::{CertStore, Resumption, UpstreamTlsOptions};
 use strait_upstream::{Balanced, Upstreams};
 
+use crate::live::Named;
+
 /// Where a service's sessions go.
 #[derive(Debug, Clone)]
 pub enum Destination {
@@ -32,6 +34,8 @@ pub struct CompiledRoute {
     pub idx: RouteIdx,
     /// For the access log, made once: no allocation per session.
     pub label: Arc<str>,
+    /// Its id and name, for the sessions API.
+    pub named: Named,
     pub protocols: ProtocolSet,
     pub service: Option<ServiceIdx>,
     /// Forward the client's SNI to a `tls` upstream.
@@ -61,6 +65,9 @@ impl CompiledRoute {
 pub struct CompiledService {
     /// For the access log, made once.
     pub label: Arc<str>,
+    /// Its id and name, and its upstream entity's, for the sessions API.
+    pub named: Named,
+    pub upstream: Option<Named>,
     pub protocol: Protocol,
     pub destination: Destination,
     /// Set when the service's protocol is `tls`.
@@ -75,6 +82,11 @@ pub struct CompiledService {
     /// A UDP session ends after this long without a datagram either way.
     pub read_timeout: Duration,
     pub proxy_protocol: ProxyProtocolOut,
+}
+
+/// An entity's id and name, made once per snapshot.
+fn named(id: impl std::fmt::Display, name: Option<&str>) -> Named {
+    Named { id: id.to_string().into(), name: name.map(Arc::from) }
 }
 
 /// Why a configuration could not be compiled.
@@ -193,6 +205,11 @@ impl Snapshot {
             };
             services.push(CompiledService {
                 label: Arc::from(svc.label()),
+                named: named(svc.meta.id, svc.name.as_deref()),
+                upstream: upstream.map(|u| {
+                    let u = &config.upstreams[u.0];
+                    named(u.meta.id, Some(&u.name))
+                }),
                 protocol: svc.protocol,
                 destination,
                 tls,
@@ -212,6 +229,7 @@ impl Snapshot {
             .map(|(i, r)| CompiledRoute {
                 idx: RouteIdx(i),
                 label: Arc::from(r.label()),
+                named: named(r.meta.id, r.name.as_deref()),
                 protocols: r.protocols,
                 service: r.service,
                 preserve_host: r.preserve_host,

@@ -19,6 +19,7 @@ use strait_router::ConnKind;
 use strait_wire::ClientHello;
 
 use crate::Shared;
+use crate::live::{Live, Registered};
 use crate::snapshot::{CompiledRoute, Snapshot};
 
 /// How a session failed before its relay started.
@@ -111,6 +112,27 @@ impl Setup {
             self.plugged = Some(Box::new(Plugged { chain: chain.clone(), s }));
         }
         Ok(route.idx)
+    }
+
+    /// Tells the sessions registry what the setup knows so far: the
+    /// client and server (a PROXY header's), the protocol, the server name,
+    /// the route, the service and its upstream, the attempts.
+    pub(crate) fn publish(&self, live: &Live) {
+        let route = self.chosen_route();
+        let service = route.and_then(|r| r.service).and_then(|s| self.snap.service(s));
+        let rec = &self.rec;
+        live.learn(|f| {
+            f.client = rec.client;
+            f.proxied_by = rec.proxied.as_ref().map(|p| p.by);
+            f.server = self.local;
+            f.protocol = rec.protocol;
+            f.sni.clone_from(&rec.sni);
+            f.route = route.map(|r| r.named.clone());
+            f.service = service.map(|s| s.named.clone());
+            f.upstream = service.and_then(|s| s.upstream.clone());
+            f.address = rec.upstream;
+            f.tries = rec.tries.len() as u32;
+        });
     }
 
     /// The route found by [`Setup::route`].
@@ -251,6 +273,24 @@ pub(crate) fn replug(
     Some(Box::new(Plugged { chain, s }))
 }
 
+/// The registry entry of a session an earlier generation handed over: its
+/// id kept (a new one when it had none), what its record says, and the
+/// route and service of this generation's snapshot that have its labels.
+pub(crate) fn register_moved(shared: &Shared, rec: &SessionRecord, server: SocketAddr, id: u64) -> Registered {
+    let mut facts = crate::live::accepted(rec.client, rec.listener.clone(), server, rec.protocol);
+    let snap = shared.snapshot.load();
+    let route = rec.route.as_deref().and_then(|l| snap.route_labelled(l));
+    let service = route.and_then(|r| r.service).and_then(|s| snap.service(s));
+    facts.proxied_by = rec.proxied.as_ref().map(|p| p.by);
+    facts.sni.clone_from(&rec.sni);
+    facts.route = route.map(|r| r.named.clone());
+    facts.service = service.map(|s| s.named.clone());
+    facts.upstream = service.and_then(|s| s.upstream.clone());
+    facts.address = rec.upstream;
+    facts.tries = rec.tries.len() as u32;
+    shared.sessions.register(facts, shared.force_close.clone(), Some((id, rec.started)))
+}
+
 /// A plugin's refusal, as the log tells it.
 pub(crate) fn rejected(status: Status, plugin: &str, message: Option<String>) -> Fail {
     let detail = match message {
@@ -264,7 +304,7 @@ pub(crate) fn rejected(status: Status, plugin: &str, message: Option<String>) ->
 /// phase, then the access log line. Inlined: the record is large, and a call
 /// would copy it.
 #[inline]
-pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRecord) {
+pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRecord, live: &Live) {
     if rec.status.code() >= 400 {
         tracing::debug!(client = %rec.client, status = rec.status.code(), reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
     }
@@ -273,5 +313,6 @@ pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRe
         None => rec,
     };
     shared.log.log(&rec);
+    live.ended(&rec);
     shared.stats.session_ended();
 }

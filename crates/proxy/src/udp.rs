@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::handoff::{Carried, Flow, Handed};
+use crate::live::{self, Registered};
 use crate::relay::Report;
 use crate::snapshot::Destination;
 use crate::stages::{self, Fail, Plugged, Setup};
@@ -63,10 +64,9 @@ thread_local! {
 struct Link {
     /// Set once the session is connected.
     upstream: OnceLock<Arc<UdpSocket>>,
-    from_client: AtomicU64,
-    from_client_bytes: AtomicU64,
-    /// Milliseconds since the session began, at the last datagram either way.
-    last_active_ms: AtomicU64,
+    /// Its entry in the sessions registry, which keeps its counts from the
+    /// client and the time of its last datagram either way.
+    live: Registered,
     began: Instant,
     /// Bytes buffered before the upstream was connected.
     setup_bytes: AtomicU64,
@@ -75,8 +75,14 @@ struct Link {
 }
 
 impl Link {
-    fn touch(&self) {
-        self.last_active_ms.store(self.began.elapsed().as_millis() as u64, Ordering::Relaxed);
+    fn new(live: Registered, upstream: OnceLock<Arc<UdpSocket>>, setup_bytes: u64) -> Link {
+        Link {
+            upstream,
+            live,
+            began: Instant::now(),
+            setup_bytes: AtomicU64::new(setup_bytes),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 }
 
@@ -127,7 +133,7 @@ impl Table {
     /// A session an earlier generation handed over: into the table, and its
     /// task relaying again.
     fn adopt(&mut self, f: Flow) {
-        let Flow { upstream, record, idle, idle_left, from_client, to_client, carried, alive, .. } = f;
+        let Flow { upstream, record, idle, idle_left, from_client, to_client, carried, alive, id, .. } = f;
         let upstream = std::net::UdpSocket::from(upstream);
         let upstream = match upstream.set_nonblocking(true).and_then(|()| UdpSocket::from_std(upstream)) {
             Ok(u) => Arc::new(u),
@@ -138,19 +144,15 @@ impl Table {
         };
         let client = record.client;
         self.generation += 1;
-        // `began` is set so that the idle deadline is the one the earlier
-        // generation had.
+        let live = stages::register_moved(&self.shared, &record, self.info.addr, id);
+        live.set_from_client(from_client.0, from_client.1);
+        live.to_client(to_client.0, to_client.1);
+        // The last activity is set so that the idle deadline is the one the
+        // earlier generation had.
+        live.relaying();
         let now = Instant::now();
-        let began = now.checked_sub(idle.saturating_sub(idle_left)).unwrap_or(now);
-        let link = Arc::new(Link {
-            upstream: OnceLock::from(upstream.clone()),
-            from_client: AtomicU64::new(from_client.0),
-            from_client_bytes: AtomicU64::new(from_client.1),
-            last_active_ms: AtomicU64::new(0),
-            began,
-            setup_bytes: AtomicU64::new(0),
-            closed: std::sync::atomic::AtomicBool::new(false),
-        });
+        live.touch_at(now.checked_sub(idle.saturating_sub(idle_left)).unwrap_or(now));
+        let link = Arc::new(Link::new(live, OnceLock::from(upstream.clone()), 0));
         // Connected already: nothing is ever queued for it.
         let (queue, _) = mpsc::channel(1);
         self.sessions.insert(client, Entry { link: link.clone(), queue, generation: self.generation });
@@ -250,9 +252,7 @@ pub(crate) async fn run(
         }
         if let Some(entry) = t.sessions.get(&client) {
             let link = &entry.link;
-            link.touch();
-            link.from_client.fetch_add(1, Ordering::Relaxed);
-            link.from_client_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            link.live.received(n);
             // A full socket buffer drops the datagram, as the network would.
             if let Some(up) = link.upstream.get() {
                 let _ = up.try_send(datagram);
@@ -276,15 +276,10 @@ pub(crate) async fn run(
             continue;
         }
         t.generation += 1;
-        let link = Arc::new(Link {
-            upstream: OnceLock::new(),
-            from_client: AtomicU64::new(1),
-            from_client_bytes: AtomicU64::new(n as u64),
-            last_active_ms: AtomicU64::new(0),
-            began: Instant::now(),
-            setup_bytes: AtomicU64::new(n as u64),
-            closed: std::sync::atomic::AtomicBool::new(false),
-        });
+        let facts = live::accepted(client, info.label.clone(), info.addr, Protocol::Udp);
+        let live = shared.sessions.register(facts, shared.force_close.clone(), None);
+        live.received(n);
+        let link = Arc::new(Link::new(live, OnceLock::new(), n as u64));
         let (queue, queued) = mpsc::channel(SETUP_QUEUE);
         let first = datagram.to_vec();
         t.sessions.insert(client, Entry { link: link.clone(), queue, generation: t.generation });
@@ -339,11 +334,16 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
     let mut setup = Setup::new(snap, ctx.client, ctx.local, label, Protocol::Udp, CloseReason::IdleTimeout);
     let mut pending = vec![first];
     let mut closing = ctx.closing.clone();
+    let live = &ctx.link.live;
     let opened = tokio::select! {
         biased;
         _ = closing.wait_for(|v| *v) => {
             Err(Fail::new(Status::Unavailable, CloseReason::Shutdown, "the listener is stopping".to_owned()))
         }
+        killed = ctx.shared.force_close.closed_or_killed(live) => Err(match killed {
+            true => Fail::new(Status::Unavailable, CloseReason::ClosedByAdmin, None),
+            false => Fail::new(Status::Unavailable, CloseReason::Shutdown, None),
+        }),
         r = setup.open(&ctx, &mut pending, &mut queued) => r,
     };
     match opened {
@@ -361,6 +361,10 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             end(&ctx, rec, plugged, (0, 0), ctx.link.began, Duration::ZERO);
         }
         Ok((upstream, idle, in_use)) => {
+            setup.publish(live);
+            let target = in_use.as_ref().map(|u| u.target().clone());
+            live.learn(|f| f.target = target);
+            live.relaying();
             let (mut rec, plugged) = setup.finish();
             rec.connected_after = Some(ctx.link.began.elapsed());
             let _ = ctx.link.upstream.set(upstream.clone());
@@ -433,20 +437,22 @@ async fn relaying(
         // logs it where it ends. Its table entry goes with the listener.
         if let Ok(fd) = upstream.as_fd().try_clone_to_owned() {
             let now = Instant::now();
-            let last = ctx.link.began + Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
+            let last = ctx.link.live.last_activity();
+            let from_client = ctx.link.live.received_counts();
             rec.duration = before + since.elapsed();
-            rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
+            rec.bytes_received = from_client.1;
             rec.bytes_sent = to_client.1;
             let flow = Flow {
                 upstream: fd,
                 listener: ctx.listener.key.clone(),
                 idle,
                 idle_left: (last + idle).saturating_duration_since(now),
-                from_client: (ctx.link.from_client.load(Ordering::Relaxed), rec.bytes_received),
+                from_client,
                 to_client,
                 carried: Carried::from(plugged.as_deref()),
                 record: rec,
                 alive: Some(alive),
+                id: ctx.link.live.id(),
             };
             let _ = ctx.parked.send((ctx.generation, flow));
             return;
@@ -469,10 +475,11 @@ fn end(
     ctx.link.closed.store(true, Ordering::Release);
     let _ = ctx.ended.send((ctx.client, ctx.generation));
     rec.duration = before + since.elapsed();
-    rec.bytes_received = ctx.link.from_client_bytes.load(Ordering::Relaxed);
+    let from_client = ctx.link.live.received_counts();
+    rec.bytes_received = from_client.1;
     rec.bytes_sent = to_client.1;
-    rec.datagrams = Some((ctx.link.from_client.load(Ordering::Relaxed), to_client.0));
-    stages::log(&ctx.shared, plugged, rec);
+    rec.datagrams = Some((from_client.0, to_client.0));
+    stages::log(&ctx.shared, plugged, rec, &ctx.link.live);
 }
 
 type Opened = (Arc<UdpSocket>, Duration, Option<InUse>);
@@ -601,19 +608,17 @@ async fn relay(
     mut report: Option<Report<'_>>,
 ) -> CloseReason {
     let force = &ctx.shared.force_close;
+    let live = &ctx.link.live;
     let mut closing = ctx.closing.clone();
     // Made once, not per datagram: each would register a waiter (a lock).
     let stop = async {
         tokio::select! {
-            _ = force.closed() => {}
-            _ = closing.wait_for(|v| *v) => {}
+            killed = force.closed_or_killed(live) => killed,
+            _ = closing.wait_for(|v| *v) => false,
         }
     };
     tokio::pin!(stop);
-    let deadline = |ctx: &Ctx| {
-        let last = Duration::from_millis(ctx.link.last_active_ms.load(Ordering::Relaxed));
-        ctx.link.began + last + idle
-    };
+    let deadline = |ctx: &Ctx| ctx.link.live.last_activity() + idle;
     // The idle timer is not moved on every datagram: when it fires it
     // re-arms from the last activity or ends the session (as the TCP relay).
     let timer = tokio::time::sleep_until(deadline(ctx));
@@ -623,7 +628,9 @@ async fn relay(
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => return CloseReason::Shutdown,
+            killed = &mut stop => {
+                return if killed { CloseReason::ClosedByAdmin } else { CloseReason::Shutdown };
+            }
             _ = &mut timer => {
                 let at = deadline(ctx);
                 if Instant::now() >= at {
@@ -639,7 +646,7 @@ async fn relay(
                 }
             } => {
                 if let (Some(r), Some(t)) = (report.as_mut(), tick.as_mut()) {
-                    (r.call)(ctx.link.from_client_bytes.load(Ordering::Relaxed), to_client.1);
+                    (r.call)(live.received_counts().1, to_client.1);
                     t.as_mut().reset(Instant::now() + r.every);
                 }
                 continue;
@@ -661,9 +668,9 @@ async fn relay(
         });
         match sent {
             Ok(Some(n)) => {
-                ctx.link.touch();
                 to_client.0 += 1;
                 to_client.1 += n as u64;
+                live.to_client(to_client.0, to_client.1);
             }
             Ok(None) => {}
             // ICMP port unreachable from the upstream: it is not listening.

@@ -21,6 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use strait_model::{Config, Endpoint, IpMatch, Protocol, Route, RouteIdx, SniPattern};
 
+mod explain;
+pub use explain::{Candidate, explain, sni_matches, winner};
+
 /// What the proxy knows about a session's transport when it asks for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnKind {

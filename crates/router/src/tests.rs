@@ -181,38 +181,9 @@ fn ipv6_entries_never_match_ipv4_sessions() {
 
 // --- property test against a naive, linear reference matcher ---
 
-fn sni_matches(p: &SniPattern, sni: Option<&str>) -> bool {
-    let Some(s) = sni else { return false };
-    match p {
-        SniPattern::Exact(x) => s == x,
-        SniPattern::Suffix(x) => s.ends_with(&format!(".{x}")),
-        SniPattern::Prefix(x) => s.starts_with(&format!("{x}.")),
-        SniPattern::Any => true,
-    }
-}
-
+/// The linear reference: the route tester's walk (`explain.rs`).
 fn naive(config: &Config, kind: ConnKind, f: &Facts<'_>) -> Option<(RouteIdx, Rank)> {
-    let mut best: Option<(RouteIdx, Rank)> = None;
-    for (order, route) in config.routes.iter().enumerate() {
-        if !route.protocols.is_stream() || !serves(route, kind) {
-            continue;
-        }
-        if route.service.is_some_and(|s| !config.services[s.0].enabled) {
-            continue;
-        }
-        for (s, d, n) in clauses(route) {
-            let ok = s.is_none_or(|e| e.matches(f.src.ip(), f.src.port()))
-                && d.is_none_or(|e| e.matches(f.dst.ip(), f.dst.port()))
-                && n.is_none_or(|p| sni_matches(p, f.sni));
-            if ok {
-                let rank = clause_rank(priority(route), order, s, d, n);
-                if best.is_none_or(|(_, b)| rank > b) {
-                    best = Some((RouteIdx(order), rank));
-                }
-            }
-        }
-    }
-    best
+    winner(&explain(config, kind, f))
 }
 
 const IPS: [&str; 8] = ["10.0.0.1", "10.0.0.2", "10.1.2.3", "127.0.0.1", "::1", "fd00::1", "10.0.0.0/8", "10.0.0.0/24"];
@@ -282,6 +253,10 @@ proptest! {
             for kind in [ConnKind::Plain, ConnKind::TlsOnPlain, ConnKind::TlsOnSsl, ConnKind::Udp] {
                 let kind_facts = if kind == ConnKind::Plain { Facts { sni: None, ..f } } else { f };
                 prop_assert_eq!(router.find_ranked(kind, &kind_facts), naive(&cfg, kind, &kind_facts));
+                // A candidate that did not match says which field kept it out.
+                for c in explain(&cfg, kind, &kind_facts) {
+                    prop_assert_eq!(c.matched, c.mismatched.is_empty(), "{:?}", c);
+                }
             }
             // When the router says the first bytes cannot matter, they must
             // not: a TLS client with any SNI gets the plain answer.

@@ -84,6 +84,8 @@ pub(crate) struct Serving<'a> {
     pub(crate) stats: Arc<strait_proxy::Stats>,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) generation: Arc<Generation>,
+    pub(crate) sessions: Arc<strait_proxy::live::Registry>,
+    pub(crate) tester: strait_proxy::RouteTester,
 }
 
 impl Bound {
@@ -103,6 +105,8 @@ impl Bound {
             token: s.settings.admin_token.clone(),
             info,
             generation: s.generation,
+            sessions: s.sessions,
+            tester: s.tester,
         });
         let mut addrs = Vec::new();
         let mut sockets = Vec::new();

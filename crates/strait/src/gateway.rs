@@ -165,7 +165,11 @@ fn run(conf: Option<&Path>, mut takeover: Option<&mut upgrade::Takeover>) -> Res
             }
         };
         let counts = app::summary(&control.current().config);
-        let options = SessionOptions { adopting: takeover.is_some(), ..session_options(&settings) };
+        let options = SessionOptions {
+            adopting: takeover.is_some(),
+            generation: generation.number,
+            ..session_options(&settings)
+        };
         let proxy = Proxy::start(listeners, snapshot, logger.clone(), timeouts(&settings), options)?;
         if let Some(t) = takeover.as_deref() {
             proxy.stats().carry_over(t.counts());
@@ -184,6 +188,8 @@ fn run(conf: Option<&Path>, mut takeover: Option<&mut upgrade::Takeover>) -> Res
             stats: proxy.stats(),
             tls: admin_tls,
             generation: generation.clone(),
+            sessions: proxy.sessions(),
+            tester: proxy.tester(),
         })?;
         let (stop, _) = tokio::sync::watch::channel(false);
         if control.store().is_some_and(Store::is_shared) {
@@ -294,6 +300,8 @@ fn session_options(s: &Settings) -> SessionOptions {
         udp_max_sessions: s.udp_max_sessions,
         stream_max_pending: s.stream_max_pending,
         adopting: false,
+        // Only read at the start, where it is set.
+        generation: 1,
     }
 }
 
@@ -647,6 +655,8 @@ impl Gateway {
                     stats: self.proxy.stats(),
                     tls: admin_tls,
                     generation: self.generation.clone(),
+                    sessions: self.proxy.sessions(),
+                    tester: self.proxy.tester(),
                 })
                 .map_err(one)?;
             std::mem::replace(&mut self.admin, next).stop();

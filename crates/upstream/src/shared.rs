@@ -61,6 +61,8 @@ pub(crate) struct DnsState {
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
+    /// The target it belongs to, as `host:port` (what sessions list).
+    pub(crate) target: Arc<str>,
     /// The target's host name (for upstream SNI), unless it is an IP address.
     pub(crate) hostname: Option<Arc<str>>,
     /// The SRV record's target name, used as SNI with `use_srv_name`.
@@ -77,9 +79,15 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(addr: SocketAddr, hostname: Option<Arc<str>>, srv: Option<(u16, Arc<str>)>) -> Endpoint {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        target: Arc<str>,
+        hostname: Option<Arc<str>>,
+        srv: Option<(u16, Arc<str>)>,
+    ) -> Endpoint {
         Endpoint {
             addr,
+            target,
             hostname,
             srv_weight: AtomicU32::new(srv.as_ref().map_or(0, |(w, _)| u32::from(*w))),
             srv_name: srv.map(|(_, n)| n),
@@ -121,6 +129,11 @@ impl InUse {
         ep.active.fetch_add(1, Ordering::Relaxed);
         InUse(ep)
     }
+
+    /// The target (`host:port`) of the address in use.
+    pub fn target(&self) -> &Arc<str> {
+        &self.0.target
+    }
 }
 
 impl Drop for InUse {
@@ -139,8 +152,9 @@ impl Shared {
         }
         let bare = host.trim_matches(|c| c == '[' || c == ']');
         let literal = bare.parse::<IpAddr>().ok();
-        let endpoints =
-            literal.map_or_else(Vec::new, |ip| vec![Arc::new(Endpoint::new(SocketAddr::new(ip, port), None, None))]);
+        let endpoints = literal.map_or_else(Vec::new, |ip| {
+            vec![Arc::new(Endpoint::new(SocketAddr::new(ip, port), format!("{}:{port}", key.0).into(), None, None))]
+        });
         let (resolved, _) = watch::channel(literal.is_some());
         Arc::new(TargetState {
             host: key.0,
@@ -167,6 +181,7 @@ impl TargetState {
     pub(crate) fn set_endpoints(&self, addrs: &[dns::Resolved]) -> bool {
         let old = self.endpoints.load();
         let hostname: Arc<str> = Arc::from(self.host.as_str());
+        let target: Arc<str> = format!("{}:{}", self.host, self.port).into();
         let mut sorted: Vec<&dns::Resolved> = addrs.iter().collect();
         sorted.sort_by_key(|r| r.addr);
         sorted.dedup_by_key(|r| r.addr);
@@ -184,7 +199,7 @@ impl TargetState {
                 None => {
                     changed = true;
                     let srv = r.weight.map(|w| (w, Arc::from(r.name.as_deref().unwrap_or(self.host.as_str()))));
-                    Arc::new(Endpoint::new(r.addr, Some(hostname.clone()), srv))
+                    Arc::new(Endpoint::new(r.addr, target.clone(), Some(hostname.clone()), srv))
                 }
             })
             .collect();

@@ -1,0 +1,383 @@
+//! The open sessions as an Admin API resource, through the real binary:
+//! listing (every protocol, every filter), kill one and in bulk, the event
+//! stream, the route tester against real sessions, and bad parameters.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use test_support::WAIT;
+use test_support::backend::{Backend, UdpBackend, closed_without_data, read_banner, tls_connect};
+use test_support::certs::{TestCa, client_config, server_config};
+use test_support::gateway::{Gateway, GatewayConfig, certificate_yaml};
+use test_support::http::{get, request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strait"))
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+struct Setup {
+    gw: Gateway,
+    admin: SocketAddr,
+    tcp: u16,
+    udp: u16,
+    ca: TestCa,
+    plain: Backend,
+    _pass: Backend,
+    _udp: UdpBackend,
+}
+
+/// One plain port serving a `tcp` route (clients from 127.0.0.1), a `tls`
+/// route (term.test) and a passthrough one (pass.test), and a `udp` port.
+async fn setup() -> Setup {
+    let ca = TestCa::new("sessions CA");
+    let plain = Backend::plain("plain").await;
+    let pass = Backend::tls("passed", server_config(&ca.leaf(&["pass.test"]), None)).await;
+    let udp_backend = UdpBackend::start("u").await;
+    let (tcp, udp, admin_port) = (test_support::free_port(), test_support::free_port(), test_support::free_port());
+    let yaml = format!(
+        r#"_format_version: "3.0"
+certificates:
+{}upstreams:
+- name: pool
+  targets:
+  - target: {plain}
+services:
+- name: plain-svc
+  host: pool
+  port: 1
+  protocol: tcp
+  routes:
+  - name: plain-route
+    protocols: [tcp]
+    sources: [{{ip: 127.0.0.1}}]
+- name: term-svc
+  url: tcp://{plain}
+  routes:
+  - name: term-route
+    protocols: [tls]
+    snis: [term.test]
+- name: pass-svc
+  url: tcp://{pass}
+  routes:
+  - name: pass-route
+    protocols: [tls_passthrough]
+    snis: [pass.test]
+- name: udp-svc
+  url: udp://{udp_up}
+  routes:
+  - name: udp-route
+    protocols: [udp]
+    destinations: [{{port: {udp}}}]
+"#,
+        certificate_yaml(&ca.leaf(&["term.test"]), &["term.test"]),
+        plain = plain.addr,
+        pass = pass.addr,
+        udp_up = udp_backend.addr,
+    );
+    let cfg = GatewayConfig::new(format!("127.0.0.1:{tcp}, 127.0.0.1:{udp} udp"), yaml)
+        .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\""))
+        .setting("tls_detect_timeout", "\"300ms\"");
+    let gw = Gateway::start(bin(), cfg);
+    Setup { gw, admin: addr(admin_port), tcp, udp, ca, plain, _pass: pass, _udp: udp_backend }
+}
+
+async fn sessions(admin: SocketAddr, query: &str) -> Vec<Value> {
+    let r = get(admin, &format!("/sessions{query}")).await;
+    assert_eq!(r.status, 200, "GET /sessions{query}: {}", String::from_utf8_lossy(&r.body));
+    r.json()["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls (bounded) until `/sessions{query}` lists `n` sessions.
+async fn wait_sessions(admin: SocketAddr, query: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = sessions(admin, query).await;
+        if list.len() == n {
+            return list;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{query}: wanted {n} sessions, have {list:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn plain_session(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(addr(port)).await.expect("connect");
+    // Past tls_detect_timeout the plain route serves it.
+    assert_eq!(read_banner(&mut s).await.expect("banner"), "plain");
+    s.write_all(b"hello").await.expect("send");
+    let mut back = [0u8; 5];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back)).await.expect("echo in time").expect("echo");
+    s
+}
+
+fn by_protocol<'a>(list: &'a [Value], p: &str) -> &'a Value {
+    list.iter().find(|s| s["protocol"] == p).unwrap_or_else(|| panic!("no {p} session in {list:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_every_protocol_are_listed_filtered_and_gone_when_they_end() {
+    let st = setup().await;
+    let plain = plain_session(st.tcp).await;
+    let mut term = tls_connect(addr(st.tcp), "term.test", client_config(&st.ca)).await.expect("tls");
+    assert_eq!(read_banner(&mut term).await.expect("banner"), "plain");
+    let mut pass = tls_connect(addr(st.tcp), "pass.test", client_config(&st.ca)).await.expect("passthrough");
+    assert_eq!(read_banner(&mut pass).await.expect("banner"), "passed");
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp bind");
+    udp.send_to(b"ping", addr(st.udp)).await.expect("udp send");
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(WAIT, udp.recv_from(&mut buf)).await.expect("udp reply").expect("recv");
+    assert_eq!(&buf[..n], b"u:ping");
+
+    let list = wait_sessions(st.admin, "?state=relaying", 4).await;
+    let t = by_protocol(&list, "tcp");
+    assert_eq!(t["route"]["name"], "plain-route");
+    assert_eq!(t["service"]["name"], "plain-svc");
+    assert_eq!(t["upstream"]["name"], "pool");
+    assert_eq!(t["upstream"]["address"], st.plain.addr.to_string());
+    assert_eq!(t["upstream"]["target"], st.plain.addr.to_string());
+    assert_eq!(t["client"]["ip"], "127.0.0.1");
+    assert_eq!(t["client"]["port"], plain.local_addr().expect("local").port());
+    assert_eq!(t["server"]["port"], st.tcp);
+    assert_eq!(t["bytes"]["received"], 5, "{t}");
+    assert_eq!(t["bytes"]["sent"], 11, "banner and echo: {t}");
+    assert_eq!(t["tries"], 1);
+    assert!(t["started_at"].as_u64().is_some_and(|s| s > 1_700_000_000_000), "{t}");
+    assert!(t["last_activity_at"].as_u64() >= t["started_at"].as_u64(), "{t}");
+    let tls = by_protocol(&list, "tls");
+    assert_eq!(tls["sni"], "term.test");
+    assert_eq!(tls["route"]["name"], "term-route");
+    assert!(tls["tls"]["version"].as_str().is_some_and(|v| v.starts_with("TLS")), "{tls}");
+    assert!(tls["tls"]["cipher"].as_str().is_some_and(|c| !c.is_empty()), "{tls}");
+    let p = by_protocol(&list, "tls_passthrough");
+    assert_eq!(p["sni"], "pass.test");
+    assert!(p["tls"].is_null(), "not terminated: {p}");
+    let u = by_protocol(&list, "udp");
+    assert_eq!(u["route"]["name"], "udp-route");
+    assert_eq!(u["datagrams"]["received"], 1, "{u}");
+    assert_eq!(u["datagrams"]["sent"], 1, "{u}");
+
+    // One session by id; each filter alone.
+    let one = get(st.admin, &format!("/sessions/{}", t["id"])).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["id"], t["id"]);
+    for (query, want) in [
+        ("?protocol=tcp", "tcp"),
+        ("?route=term-route", "tls"),
+        ("?service=pass-svc", "tls_passthrough"),
+        ("?upstream=pool", "tcp"),
+        ("?sni=PASS.test", "tls_passthrough"),
+        ("?protocol=udp&client=127.0.0.0/8", "udp"),
+    ] {
+        let got = sessions(st.admin, query).await;
+        assert!(got.iter().all(|s| s["protocol"] == want) && !got.is_empty(), "{query}: {got:#?}");
+    }
+    // The terminated session's service points at the same address.
+    let to_plain = sessions(st.admin, &format!("?target={}", st.plain.addr)).await;
+    assert_eq!(to_plain.len(), 2, "{to_plain:#?}");
+    assert!(to_plain.iter().all(|s| s["upstream"]["address"] == st.plain.addr.to_string()));
+    assert_eq!(sessions(st.admin, "?client=10.0.0.0/8").await.len(), 0);
+    assert_eq!(sessions(st.admin, "?older_than=3600").await.len(), 0);
+    assert_eq!(sessions(st.admin, "?older_than=0&idle_for=0").await.len(), 4);
+    assert_eq!(sessions(st.admin, "?state=setup").await.len(), 0);
+    // Sorted by bytes, most first, paged one at a time.
+    let page = get(st.admin, "/sessions?sort=-bytes&size=1").await.json();
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
+    let next = page["next"].as_str().expect("a next page").to_owned();
+    let second = get(st.admin, &next).await.json();
+    assert!(
+        page["data"][0]["bytes"]["total"].as_u64() >= second["data"][0]["bytes"]["total"].as_u64(),
+        "{page} then {second}"
+    );
+    assert_ne!(page["data"][0]["id"], second["data"][0]["id"]);
+
+    drop(plain);
+    drop(term);
+    drop(pass);
+    wait_sessions(st.admin, "?protocol=tcp", 0).await;
+    wait_sessions(st.admin, "?protocol=tls", 0).await;
+    let gone = get(st.admin, &format!("/sessions/{}", t["id"])).await;
+    assert_eq!(gone.status, 404);
+    drop(st.gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_closes_both_sides_and_is_logged_and_bulk_kills_need_a_filter() {
+    let st = setup().await;
+    let mut victim = plain_session(st.tcp).await;
+    let mut bystander = plain_session(st.tcp).await;
+    let list = wait_sessions(st.admin, "?protocol=tcp", 2).await;
+    let port = victim.local_addr().expect("local").port();
+    let id = list.iter().find(|s| s["client"]["port"] == port).expect("the victim")["id"].clone();
+    let r = request(st.admin, "DELETE", &format!("/sessions/{id}"), None, &[]).await;
+    assert_eq!(r.status, 204);
+    // The client sees the close (the upstream's echo side too: the session is gone).
+    assert!(closed_without_data(&mut victim).await, "the client side closed");
+    st.gw.wait_log(&["reason=\"closed by admin\""]).await;
+    let again = request(st.admin, "DELETE", &format!("/sessions/{id}"), None, &[]).await;
+    assert_eq!(again.status, 404);
+    // The other session is untouched.
+    bystander.write_all(b"still").await.expect("send");
+    let mut back = [0u8; 5];
+    tokio::time::timeout(WAIT, bystander.read_exact(&mut back)).await.expect("in time").expect("echo");
+
+    // Bulk: refused without a filter, counted with dry_run, then done.
+    let refused = request(st.admin, "DELETE", "/sessions", None, &[]).await;
+    assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    let dry = request(st.admin, "DELETE", "/sessions?route=plain-route&dry_run=true", None, &[]).await;
+    assert_eq!(dry.json()["count"], 1, "{}", dry.json());
+    assert_eq!(sessions(st.admin, "?route=plain-route").await.len(), 1, "a dry run closes nothing");
+    let done = request(st.admin, "DELETE", "/sessions?route=plain-route", None, &[]).await;
+    assert_eq!(done.json()["count"], 1);
+    assert!(closed_without_data(&mut bystander).await);
+    wait_sessions(st.admin, "", 0).await;
+    let all = request(st.admin, "DELETE", "/sessions?all=true", None, &[]).await;
+    assert_eq!(all.json()["count"], 0);
+    let metrics = String::from_utf8_lossy(&get(st.admin, "/metrics").await.body).into_owned();
+    assert!(metrics.contains("strait_sessions_closed_by_admin_total 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_400s_naming_the_parameter() {
+    let st = setup().await;
+    for (query, param) in [
+        ("/sessions?colour=red", "colour"),
+        ("/sessions?client=10.0.0.0/40", "client"),
+        ("/sessions?target=10.0.0.1", "target"),
+        ("/sessions?older_than=-5", "older_than"),
+        ("/sessions?idle_for=soon", "idle_for"),
+        ("/sessions?sort=colour", "sort"),
+        ("/sessions/events?state=gone", "state"),
+        ("/router/match?protocol=tls&source=1.2.3.4&destination=127.0.0.1:1", "source"),
+        ("/router/match?protocol=tcp&source=1.2.3.4:1&destination=127.0.0.1:1&sni=a", "sni"),
+    ] {
+        let r = get(st.admin, query).await;
+        assert_eq!(r.status, 400, "{query}");
+        assert!(r.json()["fields"].get(param).is_some(), "{query}: {}", r.json());
+    }
+    let r = request(st.admin, "DELETE", "/sessions?client=nope", None, &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(get(st.admin, "/sessions/notanumber").await.status, 404);
+    assert_eq!(get(st.admin, "/sessions?size=0").await.status, 400);
+}
+
+/// Reads server-sent events from a raw connection until `n` arrived.
+async fn read_events(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Vec<(String, Value)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = String::from_utf8_lossy(buf).into_owned();
+        let events: Vec<(String, Value)> = text
+            .split("\n\n")
+            .filter_map(|block| {
+                let kind = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+                Some((kind.to_owned(), serde_json::from_str(data).ok()?))
+            })
+            .collect();
+        if events.len() >= n {
+            return events;
+        }
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let got = tokio::time::timeout(left, s.read(&mut chunk)).await;
+        let Ok(Ok(k)) = got else { panic!("only {} events: {text}", events.len()) };
+        assert!(k > 0, "the stream ended: {text}");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_opens_and_closes_in_order_and_drops_a_reader_that_stops() {
+    let st = setup().await;
+    let subscribe = |query: &'static str| async move {
+        let mut s = TcpStream::connect(st.admin).await.expect("admin");
+        s.write_all(format!("GET /sessions/events{query} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.expect("ask");
+        s
+    };
+    let mut watcher = subscribe("?protocol=tcp").await;
+    let mut buf = Vec::new();
+    // The stream is open once its first comment arrives.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(&buf).contains(": sessions") {
+        let mut chunk = [0u8; 1024];
+        let k = tokio::time::timeout_at(deadline, watcher.read(&mut chunk)).await.expect("stream opens").expect("read");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    // A reader that never reads, subscribed before the traffic.
+    let stalled = subscribe("").await;
+    let s = plain_session(st.tcp).await;
+    drop(s);
+    let events = read_events(&mut watcher, &mut buf, 2).await;
+    assert_eq!(events[0].0, "open");
+    assert_eq!(events[1].0, "close");
+    assert_eq!(events[0].1["session"]["id"], events[1].1["session"]["id"]);
+    assert_eq!(events[0].1["session"]["route"]["name"], "plain-route");
+    assert_eq!(events[1].1["record"]["reason"], "client closed");
+    assert_eq!(events[1].1["record"]["bytes_received"], 5);
+    // Many more sessions: the stalled reader falls behind and is dropped,
+    // the sessions never wait for it and the watcher goes on.
+    for _ in 0..300 {
+        let mut c = TcpStream::connect(addr(st.tcp)).await.expect("connect");
+        // Not TLS: routed at once, without waiting out tls_detect_timeout.
+        c.write_all(b"x").await.expect("send");
+        assert_eq!(read_banner(&mut c).await.expect("banner"), "plain");
+    }
+    let events = read_events(&mut watcher, &mut buf, 4).await;
+    assert!(events.iter().skip(2).all(|(k, e)| k == "open" || e["record"].is_object()));
+    drop(stalled);
+    drop(st.gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_tester_agrees_with_real_sessions() {
+    let st = setup().await;
+    let probe = |q: String| async move {
+        let r = get(st.admin, &format!("/router/match?{q}")).await;
+        assert_eq!(r.status, 200, "{q}: {}", String::from_utf8_lossy(&r.body));
+        r.json()
+    };
+    let d = format!("127.0.0.1:{}", st.tcp);
+    let tcp = probe(format!("protocol=tcp&source=127.0.0.1:5000&destination={d}")).await;
+    assert_eq!(tcp["route"]["name"], "plain-route");
+    assert_eq!(tcp["tls_detect"]["waits_for_client_hello"], true, "{tcp}");
+    assert_eq!(tcp["tls_detect"]["timeout_ms"], 300);
+    let names: Vec<&str> =
+        tcp["candidates"].as_array().expect("candidates").iter().filter_map(|c| c["route"]["name"].as_str()).collect();
+    assert_eq!(names, ["plain-route"], "{tcp}");
+    let tls = probe(format!("protocol=tls&source=127.0.0.1:5000&destination={d}&sni=term.test")).await;
+    assert_eq!(tls["route"]["name"], "term-route");
+    assert_eq!(tls["protocol"], "tls");
+    let pass = probe(format!("protocol=tls_passthrough&source=127.0.0.1:5000&destination={d}&sni=pass.test")).await;
+    assert_eq!(pass["route"]["name"], "pass-route");
+    assert_eq!(pass["protocol"], "tls_passthrough");
+    // Considered first (declared first, same rank), and passed over.
+    let first = &pass["candidates"][0];
+    assert_eq!(first["route"]["name"], "term-route", "{pass}");
+    assert_eq!(first["matched"], false);
+    assert_eq!(pass["candidates"][1]["route"]["name"], "pass-route", "{pass}");
+    let other =
+        pass["candidates"].as_array().and_then(|c| c.iter().find(|c| c["route"]["name"] == "term-route")).cloned();
+    assert_eq!(other.map(|c| c["mismatched"].clone()), Some(serde_json::json!(["snis"])));
+    let miss = probe(format!("protocol=tcp&source=10.9.9.9:5000&destination={d}")).await;
+    assert!(miss["route"].is_null());
+    assert!(miss["reason"].as_str().is_some(), "{miss}");
+    let udp = probe(format!("protocol=udp&source=127.0.0.1:5000&destination=127.0.0.1:{}", st.udp)).await;
+    assert_eq!(udp["route"]["name"], "udp-route");
+    assert_eq!(udp["listener"]["udp"], true);
+
+    // Real sessions go where the tester said.
+    let s = plain_session(st.tcp).await;
+    let mut t = tls_connect(addr(st.tcp), "term.test", client_config(&st.ca)).await.expect("tls");
+    read_banner(&mut t).await.expect("banner");
+    let list = wait_sessions(st.admin, "?state=relaying", 2).await;
+    assert_eq!(by_protocol(&list, "tcp")["route"], tcp["route"]);
+    assert_eq!(by_protocol(&list, "tls")["route"], tls["route"]);
+    drop((s, t));
+}
