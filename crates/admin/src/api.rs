@@ -262,6 +262,28 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             };
             health::set(req.control().upstreams().set_health(up, &target.to_string(), address, healthy))
         }
+        ["upstreams", u, "targets", t, "drain"] => {
+            let cur = req.control().current();
+            let up_doc = find(&cur, K::Upstreams, u, None).ok_or_else(ApiError::not_found)?;
+            let up = health::uuid_of(up_doc).ok_or_else(ApiError::not_found)?;
+            let target = find(&cur, K::Targets, t, Some(("upstream", id_of(up_doc))))
+                .and_then(health::uuid_of)
+                .ok_or_else(ApiError::not_found)?
+                .to_string();
+            let targets = &req.state.targets;
+            match *m {
+                Method::POST => {
+                    let (timeout, then) = sessions::drain_request(&req.object()?, req.query)?;
+                    sessions::drain_reply(targets.drain(up, &target, timeout, then), StatusCode::OK)
+                }
+                Method::GET => sessions::drain_reply(targets.view(up, &target), StatusCode::OK),
+                Method::DELETE => {
+                    targets.undrain(up, &target).map_err(|_| ApiError::not_found())?;
+                    Ok(StatusCode::NO_CONTENT.into_response())
+                }
+                _ => Err(ApiError::method_not_allowed()),
+            }
+        }
         ["upstreams", u, "targets", "all"] => {
             only(m, &[Method::GET])?;
             let cur = req.control().current();

@@ -74,6 +74,8 @@ pub struct AdminState {
     pub sessions: Arc<strait_proxy::live::Registry>,
     /// `/router/match`.
     pub tester: strait_proxy::RouteTester,
+    /// `/upstreams/{u}/targets/{t}/drain`.
+    pub targets: Arc<strait_proxy::targets::Targets>,
 }
 
 /// The Admin API as an axum router.

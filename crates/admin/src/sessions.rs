@@ -17,10 +17,12 @@ use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use ipnet::IpNet;
-use serde_json::{Map, json};
+use serde_json::{Map, Value, json};
 use strait_model::Protocol;
 use strait_proxy::live::{Event, Filter, Registry, State, View, now_ms};
+use strait_proxy::targets::{DrainView, Then};
 use strait_proxy::{Probe, RouteTester};
+use strait_upstream::SetHealthError;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::api::Reply;
@@ -294,6 +296,47 @@ pub(crate) fn router_match(tester: &RouteTester, query: &[(String, String)]) -> 
     };
     let answer = tester.probe(&Probe { protocol, source, destination, sni });
     Ok((StatusCode::OK, axum::Json(answer)).into_response())
+}
+
+/// A drain's `timeout` (seconds) and `then` (`close`, the default, or
+/// `keep`), from the body or the query.
+pub(crate) fn drain_request(
+    body: &Map<String, Value>,
+    query: &[(String, String)],
+) -> Result<(Option<Duration>, Then), ApiError> {
+    let mut given: Vec<(String, Value)> = body.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    given.extend(query.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))));
+    let (mut timeout, mut then) = (None, Then::Close);
+    for (k, v) in &given {
+        match (k.as_str(), v) {
+            ("timeout", Value::Null) => {}
+            ("timeout", Value::Number(n)) => timeout = Some(seconds("timeout", &n.to_string())?),
+            ("timeout", Value::String(s)) => timeout = Some(seconds("timeout", s)?),
+            ("timeout", _) => return Err(bad("timeout", "expected a number of seconds")),
+            ("then", Value::String(s)) => {
+                then = Then::parse(s).ok_or_else(|| bad("then", "expected one of: close, keep"))?;
+            }
+            ("then", Value::Null) => {}
+            ("then", _) => return Err(bad("then", "expected one of: close, keep")),
+            (other, _) => return Err(bad(other, "unknown field")),
+        }
+    }
+    Ok((timeout, then))
+}
+
+/// A drain's state as the Admin API answers it.
+pub(crate) fn drain_reply(view: Result<DrainView, SetHealthError>, status: StatusCode) -> Reply {
+    let v = view.map_err(|_| ApiError::not_found())?;
+    let body = json!({
+        "target": v.target,
+        "draining": v.draining,
+        "sessions": v.sessions,
+        "started_at": v.started_at,
+        "timeout": v.timeout.map(|t| t.as_secs_f64()),
+        "then": v.then.map(Then::as_str),
+        "closed_at_timeout": v.closed,
+    });
+    Ok((status, axum::Json(body)).into_response())
 }
 
 /// The `/metrics` lines about open sessions: by protocol and state, and

@@ -520,7 +520,63 @@ pub struct Upstream {
     pub client_certificate: Option<CertificateIdx>,
     pub healthchecks: Healthchecks,
     pub use_srv_name: bool,
+    /// Strait: what open sessions do when health checks mark their target
+    /// down (`None`: not set, as `keep`).
+    pub on_target_down: Option<OnTargetDown>,
+    /// Strait: what open sessions do when their target is deleted or set to
+    /// weight 0 (`None`: not set, as `keep`).
+    pub on_target_removed: Option<OnTargetRemoved>,
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `on_target_down`: sessions stay (Kong's behaviour), or close as HAProxy's
+/// `on-marked-down shutdown-sessions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTargetDown {
+    Keep,
+    Close,
+}
+
+impl OnTargetDown {
+    pub const NAMES: [&'static str; 2] = ["keep", "close"];
+
+    pub fn parse(s: &str) -> Option<OnTargetDown> {
+        match s {
+            "keep" => Some(OnTargetDown::Keep),
+            "close" => Some(OnTargetDown::Close),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+/// `on_target_removed`: sessions stay, close at once, or drain (close at
+/// the gateway's `drain_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTargetRemoved {
+    Keep,
+    Close,
+    Drain,
+}
+
+impl OnTargetRemoved {
+    pub const NAMES: [&'static str; 3] = ["keep", "close", "drain"];
+
+    pub fn parse(s: &str) -> Option<OnTargetRemoved> {
+        match s {
+            "keep" => Some(OnTargetRemoved::Keep),
+            "close" => Some(OnTargetRemoved::Close),
+            "drain" => Some(OnTargetRemoved::Drain),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 }
 
 #[derive(Debug, Clone)]

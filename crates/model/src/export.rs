@@ -149,6 +149,13 @@ pub fn upstream(c: &Config, u: &Upstream) -> Value {
         "use_srv_name": u.use_srv_name,
         "healthchecks": u.healthchecks.to_json(),
     }));
+    // Strait's own fields, only when set: a Kong export stays a Kong one.
+    if let Some(d) = u.on_target_down {
+        m.insert("on_target_down".into(), json!(d.as_str()));
+    }
+    if let Some(r) = u.on_target_removed {
+        m.insert("on_target_removed".into(), json!(r.as_str()));
+    }
     for (k, v) in &u.extra {
         m.insert(k.clone(), v.clone());
     }

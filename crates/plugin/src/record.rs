@@ -38,9 +38,12 @@ pub enum CloseReason {
     PendingLimit,
     /// A plugin failed while the session relayed (a panic, or its sandbox).
     PluginFailed,
-    /// Closed through the Admin API (`DELETE /sessions`, a drain's end, a
-    /// target gone).
+    /// Closed through the Admin API (`DELETE /sessions`, a drain's timeout).
     ClosedByAdmin,
+    /// Health checks marked its target down (`on_target_down: close`).
+    TargetDown,
+    /// Its target was deleted or set to weight 0 (`on_target_removed`).
+    TargetRemoved,
 }
 
 impl CloseReason {
@@ -67,6 +70,8 @@ impl CloseReason {
             CloseReason::PendingLimit => "stream_max_pending exceeded",
             CloseReason::PluginFailed => "plugin failed",
             CloseReason::ClosedByAdmin => "closed by admin",
+            CloseReason::TargetDown => "target down",
+            CloseReason::TargetRemoved => "target removed",
         }
     }
 }

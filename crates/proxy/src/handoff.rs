@@ -485,7 +485,7 @@ async fn resume(m: Moving, shared: Arc<Shared>, alive: mpsc::Sender<()>, stay: b
         RelayEnd::Closed { first: Side::Client } => (CloseReason::ClientClosed, None),
         RelayEnd::Closed { first: Side::Upstream } => (CloseReason::UpstreamClosed, None),
         RelayEnd::IdleTimeout => (CloseReason::IdleTimeout, None),
-        RelayEnd::Killed => (CloseReason::ClosedByAdmin, None),
+        RelayEnd::Killed => (live.kill_reason(), None),
         RelayEnd::Error { side: Side::Client, error } => (CloseReason::ClientError, Some(error.to_string())),
         RelayEnd::Error { side: Side::Upstream, error } => (CloseReason::UpstreamError, Some(error.to_string())),
         RelayEnd::Shutdown | RelayEnd::HandOff(_) | RelayEnd::Stopped(_) => (CloseReason::Shutdown, None),

@@ -20,6 +20,7 @@ mod session;
 pub mod snapshot;
 mod splice;
 mod stages;
+pub mod targets;
 mod tester;
 mod udp;
 
@@ -44,6 +45,9 @@ pub use tester::{Probe, RouteTester};
 pub struct Timeouts {
     pub preread: Duration,
     pub tls_detect: Duration,
+    /// `drain_timeout`: how long the sessions of a target removed with
+    /// `on_target_removed: drain` may go on.
+    pub drain: Duration,
 }
 
 /// Session settings that are not timeouts.
@@ -68,6 +72,7 @@ pub struct SessionOptions {
 pub(crate) struct Tunables {
     pub(crate) preread: Duration,
     pub(crate) tls_detect: Duration,
+    pub(crate) drain: Duration,
     pub(crate) trusted_ips: Vec<ipnet::IpNet>,
     pub(crate) stream_max_pending: usize,
 }
@@ -77,6 +82,7 @@ impl Tunables {
         Tunables {
             preread: timeouts.preread,
             tls_detect: timeouts.tls_detect,
+            drain: timeouts.drain,
             trusted_ips: options.trusted_ips.clone(),
             stream_max_pending: options.stream_max_pending,
         }
@@ -247,6 +253,7 @@ struct Common {
     sessions: Arc<live::Registry>,
     /// The listeners accepting, for the route tester.
     listening: Arc<std::sync::RwLock<Vec<Arc<ListenerInfo>>>>,
+    targets: Arc<targets::Targets>,
 }
 
 /// One listener accepting (or stopped, its sessions still open).
@@ -302,12 +309,14 @@ pub struct Proxy {
 
 /// Publishes snapshots to a running proxy; see [`Proxy::swapper`].
 #[derive(Debug, Clone)]
-pub struct Swapper(Arc<ArcSwap<Snapshot>>);
+pub struct Swapper(Arc<ArcSwap<Snapshot>>, Arc<targets::Targets>);
 
 impl Swapper {
     pub fn swap(&self, snapshot: Snapshot) {
         snapshot.activate();
-        self.0.store(Arc::new(snapshot));
+        let old = self.0.swap(Arc::new(snapshot));
+        // Sessions of targets this change removed go as their upstream says.
+        self.1.config_changed(&old.config, &self.0.load().config);
     }
 }
 
@@ -369,16 +378,22 @@ impl Proxy {
         options: SessionOptions,
     ) -> std::io::Result<Proxy> {
         snapshot.activate();
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+        let tunables = Arc::new(ArcSwap::from_pointee(Tunables::new(timeouts, &options)));
+        let sessions = live::Registry::new(options.generation);
+        let targets = targets::Targets::new(sessions.clone(), snapshot.clone(), tunables.clone());
+        targets.watch_downs();
         let common = Common {
-            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            snapshot,
             stats: Arc::new(Stats::default()),
             log,
-            tunables: Arc::new(ArcSwap::from_pointee(Tunables::new(timeouts, &options))),
+            tunables,
             udp_max_sessions: options.udp_max_sessions.max(1),
             handoff: Arc::default(),
             adopting: options.adopting,
-            sessions: live::Registry::new(options.generation),
+            sessions,
             listening: Arc::default(),
+            targets,
         };
         let mut proxy = Proxy { common, signals: Arc::default(), listeners: Vec::new(), retiring: Vec::new() };
         proxy.add(listeners)?;
@@ -522,7 +537,7 @@ impl Proxy {
     /// A handle that publishes snapshots, for the control plane. It holds
     /// nothing else of the proxy, so it never keeps the proxy alive.
     pub fn swapper(&self) -> Swapper {
-        Swapper(self.common.snapshot.clone())
+        Swapper(self.common.snapshot.clone(), self.common.targets.clone())
     }
 
     fn publish_listeners(&self) {
@@ -537,6 +552,11 @@ impl Proxy {
             tunables: self.common.tunables.clone(),
             listening: self.common.listening.clone(),
         }
+    }
+
+    /// Target drains and what sessions do when their target goes.
+    pub fn targets(&self) -> Arc<targets::Targets> {
+        self.common.targets.clone()
     }
 
     /// The open sessions, for the Admin API.

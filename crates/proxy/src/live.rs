@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use strait_model::Protocol;
-use strait_plugin::SessionRecord;
+use strait_plugin::{CloseReason, SessionRecord};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -129,7 +129,8 @@ pub struct Live {
     /// first generation accepted it).
     started_ms: u64,
     relaying: AtomicBool,
-    killed: AtomicBool,
+    /// Why it was closed from outside (`Kill` as a byte); 0 while it was not.
+    killed: AtomicU8,
     /// Bytes from the client and to it.
     up: AtomicU64,
     down: AtomicU64,
@@ -159,7 +160,16 @@ impl Live {
 
     /// Closed from outside (the Admin API).
     pub(crate) fn killed(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
+        self.killed.load(Ordering::Acquire) != 0
+    }
+
+    /// Why it was closed from outside, for its record.
+    pub(crate) fn kill_reason(&self) -> CloseReason {
+        match self.killed.load(Ordering::Acquire) {
+            x if x == Kill::TargetDown as u8 => CloseReason::TargetDown,
+            x if x == Kill::TargetRemoved as u8 => CloseReason::TargetRemoved,
+            _ => CloseReason::ClosedByAdmin,
+        }
     }
 
     /// Edits what is known of the session.
@@ -239,10 +249,17 @@ impl Live {
     /// Closes the session from outside: both sides close at once, and it
     /// is logged as closed by the admin. False when it was closed so already.
     pub fn kill(&self) -> bool {
-        if self.killed.swap(true, Ordering::AcqRel) {
+        self.kill_for(Kill::Admin)
+    }
+
+    /// As [`Live::kill`], saying why.
+    pub fn kill_for(&self, why: Kill) -> bool {
+        if self.killed.compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return false;
         }
-        self.registry.closed_by_admin.fetch_add(1, Ordering::Relaxed);
+        if why == Kill::Admin {
+            self.registry.closed_by_admin.fetch_add(1, Ordering::Relaxed);
+        }
         // The flag is set before the lock: a waker left after this reads it.
         if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
             w.wake();
@@ -258,6 +275,18 @@ impl Live {
             *w = Some(waker.clone());
         }
     }
+}
+
+/// Why a session is closed from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kill {
+    /// The Admin API: `DELETE /sessions`, a drain's timeout.
+    Admin = 1,
+    /// `on_target_down: close`.
+    TargetDown = 2,
+    /// `on_target_removed`.
+    TargetRemoved = 3,
 }
 
 /// A session's place in the registry: dropping it takes the session out.
@@ -276,6 +305,20 @@ impl Live {
     pub(crate) fn ended(&self, rec: &SessionRecord) {
         self.registry.remove(self.id);
         self.registry.close_event(self, rec);
+    }
+
+    /// Whether the session's upstream is entity `upstream` (its id) and its
+    /// target `target`.
+    pub(crate) fn is_on(&self, upstream: &str, target: &str) -> bool {
+        let f = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        f.upstream.as_ref().is_some_and(|u| &*u.id == upstream) && f.target.as_deref() == Some(target)
+    }
+
+    /// Whether the session's upstream is entity `upstream` and it is
+    /// connected to `addr`.
+    pub(crate) fn is_at(&self, upstream: &str, addr: SocketAddr) -> bool {
+        let f = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        f.upstream.as_ref().is_some_and(|u| &*u.id == upstream) && f.address == Some(addr)
     }
 
     /// UDP, a session handed over: the counts it had from the client.
@@ -381,7 +424,7 @@ impl Registry {
             t0: Instant::now(),
             started_ms: unix_ms(started),
             relaying: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
+            killed: AtomicU8::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             dgrams_up: AtomicU64::new(0),

@@ -79,7 +79,7 @@ pub(crate) async fn setup(conn: Accepted) -> SetUp {
     let prepared = tokio::select! {
         biased;
         killed = shared.force_close.closed_or_killed(&live) => Err(match killed {
-            true => Fail::new(Status::Unavailable, CloseReason::ClosedByAdmin, None),
+            true => Fail::new(Status::Unavailable, live.kill_reason(), None),
             false => Fail::new(Status::Unavailable, CloseReason::Shutdown, None),
         }),
         r = setup.run(stream, &listener, &shared, &live) => r,
@@ -482,7 +482,7 @@ pub(crate) async fn serve<F: Future<Output = SetUp>>(setup: Pin<Box<F>>) {
             RelayEnd::Closed { first: Side::Client } => CloseReason::ClientClosed,
             RelayEnd::Closed { first: Side::Upstream } => CloseReason::UpstreamClosed,
             RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
-            RelayEnd::Killed => CloseReason::ClosedByAdmin,
+            RelayEnd::Killed => live.kill_reason(),
             // A hand-off returned above.
             RelayEnd::Shutdown | RelayEnd::HandOff(_) => CloseReason::Shutdown,
             RelayEnd::Error { side, error } => {

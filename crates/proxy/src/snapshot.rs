@@ -259,6 +259,11 @@ impl Snapshot {
         self.routes.iter().find(|r| &*r.label == label)
     }
 
+    /// The process's upstreams (their state outlives snapshots).
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.upstreams
+    }
+
     pub fn service(&self, idx: ServiceIdx) -> Option<&CompiledService> {
         self.services.get(idx.0)
     }

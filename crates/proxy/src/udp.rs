@@ -341,7 +341,7 @@ async fn session(ctx: Ctx, first: Vec<u8>, mut queued: mpsc::Receiver<Vec<u8>>, 
             Err(Fail::new(Status::Unavailable, CloseReason::Shutdown, "the listener is stopping".to_owned()))
         }
         killed = ctx.shared.force_close.closed_or_killed(live) => Err(match killed {
-            true => Fail::new(Status::Unavailable, CloseReason::ClosedByAdmin, None),
+            true => Fail::new(Status::Unavailable, live.kill_reason(), None),
             false => Fail::new(Status::Unavailable, CloseReason::Shutdown, None),
         }),
         r = setup.open(&ctx, &mut pending, &mut queued) => r,
@@ -629,7 +629,7 @@ async fn relay(
         tokio::select! {
             biased;
             killed = &mut stop => {
-                return if killed { CloseReason::ClosedByAdmin } else { CloseReason::Shutdown };
+                return if killed { live.kill_reason() } else { CloseReason::Shutdown };
             }
             _ = &mut timer => {
                 let at = deadline(ctx);

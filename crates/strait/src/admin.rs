@@ -86,6 +86,7 @@ pub(crate) struct Serving<'a> {
     pub(crate) generation: Arc<Generation>,
     pub(crate) sessions: Arc<strait_proxy::live::Registry>,
     pub(crate) tester: strait_proxy::RouteTester,
+    pub(crate) targets: Arc<strait_proxy::targets::Targets>,
 }
 
 impl Bound {
@@ -107,6 +108,7 @@ impl Bound {
             generation: s.generation,
             sessions: s.sessions,
             tester: s.tester,
+            targets: s.targets,
         });
         let mut addrs = Vec::new();
         let mut sockets = Vec::new();

@@ -190,6 +190,7 @@ fn run(conf: Option<&Path>, mut takeover: Option<&mut upgrade::Takeover>) -> Res
             generation: generation.clone(),
             sessions: proxy.sessions(),
             tester: proxy.tester(),
+            targets: proxy.targets(),
         })?;
         let (stop, _) = tokio::sync::watch::channel(false);
         if control.store().is_some_and(Store::is_shared) {
@@ -291,7 +292,7 @@ fn answered(answer: &Value, ok: impl Fn(&Value) -> String) -> Result<()> {
 
 /// The settings the proxy's sessions read.
 fn timeouts(s: &Settings) -> Timeouts {
-    Timeouts { preread: s.preread_timeout, tls_detect: s.tls_detect_timeout }
+    Timeouts { preread: s.preread_timeout, tls_detect: s.tls_detect_timeout, drain: s.drain_timeout }
 }
 
 fn session_options(s: &Settings) -> SessionOptions {
@@ -657,6 +658,7 @@ impl Gateway {
                     generation: self.generation.clone(),
                     sessions: self.proxy.sessions(),
                     tester: self.proxy.tester(),
+                    targets: self.proxy.targets(),
                 })
                 .map_err(one)?;
             std::mem::replace(&mut self.admin, next).stop();

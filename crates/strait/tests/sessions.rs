@@ -381,3 +381,181 @@ async fn the_route_tester_agrees_with_real_sessions() {
     assert_eq!(by_protocol(&list, "tls")["route"], tls["route"]);
     drop((s, t));
 }
+
+/// Upstream `pool` over `targets`, with `extra` upstream fields (YAML lines
+/// at two spaces), served on `port`.
+fn pool(port: u16, targets: &[SocketAddr], extra: &str) -> String {
+    let targets: String = targets.iter().map(|t| format!("  - target: {t}\n")).collect();
+    format!(
+        r#"_format_version: "3.0"
+upstreams:
+- name: pool
+{extra}
+  targets:
+{targets}services:
+- name: svc
+  host: pool
+  port: 1
+  protocol: tcp
+  routes:
+  - name: r
+    protocols: [tcp]
+    destinations: [{{port: {port}}}]
+"#
+    )
+}
+
+fn start_pool(yaml: String, settings: &[(&str, &str)]) -> (Gateway, SocketAddr, u16) {
+    let port = yaml
+        .split("port: ")
+        .last()
+        .and_then(|s| s.split('}').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the route's port");
+    let admin_port = test_support::free_port();
+    let mut cfg = GatewayConfig::new(format!("127.0.0.1:{port}"), yaml)
+        .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\""));
+    for (k, v) in settings {
+        cfg = cfg.setting(k, v);
+    }
+    (Gateway::start(bin(), cfg), addr(admin_port), port)
+}
+
+/// A session that sent bytes at once (no tls_detect wait): its stream and
+/// the backend that serves it.
+async fn session_to(port: u16) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr(port)).await.expect("connect");
+    let name = read_banner(&mut s).await.expect("banner");
+    (s, name)
+}
+
+async fn target_health(admin: SocketAddr, target: SocketAddr) -> String {
+    let report = get(admin, "/upstreams/pool/health").await.json();
+    report["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|t| t["target"] == target.to_string()))
+        .and_then(|t| t["health"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_takes_no_new_sessions_reports_progress_and_closes_the_rest_at_its_timeout() {
+    let (a, b) = (Backend::plain("a").await, Backend::plain("b").await);
+    let (gw, admin, port) = start_pool(pool(test_support::free_port(), &[a.addr, b.addr], ""), &[]);
+    // Round-robin: two sessions, one on each.
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for _ in 0..4 {
+        let (s, name) = session_to(port).await;
+        if name == "a" { on_a.push(s) } else { on_b.push(s) }
+    }
+    assert_eq!((on_a.len(), on_b.len()), (2, 2));
+    let path = format!("/upstreams/pool/targets/{}/drain", a.addr);
+    let started = request(admin, "POST", &format!("{path}?timeout=1.5&then=close"), None, &[]).await;
+    assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
+    assert_eq!(started.json()["sessions"], 2, "{}", started.json());
+    assert_eq!(started.json()["draining"], true);
+    assert_eq!(target_health(admin, a.addr).await, "DRAINING");
+    // New sessions all go to b.
+    for _ in 0..4 {
+        let (s, name) = session_to(port).await;
+        assert_eq!(name, "b");
+        on_b.push(s);
+    }
+    // One session on a ends by itself: the count goes down.
+    drop(on_a.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while get(admin, &path).await.json()["sessions"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", get(admin, &path).await.json());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // At the timeout the rest is closed; b's sessions are untouched.
+    let mut last = on_a.pop().expect("one left");
+    assert!(closed_without_data(&mut last).await, "closed at the drain's timeout");
+    let progress = get(admin, &path).await.json();
+    assert_eq!(progress["sessions"], 0, "{progress}");
+    assert_eq!(progress["closed_at_timeout"], 1, "{progress}");
+    gw.wait_log(&["reason=\"closed by admin\""]).await;
+    for s in &mut on_b {
+        s.write_all(b"x").await.expect("b's sessions go on");
+        let mut one = [0u8; 1];
+        tokio::time::timeout(WAIT, s.read_exact(&mut one)).await.expect("in time").expect("echo");
+    }
+    // Ending the drain: a takes sessions again.
+    assert_eq!(request(admin, "DELETE", &path, None, &[]).await.status, 204);
+    assert_ne!(target_health(admin, a.addr).await, "DRAINING");
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(session_to(port).await.1);
+    }
+    assert!(names.iter().any(|n| n == "a"), "{names:?}");
+    // Bad input names the field.
+    let bad = request(admin, "POST", &format!("{path}?then=later"), None, &[]).await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["fields"].get("then").is_some(), "{}", bad.json());
+    assert_eq!(request(admin, "POST", "/upstreams/pool/targets/10.9.9.9:1/drain", None, &[]).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_target_down_close_ends_the_sessions_of_a_target_an_active_check_ejects() {
+    let (a, b) = (Backend::plain("a").await, Backend::plain("b").await);
+    let checks = r#"  on_target_down: close
+  healthchecks:
+    active:
+      type: tcp
+      timeout: 1
+      healthy: {interval: 0.2, successes: 1}
+      unhealthy: {interval: 0.2, tcp_failures: 1, timeouts: 1}"#;
+    let (a_addr, b_addr) = (a.addr, b.addr);
+    let (gw, admin, port) = start_pool(pool(test_support::free_port(), &[a_addr, b_addr], checks), &[]);
+    let (mut to_a, mut to_b) = (None, None);
+    while to_a.is_none() || to_b.is_none() {
+        let (s, name) = session_to(port).await;
+        if name == "a" { to_a = Some(s) } else { to_b = Some(s) }
+    }
+    let (mut to_a, mut to_b) = (to_a.expect("a"), to_b.expect("b"));
+    // a stops accepting (its open connection stays): the probe ejects it.
+    drop(a);
+    assert!(closed_without_data(&mut to_a).await, "the session to a closed when a was marked down");
+    assert_eq!(target_health(admin, a_addr).await, "UNHEALTHY");
+    gw.wait_log(&["reason=\"target down\""]).await;
+    to_b.write_all(b"y").await.expect("b's session goes on");
+    let mut one = [0u8; 1];
+    tokio::time::timeout(WAIT, to_b.read_exact(&mut one)).await.expect("in time").expect("echo");
+    // The field is exported only when set.
+    let exported = get(admin, "/upstreams/pool").await.json();
+    assert_eq!(exported["on_target_down"], "close");
+    assert!(exported.get("on_target_removed").is_none(), "{exported}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_target_removed_drain_keeps_sessions_until_drain_timeout() {
+    let (a, b) = (Backend::plain("a").await, Backend::plain("b").await);
+    let port = test_support::free_port();
+    let yaml = pool(port, &[a.addr, b.addr], "  on_target_removed: drain");
+    let (gw, admin, _) = start_pool(yaml, &[("drain_timeout", "1")]);
+    let (mut to_a, mut to_b) = (None, None);
+    while to_a.is_none() || to_b.is_none() {
+        let (s, name) = session_to(port).await;
+        if name == "a" { to_a = Some(s) } else { to_b = Some(s) }
+    }
+    let (mut to_a, mut to_b) = (to_a.expect("a"), to_b.expect("b"));
+    // a is deleted: its session goes on for now, new ones go to b.
+    let without_a = pool(port, &[b.addr], "  on_target_removed: drain");
+    let r = request(admin, "POST", "/config", Some(("application/x-yaml", without_a.as_bytes())), &[]).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    to_a.write_all(b"z").await.expect("still open");
+    let mut one = [0u8; 1];
+    tokio::time::timeout(WAIT, to_a.read_exact(&mut one))
+        .await
+        .expect("in time")
+        .expect("echo right after the removal");
+    assert_eq!(session_to(port).await.1, "b");
+    // At drain_timeout it closes.
+    assert!(closed_without_data(&mut to_a).await, "closed at drain_timeout");
+    gw.wait_log(&["reason=\"target removed\""]).await;
+    to_b.write_all(b"w").await.expect("b goes on");
+    tokio::time::timeout(WAIT, to_b.read_exact(&mut one)).await.expect("in time").expect("echo");
+    drop(a);
+}

@@ -117,7 +117,8 @@ impl Balanced {
     pub(crate) fn build_plan(&self) -> Plan {
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         let mut plan = Plan { epoch, ..Plan::default() };
-        for t in self.targets.iter().filter(|t| t.weight > 0) {
+        // A draining target counts as one without a weight.
+        for t in self.targets.iter().filter(|t| t.weight > 0 && !t.state.is_draining()) {
             for ep in t.state.endpoints.load().iter() {
                 let w = ep.weight(t.weight);
                 plan.total_weight += u64::from(w);
@@ -182,6 +183,8 @@ impl Balanced {
         if plan.entries.is_empty() {
             let why = if self.targets.iter().all(|t| t.weight == 0) {
                 "the upstream has no targets with a weight".to_owned()
+            } else if self.targets.iter().all(|t| t.weight == 0 || t.state.is_draining()) {
+                "every target with a weight is draining".to_owned()
             } else if plan.total_weight == 0 {
                 let errors: Vec<String> =
                     self.targets.iter().filter_map(|t| t.state.dns.lock().ok()?.error.clone()).collect();
@@ -214,7 +217,7 @@ impl Balanced {
     /// Healthy and total weight as of now (the tables may be behind).
     pub(crate) fn weights(&self) -> (u64, u64) {
         let (mut healthy, mut total) = (0u64, 0u64);
-        for t in self.targets.iter().filter(|t| t.weight > 0) {
+        for t in self.targets.iter().filter(|t| t.weight > 0 && !t.state.is_draining()) {
             for ep in t.state.endpoints.load().iter() {
                 let w = u64::from(ep.weight(t.weight));
                 total += w;
@@ -228,7 +231,7 @@ impl Balanced {
 
     /// The tables would refuse a session: nothing in them is healthy now.
     fn refuses(&self, plan: &Plan) -> bool {
-        !plan.entries.iter().any(|(e, _)| e.health.is_healthy())
+        !plan.entries.iter().any(|(e, _)| e.available())
             || !self.above_threshold(plan.healthy_weight, plan.total_weight)
     }
 
@@ -244,6 +247,7 @@ impl Balanced {
         if let Some(healthy) = ep.health.report(event, &self.passive_thresholds, detail) {
             tracing::warn!(upstream = %self.name, addr = %ep.addr, healthy, reason = detail, "passive health check changed an address's health");
             self.shared.bump();
+            self.went_down(ep, healthy);
         }
     }
 
@@ -252,6 +256,14 @@ impl Balanced {
         if let Some(healthy) = ep.health.report(event, &self.active_thresholds, detail) {
             tracing::warn!(upstream = %self.name, addr = %ep.addr, healthy, reason = detail, "active health check changed an address's health");
             self.shared.bump();
+            self.went_down(ep, healthy);
+        }
+    }
+
+    /// Health checks marked `ep` down: told to whoever closes its sessions.
+    fn went_down(&self, ep: &Endpoint, healthy: bool) {
+        if let (false, Some(upstream)) = (healthy, self.id) {
+            let _ = self.shared.downs.send(crate::Down { upstream, addr: ep.addr, target: ep.target.clone() });
         }
     }
 
@@ -323,7 +335,7 @@ impl<'a> Iterator for Picker<'a> {
 
 impl Picker<'_> {
     fn usable(&self, i: usize, allow_tried: bool) -> bool {
-        self.plan.entries[i].0.health.is_healthy() && (allow_tried || !self.tried.contains(i))
+        self.plan.entries[i].0.available() && (allow_tried || !self.tried.contains(i))
     }
 
     /// Round-robin over the schedule, or a walk along the ring from the

@@ -41,7 +41,7 @@ pub use balanced::{Attempt, Balanced, NoPeer, Picker};
 pub use dns::Dns;
 pub use health::Event;
 pub use report::SetHealthError;
-pub use shared::InUse;
+pub use shared::{InUse, target_key};
 pub use strait_model::health::{AddressHealth, TargetHealth, UpstreamHealth};
 
 use balanced::TargetEntry;
@@ -55,6 +55,16 @@ pub struct Upstreams {
     /// resolution takes the current one.
     dns: Arc<arc_swap::ArcSwap<Dns>>,
     registry: Mutex<HashMap<String, Arc<Shared>>>,
+    downs: tokio::sync::broadcast::Sender<Down>,
+}
+
+/// Health checks marked an address of an upstream entity's target down.
+#[derive(Debug, Clone)]
+pub struct Down {
+    pub upstream: Uuid,
+    pub addr: std::net::SocketAddr,
+    /// The target (`host:port`, as [`target_key`] spells it).
+    pub target: Arc<str>,
 }
 
 impl Upstreams {
@@ -62,7 +72,35 @@ impl Upstreams {
         Upstreams {
             dns: Arc::new(arc_swap::ArcSwap::from_pointee(Dns::new(dns))),
             registry: Mutex::new(HashMap::new()),
+            // A burst of ejections beyond this is seen as a lag (`subscribe_downs`).
+            downs: tokio::sync::broadcast::channel(256).0,
         }
+    }
+
+    /// Addresses health checks mark down, as they are.
+    pub fn subscribe_downs(&self) -> tokio::sync::broadcast::Receiver<Down> {
+        self.downs.subscribe()
+    }
+
+    /// Starts (`on`) or ends a drain of `target` (its id or `host:port`):
+    /// a draining target takes no new sessions and its health reads
+    /// `DRAINING`. The state is the target's, so it outlives configuration
+    /// changes that keep the target. Gives the target's key.
+    pub fn set_draining(&self, upstream: Uuid, target: &str, on: bool) -> Result<String, SetHealthError> {
+        let b = self.find(upstream).ok_or(SetHealthError::UpstreamNotFound)?;
+        let entry = b.find_target(target).ok_or(SetHealthError::TargetNotFound)?;
+        if entry.state.set_draining(on) {
+            tracing::warn!(upstream = %b.name, target, draining = on, "target drain set through the Admin API");
+            b.shared.bump();
+        }
+        Ok(target_key(&entry.state.host, entry.state.port))
+    }
+
+    /// Whether `target` of `upstream` is draining, and its key.
+    pub fn draining(&self, upstream: Uuid, target: &str) -> Option<(String, bool)> {
+        let b = self.find(upstream)?;
+        let entry = b.find_target(target)?;
+        Some((target_key(&entry.state.host, entry.state.port), entry.state.is_draining()))
     }
 
     /// Resolves names with `dns` from now on (a reload): each name takes
@@ -82,6 +120,7 @@ impl Upstreams {
                 wake: Notify::new(),
                 started: AtomicBool::new(false),
                 retired: AtomicBool::new(false),
+                downs: self.downs.clone(),
             })
         })
     }
@@ -125,6 +164,8 @@ impl Upstreams {
             client_certificate: None,
             healthchecks: Healthchecks::default(),
             use_srv_name: false,
+            on_target_down: None,
+            on_target_removed: None,
             extra: Default::default(),
         };
         Balanced::new(shared, host.to_owned(), None, &up, targets, None)

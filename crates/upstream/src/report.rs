@@ -61,7 +61,9 @@ impl Balanced {
                     }
                 })
                 .collect();
-            let health = if addresses.is_empty() && dns.error.is_some() {
+            let health = if t.state.is_draining() {
+                "DRAINING"
+            } else if addresses.is_empty() && dns.error.is_some() {
                 "DNS_ERROR"
             } else if addresses.iter().any(|a| a.health == "HEALTHY") {
                 "HEALTHY"

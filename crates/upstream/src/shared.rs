@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     pub(crate) started: AtomicBool,
     pub(crate) retired: AtomicBool,
+    /// Where health checks tell that an address went down.
+    pub(crate) downs: tokio::sync::broadcast::Sender<crate::Down>,
 }
 
 /// One target (`host:port`) and what its name resolves to.
@@ -45,6 +47,9 @@ pub(crate) struct TargetState {
     pub(crate) resolved: watch::Sender<bool>,
     /// A resolution is running.
     pub(crate) refreshing: AtomicBool,
+    /// Drained through the Admin API: it takes no new sessions. Its
+    /// addresses mirror it (`Endpoint::draining`) for the picks.
+    pub(crate) draining: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +81,8 @@ pub(crate) struct Endpoint {
     pub(crate) sessions: AtomicU64,
     /// Moving average of connect time in microseconds; 0 = no sample yet.
     pub(crate) ewma_us: AtomicU64,
+    /// Its target is draining (set from [`TargetState::set_draining`]).
+    pub(crate) draining: AtomicBool,
 }
 
 impl Endpoint {
@@ -95,7 +102,14 @@ impl Endpoint {
             active: AtomicU32::new(0),
             sessions: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Healthy and not draining: a pick may take it.
+    #[inline]
+    pub(crate) fn available(&self) -> bool {
+        self.health.is_healthy() && !self.draining.load(Ordering::Relaxed)
     }
 
     /// The address's weight: the SRV record's, else the target's.
@@ -164,6 +178,7 @@ impl Shared {
             dns: Mutex::new(DnsState::default()),
             resolved,
             refreshing: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -181,7 +196,7 @@ impl TargetState {
     pub(crate) fn set_endpoints(&self, addrs: &[dns::Resolved]) -> bool {
         let old = self.endpoints.load();
         let hostname: Arc<str> = Arc::from(self.host.as_str());
-        let target: Arc<str> = format!("{}:{}", self.host, self.port).into();
+        let target: Arc<str> = target_key(&self.host, self.port).into();
         let mut sorted: Vec<&dns::Resolved> = addrs.iter().collect();
         sorted.sort_by_key(|r| r.addr);
         sorted.dedup_by_key(|r| r.addr);
@@ -199,7 +214,9 @@ impl TargetState {
                 None => {
                     changed = true;
                     let srv = r.weight.map(|w| (w, Arc::from(r.name.as_deref().unwrap_or(self.host.as_str()))));
-                    Arc::new(Endpoint::new(r.addr, target.clone(), Some(hostname.clone()), srv))
+                    let ep = Endpoint::new(r.addr, target.clone(), Some(hostname.clone()), srv);
+                    ep.draining.store(self.is_draining(), Ordering::Relaxed);
+                    Arc::new(ep)
                 }
             })
             .collect();
@@ -208,4 +225,25 @@ impl TargetState {
         }
         changed
     }
+}
+
+impl TargetState {
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or ends a drain; true when that changed anything.
+    pub(crate) fn set_draining(&self, on: bool) -> bool {
+        let changed = self.draining.swap(on, Ordering::Relaxed) != on;
+        for ep in self.endpoints.load().iter() {
+            ep.draining.store(on, Ordering::Relaxed);
+        }
+        changed
+    }
+}
+
+/// A target as sessions name it (`host:port`, the host lower case): the
+/// one spelling the registry of sessions and the drains share.
+pub fn target_key(host: &str, port: u16) -> String {
+    format!("{}:{port}", host.to_ascii_lowercase())
 }

@@ -17,7 +17,7 @@ impl Builder {
             return;
         };
         let mut f = self.fields(obj);
-        const KNOWN: [&str; 20] = [
+        const KNOWN: [&str; 22] = [
             "id",
             "name",
             "algorithm",
@@ -37,6 +37,8 @@ impl Builder {
             "host_header",
             "client_certificate",
             "use_srv_name",
+            "on_target_down",
+            "on_target_removed",
             "targets",
         ];
         let mut allowed = KNOWN.to_vec();
@@ -82,6 +84,8 @@ impl Builder {
         let host_header = f.str("host_header").map(str::to_owned);
         let client_cert = reference(&mut f, "client_certificate", EntityKind::Certificates);
         let use_srv_name = f.bool_or("use_srv_name", false);
+        let on_target_down = one_of(&mut f, "on_target_down", &OnTargetDown::NAMES, OnTargetDown::parse);
+        let on_target_removed = one_of(&mut f, "on_target_removed", &OnTargetRemoved::NAMES, OnTargetRemoved::parse);
         f.note("healthchecks", || json!({"type": "record", "default": Healthchecks::default().to_json()}));
         let healthchecks = Healthchecks::parse(f.get("healthchecks")).unwrap_or_else(|errors| {
             for (field, message) in errors {
@@ -108,6 +112,8 @@ impl Builder {
             client_certificate: None,
             healthchecks,
             use_srv_name,
+            on_target_down,
+            on_target_removed,
             extra,
         });
         if let Some(r) = client_cert {
@@ -205,4 +211,17 @@ pub(crate) fn hash_rules(f: &mut Fields<'_>, on: HashOn, fallback: HashOn) {
             f.err(ENTITY, format!("values of these fields must be distinct: '{a}', '{b}'"));
         }
     }
+}
+
+/// A Strait extension field naming one of `names`, or `None` when not set
+/// (so that exports leave it out).
+fn one_of<T>(f: &mut Fields<'_>, key: &str, names: &[&str], parse: fn(&str) -> Option<T>) -> Option<T> {
+    let given = f.str(key);
+    f.note_more(key, || json!({ "default": names[0], "one_of": names }));
+    let given = given?;
+    let parsed = parse(given);
+    if parsed.is_none() {
+        f.err(key, format!("expected one of: {}", names.join(", ")));
+    }
+    parsed
 }
