@@ -50,6 +50,11 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/upstreams/{upstream}/targets/{target}/unhealthy", &["PUT", "POST"]),
     ("/upstreams/{upstream}/targets/{target}/{address}/healthy", &["PUT", "POST"]),
     ("/upstreams/{upstream}/targets/{target}/{address}/unhealthy", &["PUT", "POST"]),
+    ("/upstreams/{upstream}/targets/{target}/drain", &["GET", "POST", "DELETE"]),
+    ("/sessions", &["GET", "DELETE"]),
+    ("/sessions/events", &["GET"]),
+    ("/sessions/{session}", &["GET", "DELETE"]),
+    ("/router/match", &["GET"]),
     ("/plugins", &["GET", "POST"]),
     ("/plugins/{plugin}", &["GET", "PUT", "PATCH", "DELETE"]),
     ("/schemas/filters/{filter_name}", &["GET"]),
@@ -65,6 +70,66 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/services/{service}/filter-chains", &["GET", "POST"]),
     ("/services/{service}/filter-chains/{filter_chain}", &["GET", "PUT", "PATCH", "DELETE"]),
 ];
+
+/// The sessions endpoints' filters (`GET`/`DELETE /sessions`, the events).
+const SESSION_FILTERS: [(&str, &str, &str); 10] = [
+    ("route", "string", "route id or name"),
+    ("service", "string", "service id or name"),
+    ("upstream", "string", "upstream id or name, or the upstream address"),
+    ("target", "string", "target (ip:port or host:port) or the upstream address"),
+    ("client", "string", "client IP or CIDR"),
+    ("sni", "string", "server name (case-insensitive)"),
+    ("protocol", "string", "tcp, tls, tls_passthrough or udp"),
+    ("state", "string", "setup, relaying or draining"),
+    ("older_than", "number", "seconds since the session began, at least"),
+    ("idle_for", "number", "seconds since its last byte, at least"),
+];
+
+fn query(name: &str, ty: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": {"type": ty}, "description": description})
+}
+
+/// Query parameters and request bodies of the paths that are not entities.
+fn extras(path: &str, method: &str) -> (Vec<Value>, Option<Value>) {
+    let filters = || SESSION_FILTERS.iter().map(|(n, t, d)| query(n, t, d)).collect::<Vec<_>>();
+    match (path, method) {
+        ("/sessions", "GET") => {
+            let mut q = filters();
+            q.push(query("sort", "string", "started_at, last_activity_at or bytes; a leading - for descending"));
+            q.push(query("size", "integer", "page size, 1 to 1000 (100)"));
+            q.push(query("offset", "string", "the previous page's offset"));
+            (q, None)
+        }
+        ("/sessions", "DELETE") => {
+            let mut q = filters();
+            q.push(query("dry_run", "boolean", "only count the matching sessions"));
+            q.push(query("all", "boolean", "needed to close every session when no filter is given"));
+            (q, None)
+        }
+        ("/sessions/events", _) => (filters(), None),
+        ("/router/match", _) => (
+            vec![
+                json!({"name": "protocol", "in": "query", "required": true, "schema": {"type": "string"}, "description": "tcp, tls, tls_passthrough or udp"}),
+                json!({"name": "source", "in": "query", "required": true, "schema": {"type": "string"}, "description": "client ip:port"}),
+                json!({"name": "destination", "in": "query", "required": true, "schema": {"type": "string"}, "description": "ip:port the client reaches"}),
+                query("sni", "string", "server name (tls and tls_passthrough only)"),
+            ],
+            None,
+        ),
+        (p, "POST") if p.ends_with("/drain") => {
+            let body = json!({"type": "object", "properties": {
+                "timeout": {"type": "number", "description": "seconds until `then` applies"},
+                "then": {"type": "string", "enum": ["close", "keep"], "description": "at the timeout: close the sessions left (default) or keep them"}}});
+            (
+                vec![query("timeout", "number", "as in the body"), query("then", "string", "as in the body")],
+                Some(
+                    json!({"content": {"application/json": {"schema": body}, "application/x-www-form-urlencoded": {"schema": body}}}),
+                ),
+            )
+        }
+        _ => (Vec::new(), None),
+    }
+}
 
 /// An entity field's schema (as `/schemas/{entity}` gives it) in OpenAPI.
 fn openapi_type(spec: &Value) -> Value {
@@ -108,8 +173,9 @@ pub fn openapi() -> Value {
     );
     let mut paths = Map::new();
     for (path, methods) in ROUTES {
-        let kind = EntityKind::ALL.iter().rfind(|k| path.contains(&format!("/{}", k.admin_path())));
-        let params: Vec<Value> = path
+        let entity = !path.starts_with("/sessions") && !path.starts_with("/router") && !path.ends_with("/drain");
+        let kind = EntityKind::ALL.iter().rfind(|k| entity && path.contains(&format!("/{}", k.admin_path())));
+        let path_params: Vec<Value> = path
             .split('/')
             .filter(|s| s.starts_with('{'))
             .map(|p| json!({"name": p.trim_matches(|c| c == '{' || c == '}'), "in": "path", "required": true, "schema": {"type": "string"}, "description": "id or endpoint key"}))
@@ -118,10 +184,13 @@ pub fn openapi() -> Value {
         for m in *methods {
             let entity_ref = kind.map(|k| json!({"$ref": format!("#/components/schemas/{k}")}));
             let ok = match *m {
-                "POST" => "201",
-                "DELETE" => "204",
+                "POST" if entity => "201",
+                // A bulk kill answers with its count.
+                "DELETE" if *path != "/sessions" => "204",
                 _ => "200",
             };
+            let (mut params, body) = extras(path, m);
+            params.splice(0..0, path_params.iter().cloned());
             let mut op = json!({
                 "summary": format!("{m} {path}"),
                 "parameters": params,
@@ -131,7 +200,9 @@ pub fn openapi() -> Value {
                     "404": {"description": "not found"},
                 },
             });
-            if matches!(*m, "POST" | "PUT" | "PATCH") {
+            if let Some(b) = body {
+                op["requestBody"] = b;
+            } else if matches!(*m, "POST" | "PUT" | "PATCH") {
                 if let Some(r) = &entity_ref {
                     op["requestBody"] = json!({"content": {
                         "application/json": {"schema": r},

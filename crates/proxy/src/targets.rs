@@ -255,3 +255,38 @@ fn removed_targets(old: &Config, new: &Config) -> Vec<(Uuid, String, OnTargetRem
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(targets: &[(&str, u16)], removed: Option<&str>) -> Config {
+        let targets: String = targets.iter().map(|(t, w)| format!("  - {{target: \"{t}\", weight: {w}}}\n")).collect();
+        let setting = removed.map(|r| format!("  on_target_removed: {r}\n")).unwrap_or_default();
+        let yaml = format!(
+            "_format_version: \"3.0\"\nupstreams:\n- name: pool\n  id: 5f0c2b1e-3d6a-4c1e-9b1a-2f6d8e7c9a10\n{setting}  targets:\n{targets}"
+        );
+        match strait_model::load_str(&yaml) {
+            Ok(l) => l.config,
+            Err(e) => panic!("{e:?}\n{yaml}"),
+        }
+    }
+
+    #[test]
+    fn targets_deleted_or_set_to_weight_0_are_removed_as_their_upstream_says() {
+        let before = config(&[("10.0.0.1:5432", 100), ("DB.example:5432", 100), ("10.0.0.3:5432", 0)], Some("close"));
+        let after = config(&[("10.0.0.1:5432", 0)], Some("close"));
+        let mut gone: Vec<String> = removed_targets(&before, &after).into_iter().map(|(_, k, _)| k).collect();
+        gone.sort();
+        // A target that had no weight was serving nothing: not "removed".
+        assert_eq!(gone, ["10.0.0.1:5432", "db.example:5432"]);
+        assert!(removed_targets(&before, &before).is_empty());
+        // Unset (or keep): nothing to do.
+        let keep = config(&[("10.0.0.1:5432", 100)], None);
+        assert!(removed_targets(&keep, &config(&[], None)).is_empty());
+        // The new setting is the one that counts.
+        let drain = config(&[], Some("drain"));
+        assert!(removed_targets(&before, &drain).iter().all(|(_, _, w)| *w == OnTargetRemoved::Drain));
+        assert_eq!(removed_targets(&before, &drain).len(), 2);
+    }
+}

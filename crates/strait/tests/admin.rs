@@ -455,7 +455,8 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
         filters.path().join("passthrough.wasm"),
     )
     .unwrap();
-    let (_gw, admin) = start_with(prefix.path(), test_support::free_port(), |c| {
+    let stream_port = test_support::free_port();
+    let (_gw, admin) = start_with(prefix.path(), stream_port, |c| {
         c.setting("wasm", "\"on\"").setting("wasm_filters_path", &format!("{:?}", filters.path()))
     });
     let ca = TestCa::new("coverage CA");
@@ -484,6 +485,26 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
     let svc_chain = post("/services/svc/filter-chains", json!({"filters": [{"name": "passthrough"}]})).await;
     post("/upstreams", json!({"name": "up", "targets": null})).await;
     post("/upstreams/up/targets", json!({"target": "127.0.0.1:9000"})).await;
+    // A live session, for the sessions endpoints.
+    let backend = Backend::plain("b").await;
+    post("/services", json!({"name": "live", "url": format!("tcp://{}", backend.addr)})).await;
+    post("/services/live/routes", json!({"protocols": ["tcp"], "destinations": [{"port": stream_port}]})).await;
+    let open_session = || async move {
+        let mut s = TcpStream::connect(("127.0.0.1", stream_port)).await.expect("connect");
+        read_banner(&mut s).await.expect("banner");
+        let port = s.local_addr().expect("local").port();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let list = get(admin, "/sessions").await.json();
+            let found = list["data"].as_array().and_then(|d| d.iter().find(|x| x["client"]["port"] == port).cloned());
+            if let Some(found) = found {
+                return (s, found["id"].to_string());
+            }
+            assert!(tokio::time::Instant::now() < deadline, "session not listed: {list}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (_kept, session) = open_session().await;
 
     // The document the server serves is the committed one.
     let served = get(admin, "/openapi.json").await.json();
@@ -511,11 +532,36 @@ async fn the_server_answers_every_openapi_route_and_nothing_else() {
             .replace("{entity}", "services")
             .replace("{plugin_name}", "ip-restriction")
             .replace("{filter_chain}", chain)
-            .replace("{filter_name}", "passthrough");
+            .replace("{filter_name}", "passthrough")
+            .replace("{session}", &session);
+        let path = if template == "/router/match" {
+            format!("{path}?protocol=tcp&source=127.0.0.1:1&destination=127.0.0.1:{stream_port}")
+        } else {
+            path
+        };
         for method in ops.as_object().unwrap().keys() {
             let method = method.to_ascii_uppercase();
             let r = match method.as_str() {
+                // A stream: its head is the answer.
+                "GET" if template == "/sessions/events" => {
+                    let mut s = TcpStream::connect(admin).await.expect("admin");
+                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.expect("ask");
+                    let mut head = [0u8; 12];
+                    tokio::time::timeout(WAIT, s.read_exact(&mut head)).await.expect("in time").expect("head");
+                    assert_eq!(&head, b"HTTP/1.1 200", "GET {path}");
+                    continue;
+                }
                 "GET" => get(admin, &path).await,
+                // Closes nothing: the session stays for the GETs.
+                "DELETE" if template == "/sessions" => {
+                    request(admin, "DELETE", "/sessions?all=true&dry_run=true", None, &[]).await
+                }
+                // A session of its own.
+                "DELETE" if template == "/sessions/{session}" => {
+                    let (_s, id) = open_session().await;
+                    request(admin, "DELETE", &format!("/sessions/{id}"), None, &[]).await
+                }
+                "DELETE" if template.ends_with("/drain") => request(admin, "DELETE", &path, None, &[]).await,
                 // Delete a throwaway created in the same collection, so what
                 // later checks need stays.
                 "DELETE" => {
