@@ -347,9 +347,9 @@ pub fn metrics(registry: &Registry) -> String {
     let states = [State::Setup, State::Relaying, State::Draining];
     let mut counts = [[0u64; 3]; 4];
     for l in registry.all() {
-        let v = l.view();
+        let (protocol, state) = l.protocol_and_state();
         if let (Some(p), Some(s)) =
-            (protocols.iter().position(|p| *p == v.facts.protocol), states.iter().position(|s| *s == v.state))
+            (protocols.iter().position(|p| *p == protocol), states.iter().position(|s| *s == state))
         {
             counts[p][s] += 1;
         }

@@ -67,29 +67,61 @@ pub struct TlsFacts {
     pub client_verify: &'static str,
 }
 
-/// What is known of a session so far, filled in as its setup goes.
+/// What is known of a session so far, filled in as its setup goes. It is
+/// part of every open session's registry entry, so what only some sessions
+/// have (a PROXY header, a ClientHello, a TLS handshake) is boxed apart and
+/// entities are shared with the snapshot.
 #[derive(Debug, Clone)]
 pub struct Facts {
     /// The client: the peer, or the source its PROXY header named.
     pub client: SocketAddr,
-    /// The load balancer that sent a PROXY header.
-    pub proxied_by: Option<SocketAddr>,
-    pub listener: Arc<str>,
     /// The address the client reached (its PROXY header's destination).
     pub server: SocketAddr,
+    /// The upstream address connected to.
+    pub address: Option<SocketAddr>,
+    pub listener: Arc<str>,
+    /// The target (`host:port`) that address belongs to.
+    pub target: Option<Arc<str>>,
+    pub route: Option<Arc<Named>>,
+    pub service: Option<Arc<Named>>,
+    /// The upstream entity of the session's service, if it has one.
+    pub upstream: Option<Arc<Named>>,
+    pub more: Option<Box<More>>,
+    pub tries: u32,
     pub protocol: Protocol,
+}
+
+/// The facts only some sessions have.
+#[derive(Debug, Clone, Default)]
+pub struct More {
+    /// The load balancer that sent a PROXY header.
+    pub proxied_by: Option<SocketAddr>,
     pub sni: Option<String>,
     pub alpn: Vec<String>,
     pub tls: Option<TlsFacts>,
-    pub route: Option<Named>,
-    pub service: Option<Named>,
-    /// The upstream entity of the session's service, if it has one.
-    pub upstream: Option<Named>,
-    /// The upstream address connected to.
-    pub address: Option<SocketAddr>,
-    /// The target (`host:port`) that address belongs to.
-    pub target: Option<Arc<str>>,
-    pub tries: u32,
+}
+
+impl Facts {
+    /// The rarer facts, to write.
+    pub(crate) fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    pub fn proxied_by(&self) -> Option<SocketAddr> {
+        self.more.as_ref().and_then(|m| m.proxied_by)
+    }
+
+    pub fn sni(&self) -> Option<&str> {
+        self.more.as_ref().and_then(|m| m.sni.as_deref())
+    }
+
+    pub fn alpn(&self) -> &[String] {
+        self.more.as_ref().map_or(&[], |m| &m.alpn)
+    }
+
+    pub fn tls(&self) -> Option<&TlsFacts> {
+        self.more.as_ref().and_then(|m| m.tls.as_ref())
+    }
 }
 
 /// Where a session is in its life.
@@ -140,14 +172,24 @@ pub struct Live {
     udp: bool,
     /// Milliseconds since the registry's epoch, at the last byte either way.
     last: AtomicU64,
-    facts: Mutex<Facts>,
-    /// The session's task, for a kill to wake.
-    waker: Mutex<Option<Waker>>,
+    /// What is known of it, and its task's waker for a kill to wake (one
+    /// lock for both: they are written at different moments, rarely).
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    facts: Facts,
+    waker: Option<Waker>,
 }
 
 impl Live {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn t0(&self) -> Instant {
@@ -174,7 +216,7 @@ impl Live {
 
     /// Edits what is known of the session.
     pub(crate) fn learn(&self, f: impl FnOnce(&mut Facts)) {
-        f(&mut self.facts.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut self.lock().facts);
     }
 
     /// The session's setup is over: it relays from now on.
@@ -223,14 +265,24 @@ impl Live {
         self.registry.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed))
     }
 
-    /// The session as the Admin API lists it, now.
-    pub fn view(&self) -> View {
-        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let state = match (self.relaying.load(Ordering::Relaxed), self.force.draining()) {
+    /// Its protocol and state now, without copying its facts (`/metrics`).
+    pub fn protocol_and_state(&self) -> (Protocol, State) {
+        let protocol = self.lock().facts.protocol;
+        (protocol, self.state())
+    }
+
+    fn state(&self) -> State {
+        match (self.relaying.load(Ordering::Relaxed), self.force.draining()) {
             (false, _) => State::Setup,
             (true, false) => State::Relaying,
             (true, true) => State::Draining,
-        };
+        }
+    }
+
+    /// The session as the Admin API lists it, now.
+    pub fn view(&self) -> View {
+        let facts = self.lock().facts.clone();
+        let state = self.state();
         let last = self.last.load(Ordering::Relaxed);
         View {
             id: self.id,
@@ -261,7 +313,8 @@ impl Live {
             self.registry.closed_by_admin.fetch_add(1, Ordering::Relaxed);
         }
         // The flag is set before the lock: a waker left after this reads it.
-        if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let waker = self.lock().waker.take();
+        if let Some(w) = waker {
             w.wake();
         }
         true
@@ -270,7 +323,7 @@ impl Live {
     /// Leaves the waker of the session's task, for a kill to wake; the
     /// caller reads `killed` after this.
     pub(crate) fn wake_on_kill(&self, waker: &Waker) {
-        let mut w = self.waker.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut self.lock().waker;
         if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
             *w = Some(waker.clone());
         }
@@ -310,14 +363,14 @@ impl Live {
     /// Whether the session's upstream is entity `upstream` (its id) and its
     /// target `target`.
     pub(crate) fn is_on(&self, upstream: &str, target: &str) -> bool {
-        let f = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        let f = &self.lock().facts;
         f.upstream.as_ref().is_some_and(|u| &*u.id == upstream) && f.target.as_deref() == Some(target)
     }
 
     /// Whether the session's upstream is entity `upstream` and it is
     /// connected to `addr`.
     pub(crate) fn is_at(&self, upstream: &str, addr: SocketAddr) -> bool {
-        let f = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        let f = &self.lock().facts;
         f.upstream.as_ref().is_some_and(|u| &*u.id == upstream) && f.address == Some(addr)
     }
 
@@ -431,8 +484,7 @@ impl Registry {
             dgrams_down: AtomicU64::new(0),
             udp: facts.protocol == Protocol::Udp,
             last: AtomicU64::new(0),
-            facts: Mutex::new(facts),
-            waker: Mutex::new(None),
+            inner: Mutex::new(Inner { facts, waker: None }),
         });
         live.touch_at(Instant::now());
         self.shard(id).lock().unwrap_or_else(|p| p.into_inner()).insert(id, live.clone());
@@ -525,16 +577,16 @@ impl View {
             "protocol": f.protocol.as_str(),
             "state": self.state.as_str(),
             "client": addr(f.client),
-            "proxied_by": f.proxied_by.map(addr),
+            "proxied_by": f.proxied_by().map(addr),
             "listener": &*f.listener,
             "server": addr(f.server),
-            "sni": f.sni,
-            "alpn": f.alpn,
-            "tls": f.tls.as_ref().map(|t| json!({
+            "sni": f.sni(),
+            "alpn": f.alpn(),
+            "tls": f.tls().map(|t| json!({
                 "version": t.version, "cipher": t.cipher, "client_verify": t.client_verify,
             })),
-            "route": f.route.as_ref().map(Named::json),
-            "service": f.service.as_ref().map(Named::json),
+            "route": f.route.as_deref().map(Named::json),
+            "service": f.service.as_deref().map(Named::json),
             "upstream": {
                 "address": f.address.map(|a| a.to_string()),
                 "target": f.target.as_deref(),
@@ -591,7 +643,7 @@ impl Filter {
     /// Whether `v` matches, `now_ms` being the time now (ms since the epoch).
     pub fn matches(&self, v: &View, now_ms: u64) -> bool {
         let f = &v.facts;
-        let named = |want: &Option<String>, have: &Option<Named>| match want {
+        let named = |want: &Option<String>, have: &Option<Arc<Named>>| match want {
             None => true,
             Some(w) => have.as_ref().is_some_and(|h| h.is(w)),
         };
@@ -601,7 +653,7 @@ impl Filter {
             && self.upstream.as_deref().is_none_or(|w| f.upstream.as_ref().is_some_and(|u| u.is(w)) || address_is(w))
             && self.target.as_deref().is_none_or(|w| f.target.as_deref().is_some_and(|t| t == w) || address_is(w))
             && self.client.is_none_or(|net| net.contains(&f.client.ip()))
-            && self.sni.as_deref().is_none_or(|w| f.sni.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(w)))
+            && self.sni.as_deref().is_none_or(|w| f.sni().is_some_and(|s| s.eq_ignore_ascii_case(w)))
             && self.protocol.is_none_or(|p| p == f.protocol)
             && self.state.is_none_or(|s| s == v.state)
             && self.older_than.is_none_or(|d| now_ms.saturating_sub(v.started_at) >= d.as_millis() as u64)
@@ -618,19 +670,16 @@ pub fn now_ms() -> u64 {
 pub(crate) fn accepted(client: SocketAddr, listener: Arc<str>, server: SocketAddr, protocol: Protocol) -> Facts {
     Facts {
         client,
-        proxied_by: None,
-        listener,
         server,
-        protocol,
-        sni: None,
-        alpn: Vec::new(),
-        tls: None,
+        address: None,
+        listener,
+        target: None,
         route: None,
         service: None,
         upstream: None,
-        address: None,
-        target: None,
+        more: None,
         tries: 0,
+        protocol,
     }
 }
 
@@ -650,7 +699,7 @@ pub(crate) fn test_registry(of: &Live) -> Arc<Registry> {
 impl Registry {
     /// Another session on the same listener as `of`.
     pub(crate) fn test_sibling(self: &Arc<Self>, of: &Live) -> Registered {
-        let facts = of.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let facts = of.lock().facts.clone();
         self.register(facts, of.force.clone(), None)
     }
 }
@@ -665,8 +714,8 @@ mod tests {
         let reg = test_registry(&a);
         let b = reg.test_sibling(&a);
         b.learn(|f| {
-            f.sni = Some("Db.Example".into());
-            f.route = Some(Named { id: "r1".into(), name: Some("pg".into()) });
+            f.more().sni = Some("Db.Example".into());
+            f.route = Some(Arc::new(Named { id: "r1".into(), name: Some("pg".into()) }));
             f.address = Some(([10, 0, 0, 2], 5432).into());
             f.target = Some("db.internal:5432".into());
         });
@@ -705,5 +754,17 @@ mod tests {
         // A moved session keeps its id in the next generation.
         let moved = g2.register(f(), Arc::default(), Some((a.id(), SystemTime::now())));
         assert_eq!(moved.id(), a.id());
+    }
+}
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_registry_entry_stays_small() {
+        // Every open session has one: with the Arc's two counters it is
+        // allocated in mimalloc's 320-byte class (bench/README.md, idle
+        // memory). What only some sessions have is boxed apart (`More`).
+        let entry = std::mem::size_of::<super::Live>() + 16;
+        assert!(entry <= 320, "a registry entry grew to {entry} bytes (at most 320)");
     }
 }

@@ -150,7 +150,7 @@ impl Setup {
         };
         if let Some(h) = hello.as_ref().filter(|h| !h.alpn.is_empty()) {
             let alpn = h.alpn.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            live.learn(|f| f.alpn = alpn);
+            live.learn(|f| f.more().alpn = alpn);
         }
         let routed = self.route(kind, hello, miss);
         self.publish(live);
@@ -295,7 +295,7 @@ impl Setup {
             Ok(Ok(tls)) => {
                 let info = tls_info(tls.get_ref().1);
                 live.learn(|f| {
-                    f.tls = Some(live::TlsFacts {
+                    f.more().tls = Some(live::TlsFacts {
                         version: info.version,
                         cipher: info.cipher.clone(),
                         client_verify: info.client_verify,

@@ -35,7 +35,7 @@ pub struct CompiledRoute {
     /// For the access log, made once: no allocation per session.
     pub label: Arc<str>,
     /// Its id and name, for the sessions API.
-    pub named: Named,
+    pub named: Arc<Named>,
     pub protocols: ProtocolSet,
     pub service: Option<ServiceIdx>,
     /// Forward the client's SNI to a `tls` upstream.
@@ -66,8 +66,8 @@ pub struct CompiledService {
     /// For the access log, made once.
     pub label: Arc<str>,
     /// Its id and name, and its upstream entity's, for the sessions API.
-    pub named: Named,
-    pub upstream: Option<Named>,
+    pub named: Arc<Named>,
+    pub upstream: Option<Arc<Named>>,
     pub protocol: Protocol,
     pub destination: Destination,
     /// Set when the service's protocol is `tls`.
@@ -85,8 +85,8 @@ pub struct CompiledService {
 }
 
 /// An entity's id and name, made once per snapshot.
-fn named(id: impl std::fmt::Display, name: Option<&str>) -> Named {
-    Named { id: id.to_string().into(), name: name.map(Arc::from) }
+fn named(id: impl std::fmt::Display, name: Option<&str>) -> Arc<Named> {
+    Arc::new(Named { id: id.to_string().into(), name: name.map(Arc::from) })
 }
 
 /// Why a configuration could not be compiled.

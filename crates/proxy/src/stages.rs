@@ -123,10 +123,14 @@ impl Setup {
         let rec = &self.rec;
         live.learn(|f| {
             f.client = rec.client;
-            f.proxied_by = rec.proxied.as_ref().map(|p| p.by);
+            if let Some(p) = &rec.proxied {
+                f.more().proxied_by = Some(p.by);
+            }
             f.server = self.local;
             f.protocol = rec.protocol;
-            f.sni.clone_from(&rec.sni);
+            if rec.sni.is_some() && f.sni() != rec.sni.as_deref() {
+                f.more().sni.clone_from(&rec.sni);
+            }
             f.route = route.map(|r| r.named.clone());
             f.service = service.map(|s| s.named.clone());
             f.upstream = service.and_then(|s| s.upstream.clone());
@@ -281,8 +285,12 @@ pub(crate) fn register_moved(shared: &Shared, rec: &SessionRecord, server: Socke
     let snap = shared.snapshot.load();
     let route = rec.route.as_deref().and_then(|l| snap.route_labelled(l));
     let service = route.and_then(|r| r.service).and_then(|s| snap.service(s));
-    facts.proxied_by = rec.proxied.as_ref().map(|p| p.by);
-    facts.sni.clone_from(&rec.sni);
+    if let Some(p) = &rec.proxied {
+        facts.more().proxied_by = Some(p.by);
+    }
+    if rec.sni.is_some() {
+        facts.more().sni.clone_from(&rec.sni);
+    }
     facts.route = route.map(|r| r.named.clone());
     facts.service = service.map(|s| s.named.clone());
     facts.upstream = service.and_then(|s| s.upstream.clone());

@@ -10,7 +10,7 @@ use serde_json::Value;
 use test_support::WAIT;
 use test_support::backend::{Backend, UdpBackend, closed_without_data, read_banner, tls_connect};
 use test_support::certs::{TestCa, client_config, server_config};
-use test_support::gateway::{Gateway, GatewayConfig, certificate_yaml};
+use test_support::gateway::{Gateway, GatewayConfig, TempDir, certificate_yaml};
 use test_support::http::{get, request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -25,6 +25,9 @@ fn addr(port: u16) -> SocketAddr {
 
 struct Setup {
     gw: Gateway,
+    /// Where the file-log plugin writes.
+    file_log: std::path::PathBuf,
+    _logs: TempDir,
     admin: SocketAddr,
     tcp: u16,
     udp: u16,
@@ -42,8 +45,13 @@ async fn setup() -> Setup {
     let pass = Backend::tls("passed", server_config(&ca.leaf(&["pass.test"]), None)).await;
     let udp_backend = UdpBackend::start("u").await;
     let (tcp, udp, admin_port) = (test_support::free_port(), test_support::free_port(), test_support::free_port());
+    let logs = TempDir::new();
+    let file_log = logs.path().join("sessions.json");
     let yaml = format!(
         r#"_format_version: "3.0"
+plugins:
+- name: file-log
+  config: {{path: {file_log:?}}}
 certificates:
 {}upstreams:
 - name: pool
@@ -81,12 +89,13 @@ services:
         plain = plain.addr,
         pass = pass.addr,
         udp_up = udp_backend.addr,
+        file_log = file_log.display().to_string(),
     );
     let cfg = GatewayConfig::new(format!("127.0.0.1:{tcp}, 127.0.0.1:{udp} udp"), yaml)
         .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\""))
         .setting("tls_detect_timeout", "\"300ms\"");
     let gw = Gateway::start(bin(), cfg);
-    Setup { gw, admin: addr(admin_port), tcp, udp, ca, plain, _pass: pass, _udp: udp_backend }
+    Setup { gw, file_log, _logs: logs, admin: addr(admin_port), tcp, udp, ca, plain, _pass: pass, _udp: udp_backend }
 }
 
 async fn sessions(admin: SocketAddr, query: &str) -> Vec<Value> {
@@ -164,6 +173,11 @@ async fn sessions_of_every_protocol_are_listed_filtered_and_gone_when_they_end()
     assert_eq!(u["datagrams"]["received"], 1, "{u}");
     assert_eq!(u["datagrams"]["sent"], 1, "{u}");
 
+    let metrics = String::from_utf8_lossy(&get(st.admin, "/metrics").await.body).into_owned();
+    for p in ["tcp", "tls", "tls_passthrough", "udp"] {
+        let line = format!("strait_sessions_open{{protocol=\"{p}\",state=\"relaying\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     // One session by id; each filter alone.
     let one = get(st.admin, &format!("/sessions/{}", t["id"])).await;
     assert_eq!(one.status, 200);
@@ -221,6 +235,16 @@ async fn a_kill_closes_both_sides_and_is_logged_and_bulk_kills_need_a_filter() {
     // The client sees the close (the upstream's echo side too: the session is gone).
     assert!(closed_without_data(&mut victim).await, "the client side closed");
     st.gw.wait_log(&["reason=\"closed by admin\""]).await;
+    // The log plugins see it too.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&st.file_log).unwrap_or_default();
+        if text.lines().any(|l| l.contains("\"close_reason\":\"closed by admin\"")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no file-log entry closed by admin:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let again = request(st.admin, "DELETE", &format!("/sessions/{id}"), None, &[]).await;
     assert_eq!(again.status, 404);
     // The other session is untouched.
@@ -463,6 +487,12 @@ async fn a_drain_takes_no_new_sessions_reports_progress_and_closes_the_rest_at_i
         assert_eq!(name, "b");
         on_b.push(s);
     }
+    // The drain survives a configuration change that keeps the target.
+    let same = pool(port, &[a.addr, b.addr], "  tags: [changed]");
+    let r = request(admin, "POST", "/config", Some(("application/x-yaml", same.as_bytes())), &[]).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(target_health(admin, a.addr).await, "DRAINING");
+    assert_eq!(session_to(port).await.1, "b");
     // One session on a ends by itself: the count goes down.
     drop(on_a.pop());
     let deadline = tokio::time::Instant::now() + WAIT;
