@@ -120,23 +120,7 @@ impl Setup {
     pub(crate) fn publish(&self, live: &Live) {
         let route = self.chosen_route();
         let service = route.and_then(|r| r.service).and_then(|s| self.snap.service(s));
-        let rec = &self.rec;
-        live.learn(|f| {
-            f.client = rec.client;
-            if let Some(p) = &rec.proxied {
-                f.more().proxied_by = Some(p.by);
-            }
-            f.server = self.local;
-            f.protocol = rec.protocol;
-            if rec.sni.is_some() && f.sni() != rec.sni.as_deref() {
-                f.more().sni.clone_from(&rec.sni);
-            }
-            f.route = route.map(|r| r.named.clone());
-            f.service = service.map(|s| s.named.clone());
-            f.upstream = service.and_then(|s| s.upstream.clone());
-            f.address = rec.upstream;
-            f.tries = rec.tries.len() as u32;
-        });
+        live.learn(|f| record_facts(f, &self.rec, self.local, route, service));
     }
 
     /// The route found by [`Setup::route`].
@@ -285,18 +269,32 @@ pub(crate) fn register_moved(shared: &Shared, rec: &SessionRecord, server: Socke
     let snap = shared.snapshot.load();
     let route = rec.route.as_deref().and_then(|l| snap.route_labelled(l));
     let service = route.and_then(|r| r.service).and_then(|s| snap.service(s));
-    if let Some(p) = &rec.proxied {
-        facts.more().proxied_by = Some(p.by);
-    }
-    if rec.sni.is_some() {
-        facts.more().sni.clone_from(&rec.sni);
-    }
-    facts.route = route.map(|r| r.named.clone());
-    facts.service = service.map(|s| s.named.clone());
-    facts.upstream = service.and_then(|s| s.upstream.clone());
-    facts.address = rec.upstream;
-    facts.tries = rec.tries.len() as u32;
+    record_facts(&mut facts, rec, server, route, service);
     shared.sessions.register(facts, shared.force_close.clone(), Some((id, rec.started)))
+}
+
+/// Writes into `f` what the record, its route and service say.
+fn record_facts(
+    f: &mut crate::live::Facts,
+    rec: &SessionRecord,
+    server: SocketAddr,
+    route: Option<&CompiledRoute>,
+    service: Option<&crate::CompiledService>,
+) {
+    f.client = rec.client;
+    if let Some(p) = &rec.proxied {
+        f.more().proxied_by = Some(p.by);
+    }
+    f.server = server;
+    f.protocol = rec.protocol;
+    if rec.sni.is_some() && f.sni() != rec.sni.as_deref() {
+        f.more().sni.clone_from(&rec.sni);
+    }
+    f.route = route.map(|r| r.named.clone());
+    f.service = service.map(|s| s.named.clone());
+    f.upstream = service.and_then(|s| s.upstream.clone());
+    f.address = rec.upstream;
+    f.tries = rec.tries.len() as u32;
 }
 
 /// A plugin's refusal, as the log tells it.

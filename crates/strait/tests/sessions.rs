@@ -589,3 +589,34 @@ async fn on_target_removed_drain_keeps_sessions_until_drain_timeout() {
     tokio::time::timeout(WAIT, to_b.read_exact(&mut one)).await.expect("in time").expect("echo");
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_closes_the_upstream_side_too() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_addr = upstream.local_addr().expect("addr");
+    let port = test_support::free_port();
+    let admin_port = test_support::free_port();
+    let yaml = test_support::gateway::one_route(
+        up_addr,
+        &[],
+        &["protocols: [tcp]", &format!("destinations: [{{port: {port}}}]")],
+    );
+    let cfg = GatewayConfig::new(format!("127.0.0.1:{port}"), yaml)
+        .setting("admin_listen", &format!("\"127.0.0.1:{admin_port}\""));
+    let _gw = Gateway::start(bin(), cfg);
+    let admin = addr(admin_port);
+    let mut client = TcpStream::connect(addr(port)).await.expect("connect");
+    client.write_all(b"hi").await.expect("send");
+    let (mut server_side, _) = tokio::time::timeout(WAIT, upstream.accept()).await.expect("in time").expect("accept");
+    let mut two = [0u8; 2];
+    tokio::time::timeout(WAIT, server_side.read_exact(&mut two)).await.expect("in time").expect("bytes through");
+    let id = wait_sessions(admin, "", 1).await[0]["id"].clone();
+    assert_eq!(request(admin, "DELETE", &format!("/sessions/{id}"), None, &[]).await.status, 204);
+    // Both ends see the close at once: the client's end and the upstream's.
+    assert!(closed_without_data(&mut client).await, "the client side closed");
+    let mut rest = Vec::new();
+    let read =
+        tokio::time::timeout(WAIT, server_side.read_to_end(&mut rest)).await.expect("the upstream side closed in time");
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    wait_sessions(admin, "", 0).await;
+}
