@@ -54,6 +54,11 @@ pub(crate) enum Event {
         token: String,
         result: Result<upgrade::Ready, String>,
     },
+    /// The next generation exited before it was ready.
+    Exited {
+        token: String,
+        why: String,
+    },
 }
 
 /// Everything a running gateway is.
@@ -475,6 +480,7 @@ impl Gateway {
                 }
                 Event::Upgrade { binary, conf, reply } => self.begin_upgrade(binary, conf, reply),
                 Event::Takeover { wire, token } => self.takeover(wire, &token),
+                Event::Exited { token, why } => self.exited(&token, why),
                 Event::Started { token, result } => {
                     if let Some(ready) = self.started(&token, result) {
                         break Some(ready);

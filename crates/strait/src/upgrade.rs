@@ -41,6 +41,11 @@ pub(crate) struct Pending {
     token: String,
     pid: u32,
     reply: Option<oneshot::Sender<Value>>,
+    /// It connected for the sockets: its reason for failing comes through
+    /// that connection, which its exit does not overtake.
+    connected: bool,
+    /// How it exited, when that came before its connection's last word.
+    exited: Option<String>,
 }
 
 /// The next generation, ready: the connection its sessions go through.
@@ -101,7 +106,7 @@ impl Gateway {
                 Ok(status) => format!("the new generation exited before it was ready ({status})"),
                 Err(e) => format!("the new generation could not be watched: {e}"),
             };
-            let _ = events.send(Event::Started { token: t, result: Err(why) });
+            let _ = events.send(Event::Exited { token: t, why });
         });
         let events = self.events.clone();
         let t = token.clone();
@@ -110,7 +115,7 @@ impl Gateway {
             let why = format!("the new generation was not ready within {} s", START_TIMEOUT.as_secs());
             let _ = events.send(Event::Started { token: t, result: Err(why) });
         });
-        self.upgrading = Some(Pending { token, pid, reply });
+        self.upgrading = Some(Pending { token, pid, reply, connected: false, exited: None });
     }
 
     /// The next generation asks for the sockets.
@@ -178,6 +183,9 @@ impl Gateway {
         let events = self.events.clone();
         let token = token.to_owned();
         let pid = p.pid;
+        if let Some(p) = self.upgrading.as_mut() {
+            p.connected = true;
+        }
         tokio::task::spawn_blocking(move || {
             let _ = wire.set_timeout(Some(START_TIMEOUT));
             let result = match wire.recv() {
@@ -190,6 +198,18 @@ impl Gateway {
             };
             let _ = events.send(Event::Started { token, result });
         });
+    }
+
+    /// The next generation exited before it was ready. Once it connected,
+    /// the connection's reader reports (with the reason it sent, then the
+    /// exit); before, the exit is the report.
+    pub(crate) fn exited(&mut self, token: &str, why: String) {
+        let Some(p) = self.upgrading.as_mut().filter(|p| p.token == token) else { return };
+        if p.connected {
+            p.exited = Some(why);
+            return;
+        }
+        let _ = self.started(token, Err(why));
     }
 
     /// How the next generation's start went; `Some` when it is ready.
@@ -208,6 +228,10 @@ impl Gateway {
                 Some(ready)
             }
             Err(why) => {
+                let why = match p.exited.take() {
+                    Some(exit) => format!("{why} ({exit})"),
+                    None => why,
+                };
                 tracing::error!(error = %why, "upgrade failed: this generation keeps serving");
                 // A next generation that is still there is not wanted.
                 if let Some(pid) = rustix::process::Pid::from_raw(p.pid as i32) {
