@@ -232,34 +232,38 @@ pub(crate) fn events(registry: &Arc<Registry>, query: &[(String, String)]) -> Re
     let (tx, rx) = mpsc::channel::<Bytes>(READER_QUEUE);
     // A comment first, so the client sees the stream open at once.
     let _ = tx.try_send(Bytes::from_static(b": sessions\n\n"));
-    tokio::spawn(async move {
-        loop {
-            let event: Arc<Event> = tokio::select! {
-                e = watch.rx.recv() => match e {
-                    Ok(e) => e,
-                    // Behind the registry's backlog, or the registry is gone: dropped.
-                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return,
-                },
-                () = tx.closed() => return,
-                // A comment now and then finds readers that went away.
-                () = tokio::time::sleep(Duration::from_secs(15)) => {
-                    if tx.try_send(Bytes::from_static(b": keep-alive\n\n")).is_err() { return; }
-                    continue;
-                }
-            };
-            if !f.matches(&event.view, now_ms()) {
-                continue;
-            }
-            let line = format!("event: {}\nid: {}\ndata: {}\n\n", event.kind, event.view.id, event.json());
-            if tx.try_send(Bytes::from(line)).is_err() {
-                // Full (a reader that stopped reading) or gone: drop it.
-                return;
-            }
-        }
-    });
+    tokio::spawn(async move { forward(&mut watch.rx, tx, f).await });
     let body = Body::from_stream(Events(rx));
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body)
         .into_response())
+}
+
+/// Moves the events `f` matches from the registry's stream into one
+/// reader's queue, until the reader is gone or falls behind (its queue is
+/// full, or it is behind the registry's backlog): then it is dropped.
+async fn forward(rx: &mut broadcast::Receiver<Arc<Event>>, tx: mpsc::Sender<Bytes>, f: Filter) {
+    loop {
+        let event: Arc<Event> = tokio::select! {
+            e = rx.recv() => match e {
+                Ok(e) => e,
+                Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => return,
+            },
+            () = tx.closed() => return,
+            // A comment now and then finds readers that went away.
+            () = tokio::time::sleep(Duration::from_secs(15)) => {
+                if tx.try_send(Bytes::from_static(b": keep-alive\n\n")).is_err() { return; }
+                continue;
+            }
+        };
+        if !f.matches(&event.view, now_ms()) {
+            continue;
+        }
+        let line = format!("event: {}\nid: {}\ndata: {}\n\n", event.kind, event.view.id, event.json());
+        if tx.try_send(Bytes::from(line)).is_err() {
+            // Full (a reader that stopped reading) or gone.
+            return;
+        }
+    }
 }
 
 /// The queued events of one reader, as a body stream.
@@ -378,6 +382,62 @@ mod tests {
 
     fn field(e: &ApiError) -> String {
         e.body["fields"].as_object().and_then(|m| m.keys().next().cloned()).unwrap_or_default()
+    }
+
+    fn event(id: u64) -> Arc<Event> {
+        let a: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let facts = strait_proxy::live::accepted(a, "l".into(), a, Protocol::Tcp);
+        let view = View {
+            id,
+            state: State::Relaying,
+            facts,
+            started_at: 0,
+            last_activity_at: 0,
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+            datagrams: None,
+        };
+        Arc::new(Event { kind: "open", view, record: None })
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_reading_is_dropped_and_never_holds_the_sender() {
+        let (events, mut rx) = broadcast::channel(16);
+        let (tx, mut queue) = mpsc::channel(4);
+        let task = tokio::spawn(async move { forward(&mut rx, tx, Filter::default()).await });
+        // Nobody reads the queue: the fifth event finds it full.
+        for id in 1..=5 {
+            events.send(event(id)).expect("a subscriber");
+        }
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("dropped in time").expect("task");
+        // What was queued is still delivered, then the stream ends.
+        for id in 1..=4 {
+            let line = queue.recv().await.expect("queued");
+            assert!(String::from_utf8_lossy(&line).contains(&format!("id: {id}\n")));
+        }
+        assert!(queue.recv().await.is_none(), "the stream ends");
+        // The sender never waited: with the reader gone it has no subscriber.
+        assert!(events.send(event(6)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_the_backlog_is_dropped_and_filters_apply() {
+        let (events, mut rx) = broadcast::channel(2);
+        let (tx, mut queue) = mpsc::channel(64);
+        for id in 1..=3 {
+            events.send(event(id)).expect("a subscriber");
+        }
+        // Three events into a backlog of two: it lagged.
+        tokio::time::timeout(Duration::from_secs(5), forward(&mut rx, tx, Filter::default())).await.expect("in time");
+        assert!(queue.recv().await.is_none());
+        let (events, mut rx) = broadcast::channel(8);
+        let (tx, mut queue) = mpsc::channel(8);
+        let only_udp = Filter { protocol: Some(Protocol::Udp), ..Filter::default() };
+        let task = tokio::spawn(async move { forward(&mut rx, tx, only_udp).await });
+        events.send(event(1)).expect("a subscriber");
+        drop(events);
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends with its source").expect("task");
+        assert!(queue.recv().await.is_none(), "a tcp event does not pass a udp filter");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -161,6 +161,8 @@ pub struct Live {
     /// first generation accepted it).
     started_ms: u64,
     relaying: AtomicBool,
+    /// Out of the registry already.
+    left: AtomicBool,
     /// Why it was closed from outside (`Kill` as a byte); 0 while it was not.
     killed: AtomicU8,
     /// Bytes from the client and to it.
@@ -170,8 +172,9 @@ pub struct Live {
     dgrams_up: AtomicU64,
     dgrams_down: AtomicU64,
     udp: bool,
-    /// Milliseconds since the registry's epoch, at the last byte either way.
-    last: AtomicU64,
+    /// Milliseconds from the registry's epoch to the last byte either way
+    /// (before it for a UDP flow an earlier generation handed over).
+    last: AtomicI64,
     /// What is known of it, and its task's waker for a kill to wake (one
     /// lock for both: they are written at different moments, rarely).
     inner: Mutex<Inner>,
@@ -235,7 +238,11 @@ impl Live {
 
     #[inline]
     pub(crate) fn touch_at(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.registry.epoch).as_millis() as u64;
+        let epoch = self.registry.epoch;
+        let ms = match now.checked_duration_since(epoch) {
+            Some(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            None => -i64::try_from(epoch.duration_since(now).as_millis()).unwrap_or(i64::MAX),
+        };
         self.last.store(ms, Ordering::Relaxed);
     }
 
@@ -262,7 +269,13 @@ impl Live {
 
     /// When the last byte went either way.
     pub(crate) fn last_activity(&self) -> Instant {
-        self.registry.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed))
+        let ms = self.last.load(Ordering::Relaxed);
+        let d = Duration::from_millis(ms.unsigned_abs());
+        if ms >= 0 {
+            self.registry.epoch + d
+        } else {
+            self.registry.epoch.checked_sub(d).unwrap_or(self.registry.epoch)
+        }
     }
 
     /// Its protocol and state now, without copying its facts (`/metrics`).
@@ -289,7 +302,7 @@ impl Live {
             state,
             facts,
             started_at: self.started_ms,
-            last_activity_at: self.registry.epoch_unix_ms + last,
+            last_activity_at: self.registry.epoch_unix_ms.saturating_add_signed(last),
             bytes_from_client: self.up.load(Ordering::Relaxed),
             bytes_to_client: self.down.load(Ordering::Relaxed),
             datagrams: self
@@ -355,8 +368,16 @@ impl std::ops::Deref for Registered {
 
 impl Live {
     /// The session ended with `rec`: out of the registry, and a close event.
-    pub(crate) fn ended(&self, rec: &SessionRecord) {
-        self.registry.remove(self.id);
+    /// The session ended: out of the registry (before its log phase, so
+    /// that nothing lists or kills a session whose sockets are closed).
+    pub(crate) fn leave(&self) {
+        if !self.left.swap(true, Ordering::AcqRel) {
+            self.registry.remove(self);
+        }
+    }
+
+    /// Its close event, once its record is final.
+    pub(crate) fn closed(&self, rec: &SessionRecord) {
         self.registry.close_event(self, rec);
     }
 
@@ -383,7 +404,7 @@ impl Live {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.0.registry.remove(self.0.id);
+        self.0.leave();
     }
 }
 
@@ -468,7 +489,9 @@ impl Registry {
     ) -> Registered {
         let (id, started) = match moved {
             Some((id, started)) if id != 0 => (id, started),
-            _ => (self.next.fetch_add(1, Ordering::Relaxed), SystemTime::now()),
+            // From a generation that did not number its sessions: a new id, its start kept.
+            Some((_, started)) => (self.next.fetch_add(1, Ordering::Relaxed), started),
+            None => (self.next.fetch_add(1, Ordering::Relaxed), SystemTime::now()),
         };
         let live = Arc::new(Live {
             id,
@@ -477,13 +500,14 @@ impl Registry {
             t0: Instant::now(),
             started_ms: unix_ms(started),
             relaying: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             killed: AtomicU8::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
             dgrams_up: AtomicU64::new(0),
             dgrams_down: AtomicU64::new(0),
             udp: facts.protocol == Protocol::Udp,
-            last: AtomicU64::new(0),
+            last: AtomicI64::new(0),
             inner: Mutex::new(Inner { facts, waker: None }),
         });
         live.touch_at(Instant::now());
@@ -491,8 +515,13 @@ impl Registry {
         Registered(live)
     }
 
-    fn remove(&self, id: u64) {
-        self.shard(id).lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    /// Takes `live` out: only that entry, not another that took its id
+    /// since (a session resumed here after a failed hand-off).
+    fn remove(&self, live: &Live) {
+        let mut shard = self.shard(live.id).lock().unwrap_or_else(|p| p.into_inner());
+        if shard.get(&live.id).is_some_and(|e| std::ptr::eq(Arc::as_ptr(e), live)) {
+            shard.remove(&live.id);
+        }
     }
 
     /// One open session.
@@ -656,9 +685,14 @@ impl Filter {
             && self.sni.as_deref().is_none_or(|w| f.sni().is_some_and(|s| s.eq_ignore_ascii_case(w)))
             && self.protocol.is_none_or(|p| p == f.protocol)
             && self.state.is_none_or(|s| s == v.state)
-            && self.older_than.is_none_or(|d| now_ms.saturating_sub(v.started_at) >= d.as_millis() as u64)
-            && self.idle_for.is_none_or(|d| now_ms.saturating_sub(v.last_activity_at) >= d.as_millis() as u64)
+            && self.older_than.is_none_or(|d| now_ms.saturating_sub(v.started_at) >= millis(d))
+            && self.idle_for.is_none_or(|d| now_ms.saturating_sub(v.last_activity_at) >= millis(d))
     }
+}
+
+/// `d` in milliseconds, saturating (a huge `older_than` matches nothing).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -667,7 +701,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Facts for a session known only by its peer and listener (accept time).
-pub(crate) fn accepted(client: SocketAddr, listener: Arc<str>, server: SocketAddr, protocol: Protocol) -> Facts {
+pub fn accepted(client: SocketAddr, listener: Arc<str>, server: SocketAddr, protocol: Protocol) -> Facts {
     Facts {
         client,
         server,

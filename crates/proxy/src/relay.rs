@@ -641,6 +641,11 @@ impl<D: Directions> Future for Run<'_, D> {
         let end = 'end: {
             let live: &Live = this.live;
             let force = live.force();
+            // Its own flag first (a kill wakes this task alone): a session
+            // killed as an upgrade begins is not handed over.
+            if live.killed() {
+                break 'end RelayEnd::Killed;
+            }
             if !*this.stayed && force.handing_off() {
                 match this.d.park() {
                     Some(Ok(mut parked)) => {
@@ -665,12 +670,12 @@ impl<D: Directions> Future for Run<'_, D> {
                     this.stop.set(force.waiter());
                 }
                 *this.waiting = true;
-                // Once: a kill wakes this task through it.
+                // Once: a kill wakes this task through it. A kill since the
+                // check above left no waker to wake: look again.
                 live.wake_on_kill(cx.waker());
-            }
-            // Its own flag (a kill wakes this task alone), then the listener's.
-            if live.killed() {
-                break 'end RelayEnd::Killed;
+                if live.killed() {
+                    break 'end RelayEnd::Killed;
+                }
             }
             // The waiter was made before this check: no close_all is missed.
             if force.is_set() {

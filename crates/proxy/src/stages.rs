@@ -290,9 +290,15 @@ fn record_facts(
     if rec.sni.is_some() && f.sni() != rec.sni.as_deref() {
         f.more().sni.clone_from(&rec.sni);
     }
-    f.route = route.map(|r| r.named.clone());
-    f.service = service.map(|s| s.named.clone());
-    f.upstream = service.and_then(|s| s.upstream.clone());
+    // Shared with every session of the route: touched only when it changes.
+    fn set<T>(slot: &mut Option<Arc<T>>, new: Option<&Arc<T>>) {
+        if slot.as_ref().map(Arc::as_ptr) != new.map(Arc::as_ptr) {
+            *slot = new.cloned();
+        }
+    }
+    set(&mut f.route, route.map(|r| &r.named));
+    set(&mut f.service, service.map(|s| &s.named));
+    set(&mut f.upstream, service.and_then(|s| s.upstream.as_ref()));
     f.address = rec.upstream;
     f.tries = rec.tries.len() as u32;
 }
@@ -311,6 +317,7 @@ pub(crate) fn rejected(status: Status, plugin: &str, message: Option<String>) ->
 /// would copy it.
 #[inline]
 pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRecord, live: &Live) {
+    live.leave();
     if rec.status.code() >= 400 {
         tracing::debug!(client = %rec.client, status = rec.status.code(), reason = rec.reason.as_str(), detail = ?rec.detail, "session refused");
     }
@@ -319,6 +326,6 @@ pub(crate) fn log(shared: &Shared, plugged: Option<Box<Plugged>>, rec: SessionRe
         None => rec,
     };
     shared.log.log(&rec);
-    live.ended(&rec);
+    live.closed(&rec);
     shared.stats.session_ended();
 }

@@ -84,6 +84,11 @@ pub struct Targets {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) tunables: Arc<ArcSwap<Tunables>>,
     drains: Mutex<HashMap<(Uuid, String), Drain>>,
+    /// Removed targets whose sessions close at `drain_timeout`, each with
+    /// the token of its timer: a target put back, or removed again, makes
+    /// the earlier timer stale.
+    removals: Mutex<HashMap<(Uuid, String), u64>>,
+    next_removal: std::sync::atomic::AtomicU64,
 }
 
 /// The sessions of `upstream` on `target`.
@@ -98,7 +103,14 @@ impl Targets {
         snapshot: Arc<ArcSwap<Snapshot>>,
         tunables: Arc<ArcSwap<Tunables>>,
     ) -> Arc<Targets> {
-        Arc::new(Targets { sessions, snapshot, tunables, drains: Mutex::default() })
+        Arc::new(Targets {
+            sessions,
+            snapshot,
+            tunables,
+            drains: Mutex::default(),
+            removals: Mutex::default(),
+            next_removal: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Starts draining `target` (its id or `host:port`) of `upstream`: it
@@ -196,6 +208,13 @@ impl Targets {
     /// (or set to weight 0) close now or at `drain_timeout`, as their
     /// upstream's `on_target_removed` says.
     pub(crate) fn config_changed(self: &Arc<Self>, old: &Config, new: &Config) {
+        {
+            // Targets put back: their pending closes are off.
+            let mut removals = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            if !removals.is_empty() {
+                removals.retain(|(u, key), _| !live_targets(new, *u).contains(key));
+            }
+        }
         for (upstream, key, what) in removed_targets(old, new) {
             match what {
                 OnTargetRemoved::Keep => {}
@@ -207,15 +226,23 @@ impl Targets {
                     tracing::info!(%upstream, target = %key, sessions = n, "on_target_removed: closed the sessions of a removed target");
                 }
                 OnTargetRemoved::Drain => {
+                    let token = self.next_removal.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let slot = (upstream, key);
+                    self.removals.lock().unwrap_or_else(|p| p.into_inner()).insert(slot.clone(), token);
                     let wait = self.tunables.load().drain;
                     let me = Arc::downgrade(self);
                     tokio::spawn(async move {
                         tokio::time::sleep(wait).await;
                         let Some(me) = me.upgrade() else { return };
-                        // Put back in the meantime: its sessions stay.
-                        if live_targets(&me.snapshot.load().config, upstream).contains(&key) {
-                            return;
+                        {
+                            let mut removals = me.removals.lock().unwrap_or_else(|p| p.into_inner());
+                            // Put back, or removed again since (a later timer's turn).
+                            if removals.get(&slot) != Some(&token) {
+                                return;
+                            }
+                            removals.remove(&slot);
                         }
+                        let (upstream, key) = slot;
                         let n = on_target(&me.sessions, upstream, &key)
                             .iter()
                             .filter(|l| l.kill_for(Kill::TargetRemoved))

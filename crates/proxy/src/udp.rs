@@ -502,8 +502,14 @@ impl Setup {
         } else {
             None
         };
-        self.route(ConnKind::Udp, hello, "no Route found with those values")?;
-        let service = self.service()?;
+        let routed = self.route(ConnKind::Udp, hello, "no Route found with those values");
+        let live = &ctx.link.live;
+        self.publish(live);
+        routed?;
+        ctx.shared.sessions.open_event(live);
+        let service = self.service();
+        self.publish(live);
+        let service = service?;
         let target = match self.preread() {
             None => None,
             Some(phase) => phase.await.map_err(|refusal| refusal.fail)?,
