@@ -476,11 +476,16 @@ fn tags_match(e: &Value, filter: Option<&str>) -> bool {
     }
 }
 
+/// Kong's `size` of a list page: 1 to 1000, 100 when not given.
+pub(crate) fn page_size(given: Option<&str>) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(100),
+        Some(s) => s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(ApiError::invalid_size),
+    }
+}
+
 fn list(req: &Req<'_>, cur: &Current, kind: EntityKind, scope: Option<(&str, &str)>) -> Reply {
-    let size = match req.q("size") {
-        None => 100,
-        Some(s) => s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(ApiError::invalid_size)?,
-    };
+    let size = page_size(req.q("size"))?;
     let after = match req.q("offset") {
         None => None,
         Some(o) => Some(i64::from_str_radix(o, 16).map_err(|_| ApiError::invalid_offset(o))?),

@@ -140,10 +140,7 @@ pub(crate) fn list(registry: &Registry, query: &[(String, String)]) -> Reply {
     let f = filter(query)?;
     let q = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let order = sort(q("sort"))?;
-    let size = match q("size") {
-        None => 100,
-        Some(s) => s.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(ApiError::invalid_size)?,
-    };
+    let size = crate::api::page_size(q("size"))?;
     // The offset is where the previous page ended: its last (key, id).
     let after = match q("offset") {
         None => None,

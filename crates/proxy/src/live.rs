@@ -637,7 +637,7 @@ impl View {
 
 /// Which sessions a list, a kill or the event stream is about. Every field
 /// set must match.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub route: Option<String>,
     pub service: Option<String>,
@@ -656,17 +656,7 @@ pub struct Filter {
 impl Filter {
     /// No condition at all: every session matches.
     pub fn is_empty(&self) -> bool {
-        let Filter { route, service, upstream, target, client, sni, protocol, state, older_than, idle_for } = self;
-        route.is_none()
-            && service.is_none()
-            && upstream.is_none()
-            && target.is_none()
-            && client.is_none()
-            && sni.is_none()
-            && protocol.is_none()
-            && state.is_none()
-            && older_than.is_none()
-            && idle_for.is_none()
+        *self == Filter::default()
     }
 
     /// Whether `v` matches, `now_ms` being the time now (ms since the epoch).
