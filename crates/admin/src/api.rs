@@ -319,6 +319,27 @@ async fn route(req: &Req<'_>, segs: &[&str]) -> Reply {
             }
         }
         [k, key] if EntityKind::from_admin_path(k).is_some() => entity(req, kind(k)?, key, None).await,
+        [k @ ("certificates" | "ca_certificates"), c, "x509"] => {
+            only(m, &[Method::GET])?;
+            let cur = req.control().current();
+            let cert = find(&cur, kind(k)?, c, None).ok_or_else(ApiError::not_found)?;
+            let pem = cert.get("cert").and_then(Value::as_str).ok_or_else(ApiError::not_found)?;
+            let info = strait_model::pem::describe(pem)
+                .map_err(|e| ApiError::message(StatusCode::INTERNAL_SERVER_ERROR, &e))?;
+            json_reply(
+                StatusCode::OK,
+                json!({
+                    "id": id_of(cert),
+                    "subject": info.subject,
+                    "issuer": info.issuer,
+                    "not_before": info.not_before,
+                    "not_after": info.not_after,
+                    "sans": info.sans,
+                    "serial": info.serial,
+                    "chain_length": info.chain_length,
+                }),
+            )
+        }
         ["certificates", c, "services"] => {
             only(m, &[Method::GET])?;
             let cur = req.control().current();

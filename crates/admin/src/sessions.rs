@@ -347,7 +347,9 @@ pub fn metrics(registry: &Registry) -> String {
     let protocols = [Protocol::Tcp, Protocol::Tls, Protocol::TlsPassthrough, Protocol::Udp];
     let states = [State::Setup, State::Relaying, State::Draining];
     let mut counts = [[0u64; 3]; 4];
+    let mut listeners: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for l in registry.all() {
+        *listeners.entry(l.listener().to_string()).or_default() += 1;
         let (protocol, state) = l.protocol_and_state();
         if let (Some(p), Some(s)) =
             (protocols.iter().position(|p| *p == protocol), states.iter().position(|s| *s == state))
@@ -366,6 +368,23 @@ pub fn metrics(registry: &Registry) -> String {
     out.push_str("# HELP strait_sessions_closed_by_admin_total Sessions closed through the Admin API.\n");
     out.push_str("# TYPE strait_sessions_closed_by_admin_total counter\n");
     let _ = writeln!(out, "strait_sessions_closed_by_admin_total {}", registry.closed_by_admin());
+    out.push_str("# HELP strait_sessions_open_by_listener Sessions open now, by the listener that accepted them.\n");
+    out.push_str("# TYPE strait_sessions_open_by_listener gauge\n");
+    for (listener, n) in listeners {
+        let _ = writeln!(out, "strait_sessions_open_by_listener{{listener=\"{listener}\"}} {n}");
+    }
+    out.push_str("# HELP strait_sessions_closed_total Sessions ended, by close reason.\n");
+    out.push_str("# TYPE strait_sessions_closed_total counter\n");
+    for (reason, n) in registry.closes() {
+        let _ = writeln!(out, "strait_sessions_closed_total{{reason=\"{}\"}} {n}", reason.as_str());
+    }
+    let (received, sent) = registry.bytes();
+    out.push_str(
+        "# HELP strait_session_bytes_total Bytes from clients (received) and to them (sent), open sessions included.\n",
+    );
+    out.push_str("# TYPE strait_session_bytes_total counter\n");
+    let _ = writeln!(out, "strait_session_bytes_total{{direction=\"received\"}} {received}");
+    let _ = writeln!(out, "strait_session_bytes_total{{direction=\"sent\"}} {sent}");
     out
 }
 

@@ -87,6 +87,53 @@ pub fn ca_certificate(pem: &str) -> Result<CertificateDer<'static>, String> {
     Ok(der)
 }
 
+/// What an operator reads off a certificate (the Admin API's
+/// `/certificates/{id}/x509`): the leaf's names and validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// Seconds since the epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// DNS names and IP addresses of the subject alternative names.
+    pub sans: Vec<String>,
+    /// Hexadecimal.
+    pub serial: String,
+    /// Certificates in the chain, the leaf included.
+    pub chain_length: usize,
+}
+
+/// Reads the leaf of a PEM chain.
+pub fn describe(pem: &str) -> Result<CertInfo, String> {
+    let chain = parse_certs(pem)?;
+    let (_, x509) = X509Certificate::from_der(chain[0].as_ref()).map_err(|e| format!("invalid certificate: {e}"))?;
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = x509.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => sans.push((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => sans.push(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default()).to_string()),
+                    16 => sans.push(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default()).to_string()),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    let v = x509.validity();
+    Ok(CertInfo {
+        subject: x509.subject().to_string(),
+        issuer: x509.issuer().to_string(),
+        not_before: v.not_before.timestamp(),
+        not_after: v.not_after.timestamp(),
+        sans,
+        serial: x509.raw_serial_as_string().replace(':', ""),
+        chain_length: chain.len(),
+    })
+}
+
 /// Checks that a certificate is within its validity period now (used by TLS
 /// health probes, which may not verify the chain but still catch expiry).
 pub fn check_validity(der: &CertificateDer<'_>) -> Result<(), String> {

@@ -47,6 +47,32 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (`ALL[r as usize] == r`).
+    pub const ALL: [CloseReason; 22] = [
+        CloseReason::ClientClosed,
+        CloseReason::UpstreamClosed,
+        CloseReason::IdleTimeout,
+        CloseReason::NoRoute,
+        CloseReason::NoService,
+        CloseReason::ConnectFailed,
+        CloseReason::UpstreamTlsFailed,
+        CloseReason::TlsHandshakeFailed,
+        CloseReason::NotTls,
+        CloseReason::BadClientHello,
+        CloseReason::PrereadTimeout,
+        CloseReason::ClientError,
+        CloseReason::UpstreamError,
+        CloseReason::Shutdown,
+        CloseReason::BadProxyHeader,
+        CloseReason::Rejected,
+        CloseReason::PluginClosed,
+        CloseReason::PendingLimit,
+        CloseReason::PluginFailed,
+        CloseReason::ClosedByAdmin,
+        CloseReason::TargetDown,
+        CloseReason::TargetRemoved,
+    ];
+
     #[inline]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -75,6 +101,9 @@ impl CloseReason {
         }
     }
 }
+
+// `ALL` ends with the last variant (a new one goes there, and in `ALL`).
+const _: () = assert!(CloseReason::TargetRemoved as usize + 1 == CloseReason::ALL.len());
 
 /// One attempt to reach the upstream (Kong's `tries`).
 #[derive(Debug, Clone)]
@@ -295,6 +324,13 @@ impl OpenRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_close_reason_is_listed_at_its_index() {
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.as_str());
+        }
+    }
 
     #[test]
     fn an_open_record_gives_back_what_the_setup_found() {

@@ -222,6 +222,11 @@ impl Live {
         f(&mut self.lock().facts);
     }
 
+    /// The listener that accepted it.
+    pub fn listener(&self) -> Arc<str> {
+        self.lock().facts.listener.clone()
+    }
+
     /// The session's setup is over: it relays from now on.
     pub(crate) fn relaying(&self) {
         self.relaying.store(true, Ordering::Relaxed);
@@ -422,6 +427,11 @@ pub struct Registry {
     watchers: AtomicUsize,
     events: broadcast::Sender<Arc<Event>>,
     closed_by_admin: AtomicU64,
+    /// Sessions ended, by `CloseReason` (its index in `CloseReason::ALL`).
+    closes: [AtomicU64; CloseReason::ALL.len()],
+    /// Bytes from and to the clients of the sessions ended.
+    ended_received: AtomicU64,
+    ended_sent: AtomicU64,
 }
 
 /// One event of the stream: a session opened or closed.
@@ -472,6 +482,9 @@ impl Registry {
             watchers: AtomicUsize::new(0),
             events,
             closed_by_admin: AtomicU64::new(0),
+            closes: std::array::from_fn(|_| AtomicU64::new(0)),
+            ended_received: AtomicU64::new(0),
+            ended_sent: AtomicU64::new(0),
         })
     }
 
@@ -560,7 +573,29 @@ impl Registry {
         }
     }
 
+    /// Sessions ended so far, by reason (in `CloseReason::ALL` order).
+    pub fn closes(&self) -> impl Iterator<Item = (CloseReason, u64)> + '_ {
+        CloseReason::ALL.iter().zip(&self.closes).map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+    }
+
+    /// Bytes from and to clients so far: the sessions ended and those open.
+    pub fn bytes(&self) -> (u64, u64) {
+        let (mut received, mut sent) =
+            (self.ended_received.load(Ordering::Relaxed), self.ended_sent.load(Ordering::Relaxed));
+        for l in self.all() {
+            received += l.up.load(Ordering::Relaxed);
+            sent += l.down.load(Ordering::Relaxed);
+        }
+        (received, sent)
+    }
+
     fn close_event(&self, live: &Live, rec: &SessionRecord) {
+        // Counted once per session, where it ends (not on the data path).
+        if let Some(n) = self.closes.get(rec.reason as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ended_received.fetch_add(rec.bytes_received, Ordering::Relaxed);
+        self.ended_sent.fetch_add(rec.bytes_sent, Ordering::Relaxed);
         if self.watched() {
             let record = json!({
                 "status": rec.status.code(),

@@ -178,6 +178,13 @@ async fn sessions_of_every_protocol_are_listed_filtered_and_gone_when_they_end()
         let line = format!("strait_sessions_open{{protocol=\"{p}\",state=\"relaying\"}} 1");
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
+    let line = format!("strait_sessions_open_by_listener{{listener=\"127.0.0.1:{}\"}} 3", st.tcp);
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+    let received = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("strait_session_bytes_total{direction=\"received\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(received.is_some_and(|n| n > 0), "open sessions' bytes count: {metrics}");
     // One session by id; each filter alone.
     let one = get(st.admin, &format!("/sessions/{}", t["id"])).await;
     assert_eq!(one.status, 200);
@@ -266,6 +273,7 @@ async fn a_kill_closes_both_sides_and_is_logged_and_bulk_kills_need_a_filter() {
     assert_eq!(all.json()["count"], 0);
     let metrics = String::from_utf8_lossy(&get(st.admin, "/metrics").await.body).into_owned();
     assert!(metrics.contains("strait_sessions_closed_by_admin_total 2"), "{metrics}");
+    assert!(metrics.contains("strait_sessions_closed_total{reason=\"closed by admin\"} 2"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
