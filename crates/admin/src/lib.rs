@@ -9,6 +9,7 @@
 pub mod api;
 pub mod error;
 mod form;
+pub mod gui;
 mod health;
 pub mod schema;
 mod sessions;
@@ -76,6 +77,17 @@ pub struct AdminState {
     pub tester: strait_proxy::RouteTester,
     /// `/upstreams/{u}/targets/{t}/drain`.
     pub targets: Arc<strait_proxy::targets::Targets>,
+    /// Cross-origin requests from the web UI, allowed only when it is served
+    /// from another origin (`admin_gui_api_url`): `None` answers no CORS;
+    /// an empty list allows any origin.
+    pub cors: Option<Vec<String>>,
+}
+
+/// The CORS headers for a request from `origin`, if it is allowed.
+fn cors_origin<'a>(state: &AdminState, origin: Option<&'a str>) -> Option<&'a str> {
+    let allowed = state.cors.as_ref()?;
+    let origin = origin?;
+    (allowed.is_empty() || allowed.iter().any(|a| a == origin)).then_some(origin)
 }
 
 /// The Admin API as an axum router.
@@ -84,13 +96,44 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(move |request: axum::extract::Request| {
             let state = state.clone();
             async move {
+                use axum::http::{HeaderValue, Method, StatusCode, header};
                 let (parts, body) = request.into_parts();
-                // Read at most MAX_BODY; larger bodies get Kong's error shape.
-                let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-                    return ApiError::message(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+                let origin = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+                let allow = cors_origin(&state, origin).and_then(|o| HeaderValue::from_str(o).ok());
+                if parts.method == Method::OPTIONS
+                    && let Some(allow) = &allow
+                {
+                    // A browser's preflight: what the web UI sends.
+                    return (
+                        StatusCode::NO_CONTENT,
+                        [
+                            (header::ACCESS_CONTROL_ALLOW_ORIGIN, allow.clone()),
+                            (
+                                header::ACCESS_CONTROL_ALLOW_METHODS,
+                                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"),
+                            ),
+                            (
+                                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                                HeaderValue::from_static("Content-Type, Kong-Admin-Token"),
+                            ),
+                            (header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600")),
+                            (header::VARY, HeaderValue::from_static("Origin")),
+                        ],
+                    )
                         .into_response();
+                }
+                // Read at most MAX_BODY; larger bodies get Kong's error shape.
+                let mut reply = match axum::body::to_bytes(body, MAX_BODY).await {
+                    Ok(body) => api::handle(state, parts.method, parts.uri, parts.headers, body).await,
+                    Err(_) => {
+                        ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").into_response()
+                    }
                 };
-                api::handle(state, parts.method, parts.uri, parts.headers, body).await
+                if let Some(allow) = allow {
+                    reply.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+                    reply.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+                }
+                reply
             }
         })
         .layer(DefaultBodyLimit::disable())
@@ -145,8 +188,17 @@ pub async fn serve_tls(
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    serve_router_tls(listener, tls, router(state), shutdown).await
+}
+
+/// Serves `app` over HTTPS on `listener` until `shutdown` completes.
+pub async fn serve_router_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(state);
     tokio::pin!(shutdown);
     loop {
         let (tcp, _) = tokio::select! {

@@ -12,4 +12,4 @@ pub use dns::{DnsSettings, DnsType};
 pub use listen::{
     AdminListen, Keepalive, ListenEntry, ListenError, ListenHost, parse_admin_listen, parse_stream_listen,
 };
-pub use settings::{AccessLog, Database, LogLevel, PgSettings, Settings, SettingsError, WasmSettings};
+pub use settings::{AccessLog, Database, GuiUrl, LogLevel, PgSettings, Settings, SettingsError, WasmSettings};

@@ -102,6 +102,18 @@ pub struct Settings {
     pub admin_listen: Vec<AdminListen>,
     /// Kong's `status_listen`: `/status` and `/metrics`, read-only; off by default.
     pub status_listen: Vec<AdminListen>,
+    /// Kong's `admin_gui_listen`: the web UI; empty when `off`.
+    pub admin_gui_listen: Vec<AdminListen>,
+    /// `admin_gui_listen` is its default, not the operator's choice: a busy
+    /// port there is a warning, not a failed start.
+    pub admin_gui_default: bool,
+    /// Kong's `admin_gui_api_url`: where the UI's browser reaches the Admin
+    /// API; unset: the UI's own origin, under `/api`.
+    pub admin_gui_api_url: Option<GuiUrl>,
+    /// Kong's `admin_gui_url`: the origins the UI is served from, which the
+    /// Admin API allows cross-origin when `admin_gui_api_url` is set; empty:
+    /// any origin (the token, not a cookie, is what authorises).
+    pub admin_gui_url: Vec<GuiUrl>,
     /// When set, Admin API requests must carry it in `Kong-Admin-Token`.
     pub admin_token: Option<String>,
     /// Kong's `plugins`: `bundled` and/or custom plugin names; empty when `off`.
@@ -219,6 +231,9 @@ pub const KEYS: &[&str] = &[
     "stream_listen",
     "admin_listen",
     "admin_token",
+    "admin_gui_listen",
+    "admin_gui_api_url",
+    "admin_gui_url",
     "plugins",
     "admin_ssl_cert",
     "admin_ssl_cert_key",
@@ -387,6 +402,17 @@ impl Settings {
                         s.stream_listen = parse_stream_listen(&raw.text()?).map_err(|e| e.to_string())?
                     }
                     "admin_listen" => s.admin_listen = parse_admin_listen(&raw.text()?)?,
+                    "admin_gui_listen" => {
+                        s.admin_gui_listen = parse_admin_listen(&raw.text()?)?;
+                        s.admin_gui_default = false;
+                    }
+                    "admin_gui_api_url" => {
+                        let v = raw.text()?;
+                        s.admin_gui_api_url = if v.is_empty() { None } else { Some(GuiUrl::parse(&v)?) };
+                    }
+                    "admin_gui_url" => {
+                        s.admin_gui_url = raw.list()?.iter().map(|v| GuiUrl::parse(v)).collect::<Result<_, _>>()?
+                    }
                     "plugins" => {
                         let v = raw.list()?;
                         s.plugins = if v.len() == 1 && v[0].eq_ignore_ascii_case("off") { Vec::new() } else { v };
@@ -505,6 +531,21 @@ impl Settings {
             }),
         }
 
+        // The UI is a client of the Admin API: by default it follows it.
+        if s.admin_listen.is_empty() && s.admin_gui_api_url.is_none() {
+            if s.admin_gui_default {
+                s.admin_gui_listen.clear();
+            } else if !s.admin_gui_listen.is_empty() {
+                errors.push(SettingError {
+                    key: "admin_gui_listen".into(),
+                    source: "file or environment".into(),
+                    reason: "the web UI needs the Admin API, but admin_listen is off: turn admin_listen on, set \
+                             admin_gui_api_url, or set admin_gui_listen = \"off\""
+                        .into(),
+                });
+            }
+        }
+
         if s.pg.ssl_verify && !s.pg.ssl {
             errors.push(SettingError {
                 key: "pg_ssl_verify".into(),
@@ -538,6 +579,10 @@ impl Settings {
             stream_listen: Vec::new(),
             admin_listen: parse_admin_listen("127.0.0.1:8001").unwrap_or_default(),
             status_listen: Vec::new(),
+            admin_gui_listen: parse_admin_listen("127.0.0.1:8002").unwrap_or_default(),
+            admin_gui_default: true,
+            admin_gui_api_url: None,
+            admin_gui_url: Vec::new(),
             admin_token: None,
             plugins: vec!["bundled".to_owned()],
             admin_ssl_cert: None,
@@ -574,6 +619,39 @@ fn parse_trusted_ips(items: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
         out.push(net);
     }
     Ok(out)
+}
+
+/// An `http` or `https` URL for the web UI's settings, kept with its
+/// origin (what a Content-Security-Policy and CORS compare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuiUrl {
+    /// As given, without a trailing `/`.
+    pub url: String,
+    /// `scheme://host[:port]`.
+    pub origin: String,
+}
+
+impl GuiUrl {
+    /// Accepts `http(s)://host[:port][/path]`; the characters allowed are
+    /// those that cannot break out of an HTTP header or a CSP source.
+    pub fn parse(v: &str) -> Result<GuiUrl, String> {
+        let bad =
+            |why: &str| format!("'{v}' is not a URL for the web UI: {why} (expected http(s)://host[:port][/path])");
+        let rest = v
+            .strip_prefix("http://")
+            .or_else(|| v.strip_prefix("https://"))
+            .ok_or_else(|| bad("the scheme must be http or https"))?;
+        if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~:/[]%@!$&()*+=".contains(*c))) {
+            return Err(bad(&format!("'{c}' is not allowed")));
+        }
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.is_empty() || authority.contains('@') {
+            return Err(bad("it has no host (or carries a user)"));
+        }
+        let url = v.trim_end_matches('/').to_owned();
+        let origin = v[..v.len() - rest.len() + authority.len()].to_owned();
+        Ok(GuiUrl { url, origin })
+    }
 }
 
 fn non_empty(v: String) -> Result<String, String> {
@@ -713,6 +791,42 @@ mod tests {
         assert!(s.stream_listen.is_empty());
         assert_eq!(s.proxy_stream_access_log, AccessLog::File(PathBuf::from("/usr/local/strait/logs/access.log")));
         assert_eq!(s.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_web_ui_follows_the_admin_api() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(s.admin_gui_listen[0].addr_label(), "127.0.0.1:8002");
+        assert!(s.admin_gui_default);
+        let s = load(r#"admin_listen = "off""#, &[]).unwrap();
+        assert!(s.admin_gui_listen.is_empty(), "the default UI is off with the Admin API");
+        let Err(SettingsError::Invalid(errors)) =
+            load("admin_listen = \"off\"\nadmin_gui_listen = \"127.0.0.1:9002\"", &[])
+        else {
+            panic!("a UI without an Admin API was accepted");
+        };
+        assert_eq!(errors[0].key, "admin_gui_listen");
+        let s = load(r#"admin_gui_listen = "0.0.0.0:9002 ssl""#, &[]).unwrap();
+        assert!(!s.admin_gui_default && s.admin_gui_listen[0].ssl);
+        let s = load("", &[("STRAIT_ADMIN_GUI_LISTEN", "off")]).unwrap();
+        assert!(s.admin_gui_listen.is_empty());
+    }
+
+    #[test]
+    fn web_ui_urls_keep_their_origin() {
+        let u = GuiUrl::parse("https://admin.example.com:8444/kong/").unwrap();
+        assert_eq!(
+            (u.url.as_str(), u.origin.as_str()),
+            ("https://admin.example.com:8444/kong", "https://admin.example.com:8444")
+        );
+        assert_eq!(GuiUrl::parse("http://[::1]:8001").unwrap().origin, "http://[::1]:8001");
+        for bad in ["ftp://x", "http://", "http://a b", "http://x;script-src *", "http://u@x", "https://x'"] {
+            assert!(GuiUrl::parse(bad).is_err(), "{bad} was accepted");
+        }
+        let Err(SettingsError::Invalid(errors)) = load(r#"admin_gui_api_url = "localhost:8001""#, &[]) else {
+            panic!("a URL without a scheme was accepted");
+        };
+        assert!(errors[0].reason.contains("http or https"), "{}", errors[0].reason);
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The Admin API (`admin_listen`) and status API (`status_listen`)
-//! servers: bound (or taken over from an earlier generation), served until
+//! The Admin API (`admin_listen`), status API (`status_listen`) and web UI
+//! (`admin_gui_listen`) servers: bound (or taken over from an earlier generation), served until
 //! told to stop, and restarted by a reload on the same sockets where the
 //! address did not change, so those ports never close.
 
@@ -33,7 +33,7 @@ pub(crate) fn key(kind: &str, entry: &AdminListen) -> String {
 /// before it changes anything.
 pub(crate) fn bind(settings: &Settings, inherited: &mut Vec<Inherited>) -> Result<Bound> {
     let mut out = Vec::new();
-    for (kind, entries) in [("admin", &settings.admin_listen), ("status", &settings.status_listen)] {
+    for (kind, entries) in kinds(settings) {
         for entry in entries {
             let label = entry.addr_label();
             if kind == "status" && entry.ssl {
@@ -46,12 +46,30 @@ pub(crate) fn bind(settings: &Settings, inherited: &mut Vec<Inherited>) -> Resul
                     l.set_nonblocking(true)?;
                     l
                 }
-                None => bind_one(entry).with_context(|| format!("{kind}_listen: cannot listen on {label}"))?,
+                None => match bind_one(entry) {
+                    Ok(l) => l,
+                    // The UI's default address taken (by another gateway on
+                    // this host, say) is not worth refusing to start over.
+                    Err(e) if kind == "gui" && settings.admin_gui_default => {
+                        tracing::warn!(addr = %label, error = %e,
+                            "the web UI's default address is taken: the UI is off (set admin_gui_listen)");
+                        continue;
+                    }
+                    Err(e) => {
+                        let key = if kind == "gui" { "admin_gui" } else { kind };
+                        return Err(e).with_context(|| format!("{key}_listen: cannot listen on {label}"));
+                    }
+                },
             };
             out.push((kind, entry.clone(), k, listener));
         }
     }
     Ok(Bound(out))
+}
+
+/// The admin servers' kinds and their entries; the kind names the socket's key.
+pub(crate) fn kinds(settings: &Settings) -> [(&'static str, &Vec<AdminListen>); 3] {
+    [("admin", &settings.admin_listen), ("status", &settings.status_listen), ("gui", &settings.admin_gui_listen)]
 }
 
 fn bind_one(entry: &AdminListen) -> std::io::Result<std::net::TcpListener> {
@@ -109,7 +127,23 @@ impl Bound {
             sessions: s.sessions,
             tester: s.tester,
             targets: s.targets,
+            cors: s
+                .settings
+                .admin_gui_api_url
+                .is_some()
+                .then(|| s.settings.admin_gui_url.iter().map(|u| u.origin.clone()).collect()),
         });
+        let gui = strait_admin::gui::GuiOptions {
+            api_url: s.settings.admin_gui_api_url.as_ref().map(|u| (u.url.clone(), u.origin.clone())),
+            admin_urls: s
+                .settings
+                .admin_listen
+                .iter()
+                .map(|l| format!("{}://{}", if l.ssl { "https" } else { "http" }, l.addr_label()))
+                .collect(),
+            dbless: s.settings.database == strait_config::Database::Off,
+            wasm: s.settings.wasm.enabled,
+        };
         let mut addrs = Vec::new();
         let mut sockets = Vec::new();
         for (kind, entry, key, listener) in self.0 {
@@ -122,7 +156,23 @@ impl Bound {
             let shutdown = async move {
                 let _ = rx.wait_for(|v| *v).await;
             };
-            if kind == "status" {
+            if kind == "gui" {
+                tracing::info!(addr = %addr, "web UI ready");
+                let (state, gui) = (state.clone(), gui.clone());
+                match s.tls.clone().filter(|_| entry.ssl) {
+                    Some(tls) => {
+                        let app = strait_admin::gui::router(state, gui);
+                        tokio::spawn(strait_admin::serve_router_tls(listener, tls, app, shutdown));
+                    }
+                    None => {
+                        tokio::spawn(async move {
+                            if let Err(e) = strait_admin::gui::serve(listener, state, gui, shutdown).await {
+                                tracing::error!(error = %e, "the web UI stopped");
+                            }
+                        });
+                    }
+                }
+            } else if kind == "status" {
                 tracing::info!(addr = %addr, "status API ready (/status, /metrics)");
                 tokio::spawn(async move {
                     if let Err(e) = strait_admin::serve_status(listener, state, shutdown).await {

@@ -197,12 +197,13 @@ pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_owned()
 }
 
-/// The HTTPS configuration for `admin_listen ... ssl`, if any entry asks for it.
+/// The HTTPS configuration for `admin_listen ... ssl` and `admin_gui_listen
+/// ... ssl`, if any entry asks for it.
 pub(crate) fn admin_tls(
     settings: &Settings,
     default_cert: &strait_model::KeyPair,
 ) -> Result<Option<Arc<rustls::ServerConfig>>> {
-    if !settings.admin_listen.iter().any(|l| l.ssl) {
+    if !settings.admin_listen.iter().chain(&settings.admin_gui_listen).any(|l| l.ssl) {
         return Ok(None);
     }
     let pair = match &settings.admin_ssl_cert {

@@ -594,9 +594,12 @@ impl Gateway {
         let bound = strait_proxy::bind_all_inheriting(&wanted, &mut running).map_err(|e| vec![e.to_string()])?;
         let admin_changed = old.admin_listen != new.admin_listen
             || old.status_listen != new.status_listen
+            || old.admin_gui_listen != new.admin_gui_listen
+            || old.admin_gui_api_url != new.admin_gui_api_url
+            || old.admin_gui_url != new.admin_gui_url
             || old.admin_token != new.admin_token
             || old.admin_ssl_cert != new.admin_ssl_cert
-            || (new.admin_listen.iter().any(|l| l.ssl) && old.ssl_cert != new.ssl_cert);
+            || (new.admin_listen.iter().chain(&new.admin_gui_listen).any(|l| l.ssl) && old.ssl_cert != new.ssl_cert);
         let admin_bound = if admin_changed {
             let mut running = self.admin.sockets().map_err(|e| vec![e.to_string()])?;
             Some(admin::bind(&new, &mut running).map_err(one)?)

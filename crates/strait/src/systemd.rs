@@ -61,7 +61,7 @@ pub(crate) fn listen_fds(settings: &Settings) -> Result<Vec<Inherited>> {
         let name = names.get(i as usize).map(String::as_str).unwrap_or("");
         let Some(key) = key_for(settings, local, udp) else {
             bail!(
-                "socket activation: socket {} ({name}, {}) matches no stream_listen, admin_listen or status_listen entry",
+                "socket activation: socket {} ({name}, {}) matches no stream_listen, admin_listen, status_listen or admin_gui_listen entry",
                 3 + i,
                 local.map_or_else(|| "unknown address".to_owned(), |a| a.to_string())
             );
@@ -93,7 +93,7 @@ fn key_for(settings: &Settings, local: Option<SocketAddr>, udp: bool) -> Option<
             return Some(strait_proxy::listen_key(e));
         }
     }
-    for (kind, entries) in [("admin", &settings.admin_listen), ("status", &settings.status_listen)] {
+    for (kind, entries) in crate::admin::kinds(settings) {
         for e in entries {
             if !udp && matches(&e.host, e.port) {
                 return Some(crate::admin::key(kind, e));

@@ -104,6 +104,7 @@ impl Gateway {
             ("prefix".into(), format!("{:?}", dir.path().join("prefix"))),
             ("database".into(), "\"off\"".into()),
             ("admin_listen".into(), "\"off\"".into()),
+            ("admin_gui_listen".into(), "\"off\"".into()),
             ("declarative_config".into(), format!("{yml:?}")),
             ("stream_listen".into(), format!("{:?}", cfg.stream_listen)),
             ("proxy_stream_access_log".into(), format!("{access_log:?}")),

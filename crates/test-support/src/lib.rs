@@ -1,7 +1,7 @@
 //! Test support for Strait's integration tests: rcgen certificates, tagged
 //! echo backends (plain and TLS), TLS clients, a private Redis server, and
 //! a harness that runs the real `strait` binary on loopback ports with
-//! bounded waits.
+//! bounded waits, and a headless Chromium over WebDriver for the web UI.
 //!
 //! Not part of the product; only tests depend on it.
 
@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod http;
 pub mod pg;
 pub mod redis;
+pub mod webdriver;
 
 use std::time::Duration;
 

@@ -1,0 +1,191 @@
+//! The web UI (`admin_gui_listen`): a build-free set of JavaScript modules
+//! embedded in the binary and served with a Content-Security-Policy that
+//! lets the page reach only itself and the Admin API.
+//!
+//! By default the UI talks to the Admin API on its own origin, under
+//! `/api`: the same handlers, in process, behind the same token check, so
+//! no CORS is needed. With `admin_gui_api_url` the browser goes to that URL
+//! instead, and the Admin API answers CORS for it (see `AdminState::cors`).
+//! Nothing is fetched from the network at run time.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::{AdminState, ApiError, MAX_BODY, api};
+
+/// One embedded file: its path under `/assets/`, media type and bytes.
+struct Asset {
+    name: &'static str,
+    media: &'static str,
+    body: &'static [u8],
+}
+
+macro_rules! asset {
+    ($name:literal, $media:expr) => {
+        Asset { name: $name, media: $media, body: include_bytes!(concat!("../gui/", $name)) }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Every file of `crates/admin/gui/` (a test checks the folder and this list agree).
+const ASSETS: &[Asset] = &[
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("favicon.svg", "image/svg+xml"),
+    asset!("app.js", JS),
+    asset!("api.js", JS),
+    asset!("dom.js", JS),
+    asset!("chart.js", JS),
+    asset!("entities.js", JS),
+    asset!("overview.js", JS),
+    asset!("live.js", JS),
+    asset!("config.js", JS),
+];
+
+/// How the UI finds the Admin API.
+#[derive(Debug, Clone, Default)]
+pub struct GuiOptions {
+    /// `admin_gui_api_url` (without a trailing `/`) and its origin; `None`:
+    /// the UI's own origin, under `/api`.
+    pub api_url: Option<(String, String)>,
+    /// The Admin API's own addresses as URLs, for the "curl" hints.
+    pub admin_urls: Vec<String>,
+    /// `database = "off"`: the entity pages are read-only.
+    pub dbless: bool,
+    /// `wasm = on`: filter chains exist.
+    pub wasm: bool,
+}
+
+/// The web UI as an axum router.
+pub fn router(state: Arc<AdminState>, options: GuiOptions) -> Router {
+    let options = Arc::new(options);
+    Router::new().fallback(move |request: axum::extract::Request| {
+        let (state, options) = (state.clone(), options.clone());
+        async move {
+            let (parts, body) = request.into_parts();
+            let mut reply = match parts.uri.path() {
+                p if options.api_url.is_none() && (p == "/api" || p.starts_with("/api/")) => {
+                    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+                        return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+                            .into_response();
+                    };
+                    let uri = without_prefix(&parts.uri);
+                    api::handle(state, parts.method, uri, parts.headers, body).await
+                }
+                path => page(&parts.method, path, &parts.headers, &options),
+            };
+            secure(reply.headers_mut(), &options);
+            reply
+        }
+    })
+}
+
+/// `/api/x?y` → `/x?y`.
+fn without_prefix(uri: &Uri) -> Uri {
+    let rest = uri.path_and_query().map_or("/", |pq| pq.as_str()).strip_prefix("/api").unwrap_or("/");
+    let rest = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_owned() };
+    rest.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+fn page(method: &Method, path: &str, _headers: &HeaderMap, options: &GuiOptions) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET, HEAD")], "method not allowed").into_response();
+    }
+    if path == "/gui.json" {
+        let api = options.api_url.as_ref().map_or("/api", |(url, _)| url.as_str());
+        return axum::Json(json!({
+            "api": api,
+            "admin_urls": options.admin_urls,
+            "dbless": options.dbless,
+            "wasm": options.wasm,
+            "version": env!("CARGO_PKG_VERSION"),
+        }))
+        .into_response();
+    }
+    let name = match path {
+        "/" | "/index.html" => "index.html",
+        "/favicon.ico" => "favicon.svg",
+        p => match p.strip_prefix("/assets/") {
+            Some(n) => n,
+            None => return (StatusCode::NOT_FOUND, "not found").into_response(),
+        },
+    };
+    match ASSETS.iter().find(|a| a.name == name) {
+        Some(a) => ([(header::CONTENT_TYPE, a.media)], a.body).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// The headers every answer carries: the page may load only its own files
+/// and talk only to itself and the Admin API; it may not be framed.
+fn secure(h: &mut HeaderMap, options: &GuiOptions) {
+    let connect = match &options.api_url {
+        Some((_, origin)) => format!("'self' {origin}"),
+        None => "'self'".to_owned(),
+    };
+    let csp = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src {connect}; \
+         form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // The files change with the binary: always revalidate.
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-cache"));
+}
+
+/// Serves the web UI on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    options: GuiOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state, options)).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_the_folder_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("gui");
+        let mut files: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        let mut listed: Vec<String> = ASSETS.iter().map(|a| a.name.to_owned()).collect();
+        listed.sort();
+        assert_eq!(files, listed, "crates/admin/gui and gui::ASSETS differ");
+    }
+
+    #[test]
+    fn the_api_prefix_is_taken_off() {
+        for (from, to) in
+            [("/api", "/"), ("/api/", "/"), ("/api/services?size=2", "/services?size=2"), ("/api?x=1", "/?x=1")]
+        {
+            assert_eq!(without_prefix(&from.parse().unwrap()).to_string(), to, "{from}");
+        }
+    }
+
+    #[test]
+    fn the_policy_names_only_the_admin_api() {
+        let mut h = HeaderMap::new();
+        let options = GuiOptions {
+            api_url: Some(("https://api.example:8444/kong".into(), "https://api.example:8444".into())),
+            ..GuiOptions::default()
+        };
+        secure(&mut h, &options);
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("connect-src 'self' https://api.example:8444;"), "{csp}");
+        assert!(csp.starts_with("default-src 'none'"), "{csp}");
+    }
+}
