@@ -21,10 +21,17 @@ const PAGES = [
 
 let stop = null;
 
+// Kong Manager's names for pages whose name here differs.
+const ALIASES = { "ca-certificates": "ca_certificates", filter_chains: "filter-chains", "route-tester": "tester", dashboard: "overview" };
+
+// The page is named by the hash (`#/sessions`), or by the path
+// (`/sessions`) when there is no hash.
 function current() {
-  const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
-  const params = new URLSearchParams(location.hash.split("?")[1] || "");
-  return { name: (name || "overview").split("?")[0], rest, params };
+  const from = location.hash ? location.hash.replace(/^#\/?/, "") : location.pathname.replace(/^\//, "") + location.search;
+  const [path, query] = from.split("?");
+  const [name, ...rest] = path.split("/");
+  const n = name || "overview";
+  return { name: ALIASES[n] || n, rest, params: new URLSearchParams(query || "") };
 }
 
 async function route() {

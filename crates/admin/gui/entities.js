@@ -349,13 +349,14 @@ export async function entityPage(main, kind, { params }) {
     clear(panel, await form(kind, def, base(), null, (changed) => { clear(panel); if (changed) load(); }));
     panel.querySelector("input, select, textarea")?.focus();
   } }, `New ${def.one}`);
+  const listHint = curlHint("");
   clear(main, heading,
     readOnly ? h("p", { class: "note" }, "DB-less: this page is read-only. Change the configuration by uploading it on the Configuration page.") : null,
     h("div", { class: "toolbar" },
       parentSel ? field("Upstream", parentSel) : null,
       field("Search", search),
       field("Tags", tagInput, "all of a,b; any of a/b"),
-      newBtn),
+      newBtn, listHint),
     panel, listBox);
   if (parentSel) parentSel.addEventListener("change", () => load());
 
@@ -363,7 +364,9 @@ export async function entityPage(main, kind, { params }) {
   async function load() {
     if (def.parent && !parentSel.value) { clear(listBox, h("p", {}, "No upstreams yet.")); return; }
     const t = tagInput.value.trim();
-    const r = await call("GET", `${base()}?size=1000${t ? `&tags=${encodeURIComponent(t)}` : ""}`);
+    const listPath = `${base()}?size=1000${t ? `&tags=${encodeURIComponent(t)}` : ""}`;
+    listHint.set(curl("GET", listPath));
+    const r = await call("GET", listPath);
     if (r.status !== 200) { clear(listBox, h("p", { class: "error", role: "alert" }, (r.body && r.body.message) || `HTTP ${r.status}`)); return; }
     rows = r.body.data || [];
     draw();

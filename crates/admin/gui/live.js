@@ -131,6 +131,7 @@ export async function sessions(main, { params }) {
   const killAll = h("button", { type: "button", class: "danger" }, "Kill matching sessions");
   const killHint = curlHint("");
   const count = h("p", { class: "count", "aria-live": "polite" });
+  const listHint = curlHint("");
   const list = h("div");
   const query = () => {
     const q = new URLSearchParams();
@@ -142,7 +143,7 @@ export async function sessions(main, { params }) {
       h("button", { type: "submit", class: "primary" }, "Apply filters"),
       h("label", { class: "check" }, live, " Live (refresh every 2 s)"),
       killAll, killHint));
-  clear(main, h("h1", {}, "Sessions"), form, count, list);
+  clear(main, h("h1", {}, "Sessions"), form, h("div", { class: "actions" }, count, listHint), list);
 
   async function load() {
     const q = query();
@@ -151,6 +152,7 @@ export async function sessions(main, { params }) {
     const r = await call("GET", `/sessions?${q}`);
     const fq = query().toString();
     killHint.set(curl("DELETE", `/sessions?${fq || "all=true"}`));
+    listHint.set(curl("GET", `/sessions?${q}`));
     if (r.status !== 200) { clear(list, h("p", { class: "error", role: "alert" }, message(r))); return; }
     const data = r.body.data || [];
     count.textContent = `${data.length}${r.body.next ? "+" : ""} session${data.length === 1 ? "" : "s"}`;

@@ -108,10 +108,18 @@ fn page(method: &Method, path: &str, _headers: &HeaderMap, options: &GuiOptions)
         .into_response();
     }
     let name = match path {
-        "/" | "/index.html" => "index.html",
         "/favicon.ico" => "favicon.svg",
         p => match p.strip_prefix("/assets/") {
             Some(n) => n,
+            // A page's own path (`/sessions`, as Kong Manager's): the app
+            // routes by it; anything that looks like a file is not a page.
+            None if p == "/index.html" => "index.html",
+            None if p != "/api"
+                && !p.starts_with("/api/")
+                && !p.rsplit('/').next().unwrap_or_default().contains('.') =>
+            {
+                "index.html"
+            }
             None => return (StatusCode::NOT_FOUND, "not found").into_response(),
         },
     };

@@ -440,6 +440,15 @@ async fn the_sessions_page_kills_a_filtered_set_after_stating_its_count_and_heal
     b.click(&b.button("Apply filters").await).await;
     b.until("three rows", "return document.querySelectorAll('main tbody tr').length === 3 && document.querySelector('.count').textContent === '3 sessions'", json!([]))
         .await;
+    // The page by its path, as Kong Manager's links are, lists the same.
+    b.goto(&format!("{}/sessions?client=127.0.0.7", ui.gui)).await;
+    b.until("three rows by path", "return document.querySelector('.count')?.textContent === '3 sessions'", json!([]))
+        .await;
+    b.goto(&format!("{}/#/sessions", ui.gui)).await;
+    b.fill(&b.field("form", "client").await, "127.0.0.7").await;
+    b.click(&b.button("Apply filters").await).await;
+    b.until("three rows again", "return document.querySelector('.count')?.textContent === '3 sessions'", json!([]))
+        .await;
     // Sorted by bytes, both ways, from the column's header.
     b.click(&b.xpath("//th//button[starts-with(normalize-space(.), 'bytes')]").await).await;
     b.until(
@@ -580,6 +589,10 @@ async fn the_ui_server_answers_with_its_headers_over_http_and_https() {
     let js = get(gui_addr, "/assets/app.js").await;
     assert_eq!(header(&js, "content-type"), "text/javascript; charset=utf-8");
     assert_eq!(get(gui_addr, "/assets/nothing.js").await.status, 404);
+    assert_eq!(get(gui_addr, "/nothing.png").await.status, 404);
+    // A page's own path is the app too (it routes by it, as Kong Manager's).
+    let by_path = get(gui_addr, "/sessions").await;
+    assert_eq!((by_path.status, by_path.body.clone()), (200, page.body.clone()));
     assert_eq!(request(gui_addr, "POST", "/", None, &[]).await.status, 405);
     let conf = get(gui_addr, "/gui.json").await.json();
     assert_eq!(conf["api"], "/api");
