@@ -90,7 +90,16 @@ function quote(s) {
   return `'${String(s).replace(/'/g, "'\\''")}'`;
 }
 
+// Private keys never appear in a hint: the shell reads them from a file.
+function redacted(body) {
+  if (!body || typeof body !== "object") return body;
+  const out = { ...body };
+  for (const k of ["key", "key_alt"]) if (typeof out[k] === "string") out[k] = `<contents of ${k}.pem>`;
+  return out;
+}
+
 export function curl(method, path, body) {
+  body = redacted(body);
   const parts = ["curl"];
   if (method !== "GET") parts.push("-X", method);
   parts.push(quote(adminBase() + path));

@@ -20,6 +20,9 @@ const PAGES = [
 ];
 
 let stop = null;
+// Each navigation's number: a page that finishes loading after the next
+// navigation began neither draws nor keeps running.
+let generation = 0;
 
 // Kong Manager's names for pages whose name here differs.
 const ALIASES = { "ca-certificates": "ca_certificates", filter_chains: "filter-chains", "route-tester": "tester", dashboard: "overview" };
@@ -36,6 +39,7 @@ function current() {
 
 async function route() {
   if (stop) { try { stop(); } catch { /* already stopped */ } stop = null; }
+  const mine = ++generation;
   const { name, rest, params } = current();
   const page = PAGES.find((p) => p[0] === name) || PAGES[0];
   for (const a of document.querySelectorAll("#nav a")) {
@@ -43,13 +47,21 @@ async function route() {
     else a.removeAttribute("aria-current");
   }
   document.title = `${page[1]} · Strait`;
-  const main = document.getElementById("main");
-  clear(main);
+  const shown = document.getElementById("main");
+  clear(shown);
   document.getElementById("nav").classList.remove("open");
+  document.getElementById("nav-toggle").setAttribute("aria-expanded", "false");
+  // The page draws into its own element, put in place only if it is still
+  // the page asked for when it is done.
+  const main = h("div", { class: "page", "data-page": page[0] });
+  shown.append(main);
   try {
-    stop = (await page[2](main, { rest, params })) || null;
+    const stopper = (await page[2](main, { rest, params })) || null;
+    if (mine !== generation) { if (stopper) stopper(); main.remove(); return; }
+    stop = stopper;
   } catch (e) {
-    clear(main, h("h1", {}, page[1]), h("p", { class: "error", role: "alert" }, e.message));
+    console.error(e);
+    if (mine === generation) clear(main, h("h1", {}, page[1]), h("p", { class: "error", role: "alert" }, e.message));
   }
 }
 
@@ -95,6 +107,8 @@ function askToken(body) {
     };
     form.addEventListener("submit", submit);
   });
+  // Escape would close the prompt with the call still waiting for it.
+  dlg.oncancel = (ev) => ev.preventDefault();
   if (!dlg.open) dlg.showModal();
   input.focus();
   return pending;

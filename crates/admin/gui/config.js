@@ -2,7 +2,7 @@
 // kong.yml, upload one (validated by the Admin API; nothing is applied on
 // an error, and each entity's errors are listed).
 
-import { h, clear, field, curlHint, table, fmtAgo } from "./dom.js";
+import { h, clear, field, curlHint, table, fmtAgo, every } from "./dom.js";
 import { gui, call, curl } from "./api.js";
 import { notice, confirmAction } from "./app.js";
 import { errorText } from "./entities.js";
@@ -23,13 +23,13 @@ export async function cluster(main) {
         { label: "hostname", cell: (n) => n.hostname || "" },
         { label: "version", cell: (n) => n.version || "" },
         { label: "configuration hash", cell: (n) => h("span", { class: mine && n.config_hash !== mine ? "warn" : "" }, n.config_hash || "", mine && n.config_hash !== mine ? " (differs from this node's)" : "") },
+        { label: "configuration version", cell: (n) => String(n.config_version ?? "") },
         { label: "last sync", cell: (n) => (n.last_seen ? fmtAgo(n.last_seen * 1000) : "") },
       ], nodes, { empty: "No nodes." }),
       curlHint(curl("GET", "/clustering/status")));
   }
   await load();
-  const timer = setInterval(load, 5000);
-  return () => clearInterval(timer);
+  return every(5000, load);
 }
 
 // YAML for a JSON document (block style; strings quoted as JSON, which
@@ -99,10 +99,11 @@ export async function configuration(main) {
     let items = [];
     if (Array.isArray(fields)) items = fields.map(errorText);
     else if (fields && typeof fields === "object") items = Object.entries(fields).map(([k, v]) => `${k}: ${errorText(v)}`);
-    // "service services[2] (name 'a'): host: required field missing" → grouped by entity.
+    // "service services[2] (name 'a'): host: required field missing" and
+    // "target targets[1]: target: …" → grouped by entity, "field: message".
     const groups = new Map();
     for (const it of items) {
-      const m = it.match(/^(.*?\)): (.*)$/) || [null, "configuration", it];
+      const m = it.match(/^(\S+ \S+\[\d+\](?: \(name '.*?'\))?): (.*)$/) || [null, "configuration", it];
       if (!groups.has(m[1])) groups.set(m[1], []);
       groups.get(m[1]).push(m[2]);
     }

@@ -112,3 +112,16 @@ export function renderIfChanged(box, data, render) {
   box.dataset.sig = sig;
   clear(box, render());
 }
+
+// Runs `f` now and then `ms` after each run ends (never two at once);
+// returns the function that stops it.
+export function every(ms, f) {
+  let stopped = false;
+  let timer = null;
+  const loop = async () => {
+    try { await f(); } catch (e) { console.warn(e); }
+    if (!stopped) timer = setTimeout(loop, ms);
+  };
+  timer = setTimeout(loop, ms);
+  return () => { stopped = true; clearTimeout(timer); };
+}

@@ -27,7 +27,9 @@ export const KINDS = {
       { name: "write_timeout", kind: "number", help: "milliseconds" },
       { name: "retries", kind: "number" },
       { name: "tls_verify", kind: "select", options: ["", "true", "false"] },
+      { name: "tls_verify_depth", kind: "number" },
       { name: "client_certificate", kind: "fk", ref: "certificates" },
+      { name: "ca_certificates", kind: "list", help: "CA certificate ids, comma-separated" },
       { name: "enabled", kind: "bool", default: true },
       tags,
     ],
@@ -52,7 +54,11 @@ export const KINDS = {
       { name: "name", kind: "text" },
       { name: "algorithm", kind: "select", options: ["", "round-robin", "consistent-hashing", "least-connections", "latency"] },
       { name: "hash_on", kind: "select", options: ["", "none", "ip", "header", "cookie"] },
+      { name: "hash_fallback", kind: "select", options: ["", "none", "ip", "header", "cookie"] },
       { name: "slots", kind: "number" },
+      { name: "host_header", kind: "text" },
+      { name: "use_srv_name", kind: "bool", default: false },
+      { name: "client_certificate", kind: "fk", ref: "certificates" },
       { name: "on_target_down", kind: "select", options: ["", "keep", "close"] },
       { name: "on_target_removed", kind: "json", help: "\"keep\", \"close\" or a drain, as JSON" },
       { name: "healthchecks", kind: "json" },
@@ -257,7 +263,8 @@ async function form(kind, def, base, entity, done) {
     for (const f of shownFields) {
       const v = read(f, controls[f.name]);
       if (v === undefined) continue;
-      if (editing) { if (!same(v, entity[f.name])) out[f.name] = v; }
+      // A key typed in is sent as it is (the stored one is never compared in the page).
+      if (editing) { if (f.kind === "secret" || !same(v, entity[f.name])) out[f.name] = v; }
       else if (v !== null && !(f.kind === "bool" && v === (f.default ?? false))) out[f.name] = v;
     }
     return out;
@@ -308,8 +315,9 @@ export function showErrors(r, boxes, controls, formError) {
   if (fields && typeof fields === "object" && !Array.isArray(fields)) {
     for (const [k, v] of Object.entries(fields)) {
       if (boxes[k]) {
-        // A foreign-key violation names the field with the value given; its message says why.
-        boxes[k].showError(r.body.code === 4 ? r.body.message : errorText(v));
+        // A schema violation's fields hold messages; the other kinds
+        // (foreign key, uniqueness) hold the value given, and the message says why.
+        boxes[k].showError(r.body.code === 2 ? errorText(v) : r.body.message || errorText(v));
         first = first || controls[k];
       } else {
         rest.push(k === "@entity" ? errorText(v) : `${k}: ${errorText(v)}`);
@@ -368,17 +376,18 @@ export async function entityPage(main, kind, { params }) {
     listHint.set(curl("GET", listPath));
     const r = await call("GET", listPath);
     if (r.status !== 200) { clear(listBox, h("p", { class: "error", role: "alert" }, (r.body && r.body.message) || `HTTP ${r.status}`)); return; }
-    rows = r.body.data || [];
+    // Private keys are dropped as they arrive: the page never holds them.
+    rows = (r.body.data || []).map(shown);
     draw();
   }
   function draw() {
     const q = search.value.trim().toLowerCase();
     const visible = q ? rows.filter((e) => JSON.stringify(shown(e)).toLowerCase().includes(q)) : rows;
     const cols = def.columns.map((c) => ({ label: c, cell: (e) => (c === "id" ? h("code", {}, e.id) : cellText(e[c])) }));
-    if (kind === "certificates") cols.push(...certColumns());
+    if (kind === "certificates" || kind === "ca_certificates") cols.push(...certColumns(kind));
     cols.push({ label: "actions", cell: (e) => actions(e) });
     clear(listBox, table(cols, visible, { empty: q || tagInput.value ? "Nothing matches." : `No ${def.title.toLowerCase()} yet.` }));
-    if (kind === "certificates") fillCertDetails(listBox, visible);
+    if (kind === "certificates" || kind === "ca_certificates") fillCertDetails(listBox, visible, kind);
   }
   function actions(e) {
     const name = label(e);
@@ -406,26 +415,37 @@ export async function entityPage(main, kind, { params }) {
   await load();
 }
 
-// Certificates: what the leaf says (`/certificates/{id}/x509`) and who uses it.
-function certColumns() {
-  return [
+// Certificates: what the leaf says (`/certificates/{id}/x509`) and who uses
+// it; fetched once per certificate and page.
+function certColumns(kind) {
+  const cols = [
     { label: "SANs", cell: (e) => h("span", { "data-x509": "sans", "data-cert": e.id }, "…") },
     { label: "expires", cell: (e) => h("span", { "data-x509": "expires", "data-cert": e.id }, "…") },
-    { label: "services", cell: (e) => h("span", { "data-x509": "services", "data-cert": e.id }, "…") },
   ];
+  if (kind === "certificates") cols.push({ label: "services", cell: (e) => h("span", { "data-x509": "services", "data-cert": e.id }, "…") });
+  return cols;
 }
 
-async function fillCertDetails(box, certs) {
+const details = new Map();
+
+async function fillCertDetails(box, certs, kind) {
   for (const c of certs) {
     const cell = (what) => box.querySelector(`[data-x509="${what}"][data-cert="${c.id}"]`);
-    const [x, used] = await Promise.all([call("GET", `/certificates/${c.id}/x509`), call("GET", `/certificates/${c.id}/services`)]);
+    const key = `${c.id}/${c.updated_at ?? ""}`;
+    if (!details.has(key)) {
+      details.set(key, Promise.all([
+        call("GET", `/${kind}/${c.id}/x509`),
+        kind === "certificates" ? call("GET", `/certificates/${c.id}/services`) : Promise.resolve(null),
+      ]));
+    }
+    const [x, used] = await details.get(key);
     if (x.status === 200) {
       cell("sans")?.replaceChildren(x.body.sans.join(", ") || x.body.subject);
       const days = Math.floor((x.body.not_after * 1000 - Date.now()) / 86400000);
       const soon = days < 30;
-      cell("expires")?.replaceChildren(h("span", { class: soon ? "warn" : "", title: fmtDate(x.body.not_after) },
+      cell("expires")?.replaceChildren(h("span", { class: soon ? "warn" : "", "data-expiring": soon ? "true" : "false" },
         `${fmtDate(x.body.not_after)} (${days < 0 ? "expired" : `in ${days} days`})${soon ? " — expires within 30 days" : ""}`));
     }
-    if (used.status === 200) cell("services")?.replaceChildren((used.body.data || []).map(label).join(", ") || "none");
+    if (used && used.status === 200) cell("services")?.replaceChildren((used.body.data || []).map(label).join(", ") || "none");
   }
 }

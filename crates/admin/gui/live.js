@@ -1,7 +1,7 @@
 // The pages about what runs now: the route tester, upstream health (mark,
 // drain) and the sessions list (filter, sort, kill).
 
-import { h, clear, field, curlHint, table, fmtBytes, fmtAgo, renderIfChanged } from "./dom.js";
+import { h, clear, field, curlHint, table, fmtBytes, fmtAgo, renderIfChanged, every } from "./dom.js";
 import { call, all, curl } from "./api.js";
 import { notice, confirmAction } from "./app.js";
 
@@ -56,7 +56,9 @@ export async function tester(main) {
 export async function health(main) {
   const box = h("div");
   clear(main, h("h1", {}, "Health"), box);
+  let seq = 0;
   async function load() {
+    const mine = ++seq;
     let ups;
     try { ups = await all("/upstreams"); } catch (e) { clear(box, h("p", { class: "error", role: "alert" }, e.message)); return; }
     const model = [];
@@ -71,6 +73,7 @@ export async function health(main) {
       }
       model.push({ u, rows, count: (targets.body?.data || []).length });
     }
+    if (mine !== seq) return;
     renderIfChanged(box, model, () => (model.length ? model.map(upstream) : h("p", {}, "No upstreams yet.")));
   }
   function upstream({ u, rows, count }) {
@@ -104,8 +107,7 @@ export async function health(main) {
       ], rows, { empty: "No targets." }));
   }
   await load();
-  const timer = setInterval(load, 2000);
-  return () => clearInterval(timer);
+  return every(2000, load);
 }
 
 const FILTERS = [
@@ -145,11 +147,15 @@ export async function sessions(main, { params }) {
       killAll, killHint));
   clear(main, h("h1", {}, "Sessions"), form, h("div", { class: "actions" }, count, listHint), list);
 
+  // Answers to an earlier load (a sort changed meanwhile) are dropped.
+  let seq = 0;
   async function load() {
+    const mine = ++seq;
     const q = query();
     q.set("sort", sort);
     q.set("size", "1000");
     const r = await call("GET", `/sessions?${q}`);
+    if (mine !== seq) return;
     const fq = query().toString();
     killHint.set(curl("DELETE", `/sessions?${fq || "all=true"}`));
     listHint.set(curl("GET", `/sessions?${q}`));
@@ -194,6 +200,5 @@ export async function sessions(main, { params }) {
     if (r.status === 200) { notice(`Closed ${r.body.count ?? n} sessions`); load(); } else notice(message(r), "error");
   });
   await load();
-  const timer = setInterval(() => { if (live.checked) load(); }, 2000);
-  return () => clearInterval(timer);
+  return every(2000, () => (live.checked ? load() : null));
 }

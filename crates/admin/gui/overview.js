@@ -1,7 +1,7 @@
 // Overview: what the gateway does now, from /metrics (polled each second)
 // and the session event stream, as numbers and small charts.
 
-import { h, clear, fmtBytes, table, renderIfChanged } from "./dom.js";
+import { h, clear, fmtBytes, table, renderIfChanged, every } from "./dom.js";
 import { call, events, parseMetrics } from "./api.js";
 import { sparkline } from "./chart.js";
 
@@ -74,7 +74,7 @@ export async function overview(main) {
     last = sample;
   }
   await poll();
-  const timer = setInterval(poll, 1000);
+  const stopPoll = every(1000, poll);
   const stopEvents = events("/sessions/events", (ev) => {
     const s = ev.session || {};
     const who = `${s.client?.ip ?? ""}:${s.client?.port ?? ""}`;
@@ -84,5 +84,5 @@ export async function overview(main) {
     feed.prepend(h("li", { class: `ev-${ev.event}` }, new Date().toLocaleTimeString(), " ", what));
     while (feed.children.length > 20) feed.lastChild.remove();
   }, (up) => { stream.textContent = up ? "live" : "reconnecting"; });
-  return () => { clearInterval(timer); stopEvents(); };
+  return () => { stopPoll(); stopEvents(); };
 }

@@ -70,6 +70,9 @@ pub fn router(state: Arc<AdminState>, options: GuiOptions) -> Router {
             let (parts, body) = request.into_parts();
             let mut reply = match parts.uri.path() {
                 p if options.api_url.is_none() && (p == "/api" || p.starts_with("/api/")) => {
+                    if let Err(why) = same_origin(&parts.headers) {
+                        return ApiError::message(StatusCode::FORBIDDEN, why).into_response();
+                    }
                     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
                         return ApiError::message(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
                             .into_response();
@@ -83,6 +86,29 @@ pub fn router(state: Arc<AdminState>, options: GuiOptions) -> Router {
             reply
         }
     })
+}
+
+/// The UI's `/api` answers only its own pages: a request another site's
+/// page makes (a form post, a `no-cors` fetch: no CORS stops those being
+/// sent) is refused. Browsers say where a request comes from in
+/// `Sec-Fetch-Site` and, for writes, `Origin`; clients that are not
+/// browsers (curl) send neither.
+fn same_origin(h: &HeaderMap) -> Result<(), &'static str> {
+    let text = |k: header::HeaderName| h.get(k).and_then(|v| v.to_str().ok());
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Err("the web UI's API answers only the web UI's own pages");
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        // Behind a reverse proxy the browser's host may arrive forwarded.
+        let hosts = [text(header::HOST), text(header::HeaderName::from_static("x-forwarded-host"))];
+        if !hosts.iter().flatten().any(|h| authority.eq_ignore_ascii_case(h)) {
+            return Err("the web UI's API answers only the web UI's own pages");
+        }
+    }
+    Ok(())
 }
 
 /// `/api/x?y` → `/x?y`.
@@ -173,6 +199,27 @@ mod tests {
         let mut listed: Vec<String> = ASSETS.iter().map(|a| a.name.to_owned()).collect();
         listed.sort();
         assert_eq!(files, listed, "crates/admin/gui and gui::ASSETS differ");
+    }
+
+    #[test]
+    fn only_the_uis_own_pages_reach_its_api() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            same_origin(&h)
+        };
+        assert!(with(&[]).is_ok(), "curl");
+        assert!(
+            with(&[("sec-fetch-site", "same-origin"), ("origin", "http://127.0.0.1:8002"), ("host", "127.0.0.1:8002")])
+                .is_ok()
+        );
+        assert!(with(&[("sec-fetch-site", "none")]).is_ok(), "typed in the address bar");
+        assert!(with(&[("sec-fetch-site", "cross-site")]).is_err());
+        assert!(with(&[("sec-fetch-site", "same-site")]).is_err(), "another port of the same host");
+        assert!(with(&[("origin", "http://evil.example"), ("host", "127.0.0.1:8002")]).is_err());
+        assert!(with(&[("origin", "null"), ("host", "127.0.0.1:8002")]).is_err());
     }
 
     #[test]

@@ -78,16 +78,54 @@ pub struct AdminState {
     /// `/upstreams/{u}/targets/{t}/drain`.
     pub targets: Arc<strait_proxy::targets::Targets>,
     /// Cross-origin requests from the web UI, allowed only when it is served
-    /// from another origin (`admin_gui_api_url`): `None` answers no CORS;
-    /// an empty list allows any origin.
-    pub cors: Option<Vec<String>>,
+    /// from another origin (`admin_gui_api_url`); `None` answers no CORS.
+    pub cors: Option<Cors>,
 }
 
-/// The CORS headers for a request from `origin`, if it is allowed.
+/// Which origins the Admin API lets a browser call it from.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    /// `admin_gui_url`'s origins (`scheme://host[:port]`, lowercase).
+    pub origins: Vec<String>,
+    /// Without `admin_gui_url`: any host on one of these ports (the web
+    /// UI's `admin_gui_listen` ports), as the browser names the UI's origin.
+    pub ui_ports: Vec<u16>,
+}
+
+impl Cors {
+    /// Whether a request whose `Origin` is `origin` may be answered to it.
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        if !self.origins.is_empty() {
+            return self.origins.iter().any(|o| o.eq_ignore_ascii_case(&origin) || *o == default_port(&origin));
+        }
+        // `null` (a sandboxed frame, a file) and anything that is not a URL
+        // of the UI's ports is refused.
+        let Some((scheme, rest)) = origin.split_once("://") else { return false };
+        let port = match rest.rsplit_once(':') {
+            Some((_, p)) if !p.contains(']') => p.parse::<u16>().ok(),
+            _ => match scheme {
+                "http" => Some(80),
+                "https" => Some(443),
+                _ => None,
+            },
+        };
+        matches!(scheme, "http" | "https") && port.is_some_and(|p| self.ui_ports.contains(&p))
+    }
+}
+
+/// `origin` without the scheme's default port, as browsers send it.
+fn default_port(origin: &str) -> String {
+    origin.strip_suffix(":80").filter(|_| origin.starts_with("http://")).map_or_else(
+        || origin.strip_suffix(":443").filter(|_| origin.starts_with("https://")).unwrap_or(origin).to_owned(),
+        str::to_owned,
+    )
+}
+
+/// The origin to answer CORS to, if the request's is allowed.
 fn cors_origin<'a>(state: &AdminState, origin: Option<&'a str>) -> Option<&'a str> {
-    let allowed = state.cors.as_ref()?;
     let origin = origin?;
-    (allowed.is_empty() || allowed.iter().any(|a| a == origin)).then_some(origin)
+    state.cors.as_ref()?.allows(origin).then_some(origin)
 }
 
 /// The Admin API as an axum router.
@@ -225,5 +263,28 @@ pub async fn serve_router_tls(
                 tracing::debug!(error = %e, "admin HTTPS connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cors_allows_the_ui_and_nothing_else() {
+        let by_port = Cors { origins: Vec::new(), ui_ports: vec![8002] };
+        assert!(by_port.allows("http://gw1.internal:8002"));
+        assert!(by_port.allows("https://10.0.0.5:8002"));
+        for bad in ["null", "http://evil.example", "http://evil.example:8003", "file://x:8002", "http://[::1]"] {
+            assert!(!by_port.allows(bad), "{bad}");
+        }
+        let listed =
+            Cors { origins: vec!["https://ui.example".into(), "http://ui.example:8002".into()], ui_ports: vec![8002] };
+        assert!(listed.allows("https://UI.example"));
+        assert!(listed.allows("http://ui.example:8002"));
+        assert!(!listed.allows("http://other.example:8002"), "the list replaces the ports");
+        let with_default = Cors { origins: vec!["https://ui.example".into()], ui_ports: vec![] };
+        assert_eq!(default_port("https://ui.example:443"), "https://ui.example");
+        assert!(with_default.allows("https://ui.example:443"));
     }
 }

@@ -112,7 +112,7 @@ pub struct Settings {
     pub admin_gui_api_url: Option<GuiUrl>,
     /// Kong's `admin_gui_url`: the origins the UI is served from, which the
     /// Admin API allows cross-origin when `admin_gui_api_url` is set; empty:
-    /// any origin (the token, not a cookie, is what authorises).
+    /// any host on one of `admin_gui_listen`'s ports.
     pub admin_gui_url: Vec<GuiUrl>,
     /// When set, Admin API requests must carry it in `Kong-Admin-Token`.
     pub admin_token: Option<String>,
@@ -641,7 +641,7 @@ impl GuiUrl {
             .strip_prefix("http://")
             .or_else(|| v.strip_prefix("https://"))
             .ok_or_else(|| bad("the scheme must be http or https"))?;
-        if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~:/[]%@!$&()*+=".contains(*c))) {
+        if let Some(c) = v.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~:/[]%@!$&()+=".contains(*c))) {
             return Err(bad(&format!("'{c}' is not allowed")));
         }
         let authority = rest.split('/').next().unwrap_or_default();
@@ -820,7 +820,8 @@ mod tests {
             ("https://admin.example.com:8444/kong", "https://admin.example.com:8444")
         );
         assert_eq!(GuiUrl::parse("http://[::1]:8001").unwrap().origin, "http://[::1]:8001");
-        for bad in ["ftp://x", "http://", "http://a b", "http://x;script-src *", "http://u@x", "https://x'"] {
+        for bad in ["ftp://x", "http://", "http://a b", "http://x;script-src *", "http://u@x", "https://x'", "http://*"]
+        {
             assert!(GuiUrl::parse(bad).is_err(), "{bad} was accepted");
         }
         let Err(SettingsError::Invalid(errors)) = load(r#"admin_gui_api_url = "localhost:8001""#, &[]) else {

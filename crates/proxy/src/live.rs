@@ -432,6 +432,9 @@ pub struct Registry {
     /// Bytes from and to the clients of the sessions ended.
     ended_received: AtomicU64,
     ended_sent: AtomicU64,
+    /// The totals last reported: a session between leaving the registry
+    /// and its close is in neither sum, and a counter must not go down.
+    reported: [AtomicU64; 2],
 }
 
 /// One event of the stream: a session opened or closed.
@@ -485,6 +488,7 @@ impl Registry {
             closes: std::array::from_fn(|_| AtomicU64::new(0)),
             ended_received: AtomicU64::new(0),
             ended_sent: AtomicU64::new(0),
+            reported: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -586,7 +590,8 @@ impl Registry {
             received += l.up.load(Ordering::Relaxed);
             sent += l.down.load(Ordering::Relaxed);
         }
-        (received, sent)
+        let monotonic = |slot: &AtomicU64, now: u64| slot.fetch_max(now, Ordering::Relaxed).max(now);
+        (monotonic(&self.reported[0], received), monotonic(&self.reported[1], sent))
     }
 
     fn close_event(&self, live: &Live, rec: &SessionRecord) {

@@ -127,11 +127,10 @@ impl Bound {
             sessions: s.sessions,
             tester: s.tester,
             targets: s.targets,
-            cors: s
-                .settings
-                .admin_gui_api_url
-                .is_some()
-                .then(|| s.settings.admin_gui_url.iter().map(|u| u.origin.clone()).collect()),
+            cors: s.settings.admin_gui_api_url.is_some().then(|| strait_admin::Cors {
+                origins: s.settings.admin_gui_url.iter().map(|u| u.origin.to_ascii_lowercase()).collect(),
+                ui_ports: s.settings.admin_gui_listen.iter().map(|l| l.port).collect(),
+            }),
         });
         let gui = strait_admin::gui::GuiOptions {
             api_url: s.settings.admin_gui_api_url.as_ref().map(|u| (u.url.clone(), u.origin.clone())),

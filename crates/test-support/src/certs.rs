@@ -58,6 +58,18 @@ impl TestCa {
         Pem { cert: cert.pem(), key: key.serialize_pem() }
     }
 
+    /// A leaf for `names` valid from yesterday for `days` more days.
+    pub fn leaf_for_days(&self, names: &[&str], days: u64) -> Pem {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("leaf params");
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - std::time::Duration::from_secs(86_400)).into();
+        params.not_after = (now + std::time::Duration::from_secs(days * 86_400 + 3_600)).into();
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        Pem { cert: cert.pem(), key: key.serialize_pem() }
+    }
+
     /// A leaf for `names` that expired yesterday (valid for the day before).
     pub fn expired_leaf(&self, names: &[&str]) -> Pem {
         let key = KeyPair::generate().expect("leaf key");

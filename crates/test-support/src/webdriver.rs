@@ -343,8 +343,20 @@ fn xpath_literal(s: &str) -> String {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session's Chromium ends with chromedriver's DELETE; a blocking
-        // request here would need a runtime, so chromedriver's exit ends it.
+        // Ending the session ends its Chromium (killing chromedriver alone
+        // would leave it running); a plain blocking request, bounded.
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(2)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            let req = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session, self.addr
+            );
+            if s.write_all(req.as_bytes()).is_ok() {
+                let mut head = [0u8; 12];
+                let _ = s.read_exact(&mut head);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
