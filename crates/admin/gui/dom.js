@@ -110,7 +110,14 @@ export function renderIfChanged(box, data, render) {
   const sig = JSON.stringify(data);
   if (box.dataset.sig === sig) return;
   box.dataset.sig = sig;
+  // Focus stays on the same control (found again by its name) across the redraw.
+  const focused = box.contains(document.activeElement) ? document.activeElement : null;
+  const name = focused && (focused.getAttribute("aria-label") || focused.textContent);
   clear(box, render());
+  if (name) {
+    const again = [...box.querySelectorAll(focused.tagName)].find((e) => (e.getAttribute("aria-label") || e.textContent) === name);
+    if (again) again.focus();
+  }
 }
 
 // Runs `f` now and then `ms` after each run ends (never two at once);

@@ -768,3 +768,36 @@ async fn the_cluster_page_lists_every_node_sharing_the_database() {
     b.screenshot("cluster-two-nodes").await;
     no_console_errors(&b, "cluster").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_moves_with_a_reload_and_keeps_its_port_through_an_upgrade() {
+    let ui = start(&[]);
+    let gui_addr: SocketAddr = ui.gui.trim_start_matches("http://").parse().expect("gui addr");
+    assert_eq!(get(gui_addr, "/").await.status, 200);
+    // An upgrade hands the UI's socket over with the others: the next
+    // generation answers on the same port.
+    let old = ui.gw.pid();
+    let new = tokio::task::block_in_place(|| ui.gw.upgrade(bin()));
+    assert_ne!(old, new);
+    assert_eq!(get(gui_addr, "/").await.status, 200);
+    let status = get(gui_addr, "/api/status").await.json();
+    assert_eq!(status["generation"]["number"], 2, "the new generation answers: {status}");
+    // A reload moves it to another port and retires the first.
+    let next = test_support::free_port();
+    let text = std::fs::read_to_string(&ui.gw.conf).expect("settings");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("admin_gui_listen ="))
+        .map(|l| format!("{l}\n"))
+        .chain([format!("admin_gui_listen = \"127.0.0.1:{next}\"\n")])
+        .collect();
+    std::fs::write(&ui.gw.conf, text).expect("write settings");
+    let out = ui.gw.cli(bin(), &["reload"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get(addr(next), "/").await.status, 200);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(gui_addr).is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the old UI port still accepts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
