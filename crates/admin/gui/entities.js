@@ -41,7 +41,7 @@ export const KINDS = {
       { name: "name", kind: "text" },
       { name: "protocols", kind: "list", default: "tcp", help: "tcp, tls, tls_passthrough, udp" },
       { name: "sources", kind: "addrs", help: "client ip or CIDR, optionally :port; comma-separated" },
-      { name: "destinations", kind: "addrs", help: "ip or CIDR the client reaches, optionally :port (or just :port)" },
+      { name: "destinations", kind: "addrs", help: "ip or CIDR the client reaches, optionally :port (or just the port)" },
       { name: "snis", kind: "list" },
       { name: "service", kind: "fk", ref: "services" },
       tags,
@@ -152,12 +152,13 @@ function addrText(a) {
   return `${ip.includes(":") && !ip.includes("/") ? `[${ip}]` : ip}:${a.port}`;
 }
 
-// "10.0.0.0/8, 10.1.2.3:80, :443, [::1]:53, fd00::/8" → [{ip, port}].
+// "10.0.0.0/8, 10.1.2.3:80, :443, 443, [::1]:53, fd00::/8" → [{ip, port}].
 function parseAddrs(text) {
   return text.split(",").map((s) => s.trim()).filter(Boolean).map((s) => {
     let ip = s, port;
     const v6 = s.match(/^\[(.*)\]:(\d+)$/);
-    if (v6) { ip = v6[1]; port = v6[2]; }
+    if (/^\d+$/.test(s)) { ip = ""; port = s; }
+    else if (v6) { ip = v6[1]; port = v6[2]; }
     else if ((s.match(/:/g) || []).length === 1) { [ip, port] = s.split(":"); }
     const out = {};
     if (ip) out.ip = ip;
@@ -171,7 +172,7 @@ export function errorText(v) {
   if (v === null || v === undefined) return "";
   if (typeof v === "string") return v;
   if (Array.isArray(v)) {
-    return v.map((x, i) => (x === null || x === undefined ? "" : (v.length > 1 || typeof x !== "string" ? `[${i + 1}] ` : "") + errorText(x)))
+    return v.map((x, i) => (x === null || x === undefined ? "" : (v.length > 1 ? `[${i + 1}] ` : "") + errorText(x)))
       .filter(Boolean).join("; ");
   }
   if (typeof v === "object") return Object.entries(v).map(([k, x]) => `${k}: ${errorText(x)}`).join("; ");

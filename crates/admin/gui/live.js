@@ -25,7 +25,7 @@ export async function tester(main) {
   const form = h("form", { class: "inline-form", "aria-label": "Route tester" },
     field("protocol", protocol), field("source", source, "client ip:port"), field("destination", destination, "ip:port the client reaches"),
     field("sni", sni, "tls and tls_passthrough"),
-    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Find the route"), hint));
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Test route"), hint));
   for (const c of [protocol, source, destination, sni]) c.addEventListener("input", () => hint.set(curl("GET", path())));
   hint.set(curl("GET", path()));
   form.addEventListener("submit", async (ev) => {
@@ -164,6 +164,12 @@ export async function sessions(main, { params }) {
     count.textContent = `${data.length}${r.body.next ? "+" : ""} session${data.length === 1 ? "" : "s"}`;
     // Redrawn when a session changes, and every 10 s for the "ago" columns.
     renderIfChanged(list, { data, sort, tick: Math.floor(Date.now() / 10000) }, () => table([
+      { label: "actions", cell: (s) => h("div", { class: "row-actions" },
+        h("button", { type: "button", class: "danger", "aria-label": `Kill session ${s.id}`, onclick: async () => {
+          const r2 = await call("DELETE", `/sessions/${s.id}`);
+          if (r2.status === 204 || r2.status === 200) { notice(`Killed session ${s.id}`); load(); } else notice(message(r2), "error");
+        } }, "Kill"),
+        curlHint(curl("DELETE", `/sessions/${s.id}`))) },
       { label: "id", cell: (s) => h("code", {}, String(s.id)) },
       { label: "client", cell: (s) => `${s.client.ip}:${s.client.port}` },
       { label: "listener", cell: (s) => s.listener },
@@ -176,12 +182,6 @@ export async function sessions(main, { params }) {
       { label: "bytes", sort: "bytes", cell: (s) => `${fmtBytes(s.bytes.received)} in / ${fmtBytes(s.bytes.sent)} out` },
       { label: "started", sort: "started_at", cell: (s) => fmtAgo(s.started_at) },
       { label: "last activity", sort: "last_activity_at", cell: (s) => fmtAgo(s.last_activity_at) },
-      { label: "actions", cell: (s) => h("div", { class: "row-actions" },
-        h("button", { type: "button", class: "danger", "aria-label": `Kill session ${s.id}`, onclick: async () => {
-          const r2 = await call("DELETE", `/sessions/${s.id}`);
-          if (r2.status === 204 || r2.status === 200) { notice(`Killed session ${s.id}`); load(); } else notice(message(r2), "error");
-        } }, "Kill"),
-        curlHint(curl("DELETE", `/sessions/${s.id}`))) },
     ], data, { sort, onSort: (s) => { sort = s; load(); }, empty: "No session matches." }));
   }
   form.addEventListener("submit", (ev) => { ev.preventDefault(); load(); });

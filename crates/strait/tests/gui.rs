@@ -5,10 +5,12 @@
 //! answers; the token prompt; every page without a console error, at two
 //! window widths, with a screenshot of each (target/tmp/gui-screenshots).
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
+use common::{addr, bin};
 use serde_json::{Value, json};
 use test_support::WAIT;
 use test_support::backend::{Backend, read_banner};
@@ -17,14 +19,6 @@ use test_support::http::{get, request, send_json};
 use test_support::webdriver::Browser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_strait"))
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 struct Ui {
     gw: Gateway,
@@ -106,7 +100,7 @@ async fn a_service_and_route_made_in_the_forms_carry_a_session_the_sessions_page
     b.goto(&format!("{}/#/routes", ui.gui)).await;
     b.click(&b.button("New route").await).await;
     b.fill(&form_field(&b, "name").await, "web-route").await;
-    b.fill(&form_field(&b, "destinations").await, &format!(":{}", ui.stream)).await;
+    b.fill(&form_field(&b, "destinations").await, &ui.stream.to_string()).await;
     b.select(&form_field(&b, "service").await, "web").await;
     b.click(&b.button("Create route").await).await;
     row_with(&b, "web-route").await;
@@ -273,7 +267,7 @@ async fn the_overview_moves_with_traffic_and_the_route_tester_answers() {
     // The route tester.
     b.goto(&format!("{}/#/tester", ui.gui)).await;
     b.fill(&b.field("form", "destination").await, &format!("127.0.0.1:{}", ui.stream)).await;
-    b.click(&b.button("Find the route").await).await;
+    b.click(&b.button("Test route").await).await;
     b.until(
         "the tester names the route",
         "return document.querySelector('[data-result=route]')?.textContent === 'ov-route'",
@@ -281,7 +275,7 @@ async fn the_overview_moves_with_traffic_and_the_route_tester_answers() {
     )
     .await;
     b.fill(&b.field("form", "destination").await, "127.0.0.1:1").await;
-    b.click(&b.button("Find the route").await).await;
+    b.click(&b.button("Test route").await).await;
     b.until(
         "a miss says so",
         "return document.querySelector('[data-result=route]')?.textContent === 'none'",
