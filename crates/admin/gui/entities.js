@@ -363,8 +363,9 @@ export async function entityPage(main, kind, { params }) {
     readOnly ? h("p", { class: "note" }, "DB-less: this page is read-only. Change the configuration by uploading it on the Configuration page.") : null,
     h("div", { class: "toolbar" },
       parentSel ? field("Upstream", parentSel) : null,
-      field("Search", search),
-      field("Tags", tagInput, "all of a,b; any of a/b"),
+      // Not "Tags": that is the form's field; a label names one control.
+      field(`Search ${def.title.toLowerCase()}`, search),
+      field("Filter by tag", tagInput, "all of a,b; any of a/b"),
       newBtn, listHint),
     panel, listBox);
   if (parentSel) parentSel.addEventListener("change", () => load());

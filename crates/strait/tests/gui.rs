@@ -453,6 +453,23 @@ async fn every_page_renders_without_console_errors_wide_and_narrow() {
         b.run("return document.querySelector('form.entity-form details.curl pre').textContent", json!([])).await;
     let hint = hint.as_str().unwrap_or_default();
     assert!(hint.contains("<contents of key.pem>") && !hint.contains("PRIVATE KEY"), "{hint}");
+    // Lists: search in the page, tags through the Admin API's filter.
+    for (name, tag) in [("blue-svc", "blue"), ("red-svc", "red")] {
+        let body = json!({"name": name, "url": "tcp://127.0.0.1:9", "tags": [tag]});
+        assert_eq!(send_json(ui.admin, "POST", "/services", &body).await.status, 201);
+    }
+    b.goto(&format!("{}/#/services", ui.gui)).await;
+    b.until(
+        "three services",
+        "return [...document.querySelectorAll('main tbody tr')].map(r => r.children[0].textContent).sort().join(',') === 'blue-svc,red-svc,s'",
+        json!([]),
+    )
+    .await;
+    b.fill(&b.field("main", "Search services").await, "red").await;
+    b.until("search keeps red-svc", "return [...document.querySelectorAll('main tbody tr')].map(r => r.children[0].textContent).join(',') === 'red-svc'", json!([])).await;
+    b.fill(&b.field("main", "Search services").await, "").await;
+    b.fill(&b.field("main", "Filter by tag").await, "blue\u{E007}").await;
+    b.until("the tag keeps blue-svc", "return [...document.querySelectorAll('main tbody tr')].map(r => r.children[0].textContent).join(',') === 'blue-svc'", json!([])).await;
     // Health lists the target.
     b.goto(&format!("{}/#/health", ui.gui)).await;
     row_with(&b, "127.0.0.1:9").await;
