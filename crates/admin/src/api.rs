@@ -70,8 +70,8 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Response {
     if let Some(token) = &state.token {
-        let given = headers.get("kong-admin-token").and_then(|v| v.to_str().ok());
-        if given != Some(token.as_str()) {
+        let given = headers.get("kong-admin-token").map(|v| v.as_bytes());
+        if !given.is_some_and(|g| same_secret(g, token.as_bytes())) {
             return ApiError::unauthorized().into_response();
         }
     }
@@ -100,6 +100,12 @@ pub(crate) async fn handle(
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
+}
+
+/// Compares a token in time that depends only on the lengths, not on
+/// where the first difference is.
+fn same_secret(given: &[u8], token: &[u8]) -> bool {
+    given.len() == token.len() && given.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 struct Req<'a> {
@@ -927,4 +933,17 @@ async fn post_config(req: &Req<'_>) -> Reply {
         o.remove("_format_version");
     }
     json_reply(StatusCode::CREATED, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        for wrong in [&b"s3creT"[..], b"s3cre", b"s3crett", b"", b"x3cret"] {
+            assert!(!same_secret(wrong, b"s3cret"), "{wrong:?}");
+        }
+    }
 }
