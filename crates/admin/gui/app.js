@@ -30,7 +30,7 @@ const ALIASES = { "ca-certificates": "ca_certificates", filter_chains: "filter-c
 // The page is named by the hash (`#/sessions`), or by the path
 // (`/sessions`) when there is no hash.
 function current() {
-  const from = location.hash ? location.hash.replace(/^#\/?/, "") : location.pathname.replace(/^\//, "") + location.search;
+  const from = location.hash.startsWith("#/") ? location.hash.slice(2) : location.pathname.replace(/^\//, "") + location.search;
   const [path, query] = from.split("?");
   const [name, ...rest] = path.split("/");
   const n = name || "overview";
@@ -100,15 +100,17 @@ function askToken(body) {
       if (!input.value) return;
       setToken(input.value);
       form.removeEventListener("submit", submit);
-      dlg.close();
       pending = null;
+      dlg.close();
       document.getElementById("sign-out").hidden = false;
       res(true);
     };
     form.addEventListener("submit", submit);
   });
-  // Escape would close the prompt with the call still waiting for it.
+  // Escape would close the prompt with the call still waiting for it
+  // (Chromium does not always honour preventDefault there): it reopens.
   dlg.oncancel = (ev) => ev.preventDefault();
+  dlg.onclose = () => { if (pending) { dlg.showModal(); input.focus(); } };
   if (!dlg.open) dlg.showModal();
   input.focus();
   return pending;
@@ -132,7 +134,12 @@ async function start() {
     document.getElementById("node").textContent =
       `${root.body.hostname || ""} · ${root.body.configuration?.database || ""}${gui.dbless ? " (DB-less: read-only, upload on Configuration)" : ""}`;
   }
-  window.addEventListener("hashchange", route);
+  // Only "#/page" hashes are pages ("#main" is the skip link's target).
+  window.addEventListener("hashchange", () => { if (location.hash.startsWith("#/") || !location.hash) route(); });
+  document.querySelector(".skip").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    document.getElementById("main").focus();
+  });
   await route();
 }
 

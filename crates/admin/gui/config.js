@@ -2,7 +2,7 @@
 // kong.yml, upload one (validated by the Admin API; nothing is applied on
 // an error, and each entity's errors are listed).
 
-import { h, clear, field, curlHint, table, fmtAgo, every } from "./dom.js";
+import { h, clear, field, curlHint, table, fmtAgo, every, renderIfChanged, forget } from "./dom.js";
 import { gui, call, curl } from "./api.js";
 import { notice, confirmAction } from "./app.js";
 import { errorText } from "./entities.js";
@@ -12,11 +12,11 @@ export async function cluster(main) {
   clear(main, h("h1", {}, "Cluster"), box);
   async function load() {
     const [root, st] = await Promise.all([call("GET", "/"), call("GET", "/clustering/status")]);
-    if (st.status !== 200) { clear(box, h("p", { class: "error", role: "alert" }, st.body?.message || `HTTP ${st.status}`)); return; }
+    if (st.status !== 200) { forget(box); clear(box, h("p", { class: "error", role: "alert" }, st.body?.message || `HTTP ${st.status}`)); return; }
     const mine = root.status === 200 ? root.body.configuration_hash : null;
     const db = root.status === 200 ? root.body.configuration?.database : "";
     const nodes = Object.entries(st.body).map(([id, n]) => ({ id, ...n }));
-    clear(box,
+    renderIfChanged(box, { nodes, mine, db, minute: Math.floor(Date.now() / 60000) }, () => [
       db !== "postgres" ? h("p", { class: "note" }, `This node keeps its configuration in ${db === "off" ? "memory (DB-less)" : db}: it is a cluster of one. Nodes that share a PostgreSQL database are listed here.`) : null,
       table([
         { label: "node", cell: (n) => h("code", {}, n.id) },
@@ -26,7 +26,7 @@ export async function cluster(main) {
         { label: "configuration version", cell: (n) => String(n.config_version ?? "") },
         { label: "last sync", cell: (n) => (n.last_seen ? fmtAgo(n.last_seen * 1000) : "") },
       ], nodes, { empty: "No nodes." }),
-      curlHint(curl("GET", "/clustering/status")));
+      curlHint(curl("GET", "/clustering/status"))]);
   }
   await load();
   return every(5000, load);

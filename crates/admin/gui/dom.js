@@ -110,18 +110,30 @@ export function renderIfChanged(box, data, render) {
   const sig = JSON.stringify(data);
   if (box.dataset.sig === sig) return;
   box.dataset.sig = sig;
-  // Focus stays on the same control (found again by its name) across the redraw.
+  // Focus stays on the same control across the redraw: found again by its
+  // row, its kind and its position among its row's controls of that kind.
   const focused = box.contains(document.activeElement) ? document.activeElement : null;
-  const name = focused && (focused.getAttribute("aria-label") || focused.textContent);
+  const where = (el) => {
+    const row = el.closest("tr");
+    const scope = row || box;
+    return [row ? row.dataset.id : "", el.tagName, [...scope.querySelectorAll(el.tagName)].indexOf(el)];
+  };
+  const before = focused && where(focused);
   clear(box, render());
-  if (name) {
-    const again = [...box.querySelectorAll(focused.tagName)].find((e) => (e.getAttribute("aria-label") || e.textContent) === name);
+  if (before) {
+    const scope = before[0] ? box.querySelector(`tr[data-id="${CSS.escape(before[0])}"]`) : box;
+    const again = scope && scope.querySelectorAll(before[1])[before[2]];
     if (again) again.focus();
   }
 }
 
-// Runs `f` now and then `ms` after each run ends (never two at once);
-// returns the function that stops it.
+// Forgets what `box` shows, so the next renderIfChanged draws it.
+export function forget(box) {
+  delete box.dataset.sig;
+}
+
+// Runs `f` `ms` from now and again `ms` after each run ends (never two at
+// once); returns the function that stops it.
 export function every(ms, f) {
   let stopped = false;
   let timer = null;

@@ -1,7 +1,7 @@
 // The pages about what runs now: the route tester, upstream health (mark,
 // drain) and the sessions list (filter, sort, kill).
 
-import { h, clear, field, curlHint, table, fmtBytes, fmtAgo, renderIfChanged, every } from "./dom.js";
+import { h, clear, field, curlHint, table, fmtBytes, fmtAgo, renderIfChanged, every, forget } from "./dom.js";
 import { call, all, curl } from "./api.js";
 import { notice, confirmAction } from "./app.js";
 
@@ -60,7 +60,10 @@ export async function health(main) {
   async function load() {
     const mine = ++seq;
     let ups;
-    try { ups = await all("/upstreams"); } catch (e) { clear(box, h("p", { class: "error", role: "alert" }, e.message)); return; }
+    try { ups = await all("/upstreams"); } catch (e) {
+      if (mine === seq) { forget(box); clear(box, h("p", { class: "error", role: "alert" }, e.message)); }
+      return;
+    }
     const model = [];
     for (const u of ups) {
       const [hr, targets] = await Promise.all([call("GET", `/upstreams/${u.id}/health`), call("GET", `/upstreams/${u.id}/targets?size=1000`)]);
@@ -159,7 +162,7 @@ export async function sessions(main, { params }) {
     const fq = query().toString();
     killHint.set(curl("DELETE", `/sessions?${fq || "all=true"}`));
     listHint.set(curl("GET", `/sessions?${q}`));
-    if (r.status !== 200) { clear(list, h("p", { class: "error", role: "alert" }, message(r))); return; }
+    if (r.status !== 200) { forget(list); clear(list, h("p", { class: "error", role: "alert" }, message(r))); return; }
     const data = r.body.data || [];
     count.textContent = `${data.length}${r.body.next ? "+" : ""} session${data.length === 1 ? "" : "s"}`;
     // Redrawn when a session changes, and every 10 s for the "ago" columns.

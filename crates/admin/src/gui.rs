@@ -70,7 +70,7 @@ pub fn router(state: Arc<AdminState>, options: GuiOptions) -> Router {
             let (parts, body) = request.into_parts();
             let mut reply = match parts.uri.path() {
                 p if options.api_url.is_none() && (p == "/api" || p.starts_with("/api/")) => {
-                    if let Err(why) = same_origin(&parts.headers) {
+                    if let Err(why) = same_origin(&parts.headers, &parts.uri) {
                         return ApiError::message(StatusCode::FORBIDDEN, why).into_response();
                     }
                     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
@@ -93,22 +93,20 @@ pub fn router(state: Arc<AdminState>, options: GuiOptions) -> Router {
 /// sent) is refused. Browsers say where a request comes from in
 /// `Sec-Fetch-Site` and, for writes, `Origin`; clients that are not
 /// browsers (curl) send neither.
-fn same_origin(h: &HeaderMap) -> Result<(), &'static str> {
-    let text = |k: header::HeaderName| h.get(k).and_then(|v| v.to_str().ok());
-    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
-        return Err("the web UI's API answers only the web UI's own pages");
+fn same_origin(h: &HeaderMap, uri: &Uri) -> Result<(), &'static str> {
+    const REFUSED: &str = "the web UI's API answers only the web UI's own pages";
+    let text = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+    // A page cannot forge this header, and it survives reverse proxies:
+    // when a browser sent it, it is the answer.
+    if let Some(site) = text("sec-fetch-site") {
+        return if matches!(site, "same-origin" | "none") { Ok(()) } else { Err(REFUSED) };
     }
-    if let Some(origin) = text(header::ORIGIN) {
-        let authority = origin.split_once("://").map_or("", |(_, a)| a);
-        // Behind a reverse proxy the browser's host may arrive forwarded.
-        let hosts = [text(header::HOST), text(header::HeaderName::from_static("x-forwarded-host"))];
-        if !hosts.iter().flatten().any(|h| authority.eq_ignore_ascii_case(h)) {
-            return Err("the web UI's API answers only the web UI's own pages");
-        }
-    }
-    Ok(())
+    let Some(origin) = text("origin") else { return Ok(()) };
+    let authority = origin.split_once("://").map_or("", |(_, a)| a);
+    // Behind a reverse proxy the browser's host may arrive forwarded.
+    let forwarded = text("x-forwarded-host").into_iter().flat_map(|v| v.split(',')).map(str::trim);
+    let mut hosts = text("host").into_iter().chain(forwarded).chain(uri.authority().map(|a| a.as_str()));
+    if hosts.any(|h| authority.eq_ignore_ascii_case(h)) { Ok(()) } else { Err(REFUSED) }
 }
 
 /// `/api/x?y` → `/x?y`.
@@ -208,7 +206,7 @@ mod tests {
             for (k, v) in pairs {
                 h.insert(*k, HeaderValue::from_str(v).unwrap());
             }
-            same_origin(&h)
+            same_origin(&h, &Uri::from_static("/api/services"))
         };
         assert!(with(&[]).is_ok(), "curl");
         assert!(
@@ -220,6 +218,19 @@ mod tests {
         assert!(with(&[("sec-fetch-site", "same-site")]).is_err(), "another port of the same host");
         assert!(with(&[("origin", "http://evil.example"), ("host", "127.0.0.1:8002")]).is_err());
         assert!(with(&[("origin", "null"), ("host", "127.0.0.1:8002")]).is_err());
+        // Behind a proxy that rewrote Host: the browser's own header decides.
+        assert!(
+            with(&[("sec-fetch-site", "same-origin"), ("origin", "https://ui.example"), ("host", "10.0.0.5:8002")])
+                .is_ok()
+        );
+        assert!(
+            with(&[
+                ("origin", "https://ui.example"),
+                ("host", "10.0.0.5:8002"),
+                ("x-forwarded-host", "ui.example, lb")
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

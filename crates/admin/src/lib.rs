@@ -85,10 +85,13 @@ pub struct AdminState {
 /// Which origins the Admin API lets a browser call it from.
 #[derive(Debug, Clone, Default)]
 pub struct Cors {
-    /// `admin_gui_url`'s origins (`scheme://host[:port]`, lowercase).
+    /// `admin_gui_url`'s origins (as browsers send them: lowercase, no
+    /// default port). When set, the only ones allowed.
     pub origins: Vec<String>,
-    /// Without `admin_gui_url`: any host on one of these ports (the web
-    /// UI's `admin_gui_listen` ports), as the browser names the UI's origin.
+    /// Without `admin_gui_url`: the UI as it is reached directly — these
+    /// hosts (its listeners' own addresses, loopback names, the Admin API
+    /// URL's host) on these ports (its listeners').
+    pub ui_hosts: Vec<String>,
     pub ui_ports: Vec<u16>,
 }
 
@@ -97,29 +100,24 @@ impl Cors {
     pub fn allows(&self, origin: &str) -> bool {
         let origin = origin.to_ascii_lowercase();
         if !self.origins.is_empty() {
-            return self.origins.iter().any(|o| o.eq_ignore_ascii_case(&origin) || *o == default_port(&origin));
+            return self.origins.contains(&origin);
         }
-        // `null` (a sandboxed frame, a file) and anything that is not a URL
-        // of the UI's ports is refused.
-        let Some((scheme, rest)) = origin.split_once("://") else { return false };
-        let port = match rest.rsplit_once(':') {
-            Some((_, p)) if !p.contains(']') => p.parse::<u16>().ok(),
-            _ => match scheme {
-                "http" => Some(80),
-                "https" => Some(443),
-                _ => None,
-            },
+        // `null` (a sandboxed frame, a file), other schemes, other hosts
+        // and other ports are refused.
+        let Some((scheme, authority)) = origin.split_once("://") else { return false };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, p.parse::<u16>().ok()),
+            _ => (authority, None),
         };
-        matches!(scheme, "http" | "https") && port.is_some_and(|p| self.ui_ports.contains(&p))
+        let port = port.or(match scheme {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        });
+        matches!(scheme, "http" | "https")
+            && port.is_some_and(|p| self.ui_ports.contains(&p))
+            && self.ui_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
     }
-}
-
-/// `origin` without the scheme's default port, as browsers send it.
-fn default_port(origin: &str) -> String {
-    origin.strip_suffix(":80").filter(|_| origin.starts_with("http://")).map_or_else(
-        || origin.strip_suffix(":443").filter(|_| origin.starts_with("https://")).unwrap_or(origin).to_owned(),
-        str::to_owned,
-    )
 }
 
 /// The origin to answer CORS to, if the request's is allowed.
@@ -272,19 +270,27 @@ mod tests {
 
     #[test]
     fn cors_allows_the_ui_and_nothing_else() {
-        let by_port = Cors { origins: Vec::new(), ui_ports: vec![8002] };
-        assert!(by_port.allows("http://gw1.internal:8002"));
-        assert!(by_port.allows("https://10.0.0.5:8002"));
-        for bad in ["null", "http://evil.example", "http://evil.example:8003", "file://x:8002", "http://[::1]"] {
-            assert!(!by_port.allows(bad), "{bad}");
+        let direct = Cors {
+            origins: Vec::new(),
+            ui_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into(), "gw1.internal".into()],
+            ui_ports: vec![8002],
+        };
+        assert!(direct.allows("http://gw1.internal:8002"));
+        assert!(direct.allows("https://127.0.0.1:8002"));
+        assert!(direct.allows("http://[::1]:8002"));
+        assert!(direct.allows("http://LOCALHOST:8002"));
+        for bad in
+            ["null", "http://evil.example:8002", "http://gw1.internal:8003", "file://localhost:8002", "http://[::1]"]
+        {
+            assert!(!direct.allows(bad), "{bad}");
         }
-        let listed =
-            Cors { origins: vec!["https://ui.example".into(), "http://ui.example:8002".into()], ui_ports: vec![8002] };
+        let listed = Cors {
+            origins: vec!["https://ui.example".into(), "http://ui.example:8002".into()],
+            ui_hosts: vec!["localhost".into()],
+            ui_ports: vec![8002],
+        };
         assert!(listed.allows("https://UI.example"));
         assert!(listed.allows("http://ui.example:8002"));
-        assert!(!listed.allows("http://other.example:8002"), "the list replaces the ports");
-        let with_default = Cors { origins: vec!["https://ui.example".into()], ui_ports: vec![] };
-        assert_eq!(default_port("https://ui.example:443"), "https://ui.example");
-        assert!(with_default.allows("https://ui.example:443"));
+        assert!(!listed.allows("http://localhost:8002"), "the list replaces the defaults");
     }
 }

@@ -645,12 +645,38 @@ impl GuiUrl {
             return Err(bad(&format!("'{c}' is not allowed")));
         }
         let authority = rest.split('/').next().unwrap_or_default();
-        if authority.is_empty() || authority.contains('@') {
-            return Err(bad("it has no host (or carries a user)"));
+        if authority.contains('@') {
+            return Err(bad("it carries a user"));
         }
-        let url = v.trim_end_matches('/').to_owned();
-        let origin = v[..v.len() - rest.len() + authority.len()].to_owned();
-        Ok(GuiUrl { url, origin })
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (ip, after) = v6.split_once(']').ok_or_else(|| bad("an IPv6 address needs its closing ']'"))?;
+                if ip.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(bad("the address in brackets is not IPv6"));
+                }
+                (&authority[..ip.len() + 2], after.strip_prefix(':'))
+            }
+            None => match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() || host.contains([':', '[', ']']) && !host.starts_with('[') {
+            return Err(bad("it has no host"));
+        }
+        let port = match port {
+            Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| bad("the port is not 1 to 65535"))?),
+            None => None,
+        };
+        let scheme = &v[..v.len() - rest.len()];
+        // The origin as a browser sends it: lowercase, no default port.
+        let default = if scheme == "https://" { 443 } else { 80 };
+        let origin = match port {
+            Some(p) if p != default => format!("{scheme}{host}:{p}"),
+            _ => format!("{scheme}{host}"),
+        }
+        .to_ascii_lowercase();
+        Ok(GuiUrl { url: v.trim_end_matches('/').to_owned(), origin })
     }
 }
 
@@ -820,8 +846,22 @@ mod tests {
             ("https://admin.example.com:8444/kong", "https://admin.example.com:8444")
         );
         assert_eq!(GuiUrl::parse("http://[::1]:8001").unwrap().origin, "http://[::1]:8001");
-        for bad in ["ftp://x", "http://", "http://a b", "http://x;script-src *", "http://u@x", "https://x'", "http://*"]
-        {
+        assert_eq!(GuiUrl::parse("https://UI.Example:443/").unwrap().origin, "https://ui.example");
+        assert_eq!(GuiUrl::parse("http://ui.example:80").unwrap().origin, "http://ui.example");
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://a b",
+            "http://x;script-src *",
+            "http://u@x",
+            "https://x'",
+            "http://*",
+            "http://:8001",
+            "http://x:abc",
+            "http://x:99999",
+            "http://[::1",
+            "http://[nope]:1",
+        ] {
             assert!(GuiUrl::parse(bad).is_err(), "{bad} was accepted");
         }
         let Err(SettingsError::Invalid(errors)) = load(r#"admin_gui_api_url = "localhost:8001""#, &[]) else {

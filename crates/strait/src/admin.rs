@@ -67,6 +67,27 @@ pub(crate) fn bind(settings: &Settings, inherited: &mut Vec<Inherited>) -> Resul
     Ok(Bound(out))
 }
 
+/// The hosts a browser may name the UI by when it is reached directly:
+/// its listeners' own addresses (not wildcards), loopback names, and the
+/// Admin API URL's host (the UI is usually on the same machine).
+fn gui_hosts(settings: &Settings, api_origin: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(str::to_owned).into();
+    for l in &settings.admin_gui_listen {
+        let h = l.host.to_string().to_ascii_lowercase();
+        if !matches!(h.as_str(), "0.0.0.0" | "[::]" | "*") {
+            hosts.push(h);
+        }
+    }
+    if let Some((_, authority)) = api_origin.split_once("://") {
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => h,
+            _ => authority,
+        };
+        hosts.push(host.to_owned());
+    }
+    hosts
+}
+
 /// The admin servers' kinds and their entries; the kind names the socket's key.
 pub(crate) fn kinds(settings: &Settings) -> [(&'static str, &Vec<AdminListen>); 3] {
     [("admin", &settings.admin_listen), ("status", &settings.status_listen), ("gui", &settings.admin_gui_listen)]
@@ -127,8 +148,9 @@ impl Bound {
             sessions: s.sessions,
             tester: s.tester,
             targets: s.targets,
-            cors: s.settings.admin_gui_api_url.is_some().then(|| strait_admin::Cors {
-                origins: s.settings.admin_gui_url.iter().map(|u| u.origin.to_ascii_lowercase()).collect(),
+            cors: s.settings.admin_gui_api_url.as_ref().map(|api| strait_admin::Cors {
+                origins: s.settings.admin_gui_url.iter().map(|u| u.origin.clone()).collect(),
+                ui_hosts: gui_hosts(s.settings, &api.origin),
                 ui_ports: s.settings.admin_gui_listen.iter().map(|l| l.port).collect(),
             }),
         });

@@ -207,6 +207,12 @@ async fn the_overview_moves_with_traffic_and_the_route_tester_answers() {
         json!([]),
     )
     .await;
+    b.until(
+        "the event stream is connected",
+        "return document.querySelector('.badge')?.textContent === 'live'",
+        json!([]),
+    )
+    .await;
     // Three sessions that stay open and send bytes.
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -293,6 +299,10 @@ async fn with_an_admin_token_the_ui_asks_for_it_and_refuses_a_wrong_one() {
     b.goto(&format!("{}/#/services", ui.gui)).await;
     b.until("the token prompt is open", "return document.getElementById('token-dialog').open", json!([])).await;
     let input = b.css("#token-input").await;
+    // Escape does not leave the page without its token (and hanging).
+    b.fill(&input, "\u{E00C}").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.run("return document.getElementById('token-dialog').open", json!([])).await, true);
     b.fill(&input, "wrong").await;
     b.click(&b.button("Sign in").await).await;
     b.until(
