@@ -822,3 +822,53 @@ async fn the_ui_moves_with_a_reload_and_keeps_its_port_through_an_upgrade() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_form_changes_only_what_was_changed_and_a_plugin_takes_its_config_as_json() {
+    let ui = start(&[]);
+    let body = json!({"name": "edit-me", "url": "tcp://127.0.0.1:9", "retries": 3, "tags": ["keep"]});
+    assert_eq!(send_json(ui.admin, "POST", "/services", &body).await.status, 201);
+    let b = Browser::start(1280, 900).await;
+    b.goto(&format!("{}/#/services", ui.gui)).await;
+    b.click(&b.button("Edit service edit-me").await).await;
+    let port = form_field(&b, "port").await;
+    b.fill(&port, "10").await;
+    let hint: Value =
+        b.run("return document.querySelector('form.entity-form details.curl pre').textContent", json!([])).await;
+    assert!(hint.as_str().is_some_and(|h| h.contains("-X PATCH") && h.ends_with("-d '{\"port\":10}'")), "{hint}");
+    b.click(&b.button("Save service").await).await;
+    row_with(&b, "10").await;
+    let svc = get(ui.admin, "/services/edit-me").await.json();
+    assert_eq!(
+        (svc["port"].clone(), svc["retries"].clone(), svc["tags"].clone()),
+        (json!(10), json!(3), json!(["keep"]))
+    );
+
+    // A plugin on that service, its config as JSON; a bad config is named by its field.
+    b.goto(&format!("{}/#/plugins", ui.gui)).await;
+    b.click(&b.button("New plugin").await).await;
+    b.select(&form_field(&b, "name").await, "ip-restriction").await;
+    b.select(&form_field(&b, "service").await, "edit-me").await;
+    let config = form_field(&b, "config").await;
+    b.fill(&config, "{\"allow\": \"not a list\"}").await;
+    b.click(&b.button("Create plugin").await).await;
+    b.until(
+        "the config error by the config field",
+        "const l = [...document.querySelectorAll('form.entity-form label')].find(l => l.textContent.trim() === 'config'); \
+         return !!l && l.closest('.field').querySelector('.field-error').textContent.includes('allow')",
+        json!([]),
+    )
+    .await;
+    b.fill(&config, "{\"allow\": [\"127.0.0.1\"]}").await;
+    b.click(&b.button("Create plugin").await).await;
+    row_with(&b, "ip-restriction").await;
+    let plugins = get(ui.admin, "/services/edit-me/plugins").await.json();
+    assert_eq!(plugins["data"][0]["config"]["allow"], json!(["127.0.0.1"]), "{plugins}");
+    let errors: Vec<_> = b
+        .console()
+        .await
+        .into_iter()
+        .filter(|(level, m)| level == "SEVERE" && !(m.contains("/api/plugins") && m.contains("status of 400")))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
