@@ -311,6 +311,37 @@ mod quinn_tests {
         out
     }
 
+    /// The fuzz target's seeds (`fuzz/corpus/quic_initial`): quinn's first
+    /// datagrams, each behind a two-byte length, as the target cuts its
+    /// input. Written with `STRAIT_WRITE_FUZZ_SEEDS=1`; otherwise the
+    /// committed ones must still be read to their server name.
+    #[test]
+    fn the_committed_quic_fuzz_seeds_are_real_initials() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/quic_initial");
+        let cases = [("quinn-h3", "q.test", vec![b"h3".to_vec()]), ("quinn-no-alpn", "db.example.com", vec![])];
+        for (name, sni, alpn) in cases {
+            let path = dir.join(name);
+            if std::env::var_os("STRAIT_WRITE_FUZZ_SEEDS").is_some() {
+                let mut seed = Vec::new();
+                for d in first_datagrams(sni, alpn.clone()) {
+                    seed.extend_from_slice(&u16::try_from(d.len()).expect("datagram size").to_be_bytes());
+                    seed.extend_from_slice(&d);
+                }
+                std::fs::create_dir_all(&dir).expect("seed folder");
+                std::fs::write(&path, seed).expect("write seed");
+            }
+            let seed = std::fs::read(&path).expect("the committed seed (STRAIT_WRITE_FUZZ_SEEDS=1 writes it)");
+            let len = usize::from(u16::from_be_bytes([seed[0], seed[1]]));
+            match InitialReader::new().push(&seed[2..2 + len]) {
+                QuicPeek::Hello(h) => {
+                    assert_eq!(h.sni.as_deref(), Some(sni));
+                    assert_eq!(h.alpn, alpn);
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn reads_the_sni_of_a_real_initial() {
         let datagrams = first_datagrams("q.test", vec![b"h3".to_vec()]);
