@@ -80,7 +80,7 @@ pub fn router(state: Arc<AdminState>, options: GuiOptions) -> Router {
                     let uri = without_prefix(&parts.uri);
                     api::handle(state, parts.method, uri, parts.headers, body).await
                 }
-                path => page(&parts.method, path, &parts.headers, &options),
+                path => page(&parts.method, path, &options),
             };
             secure(reply.headers_mut(), &options);
             reply
@@ -116,7 +116,7 @@ fn without_prefix(uri: &Uri) -> Uri {
     rest.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-fn page(method: &Method, path: &str, _headers: &HeaderMap, options: &GuiOptions) -> Response {
+fn page(method: &Method, path: &str, options: &GuiOptions) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET, HEAD")], "method not allowed").into_response();
     }

@@ -18,7 +18,7 @@ use crate::gateway::TempDir;
 
 /// One WebDriver call: chromedriver keeps connections open whatever the
 /// request says, so the answer is read by its Content-Length.
-async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &[u8])>, _h: &[()]) -> Reply {
+async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Reply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let run = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to chromedriver");
@@ -126,7 +126,7 @@ impl Browser {
         let deadline = Instant::now() + WAIT;
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                let r = request(addr, "GET", "/status", None, &[]).await;
+                let r = request(addr, "GET", "/status", None).await;
                 if r.json()["value"]["ready"] == true {
                     break;
                 }
@@ -155,8 +155,7 @@ impl Browser {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let full = if path == "/session" { path.to_owned() } else { format!("/session/{}{path}", self.session) };
         let text = body.map(|b| b.to_string());
-        let r =
-            request(self.addr, method, &full, text.as_deref().map(|t| ("application/json", t.as_bytes())), &[]).await;
+        let r = request(self.addr, method, &full, text.as_deref().map(|t| ("application/json", t.as_bytes()))).await;
         let v = r.json();
         assert!(r.status == 200, "WebDriver {method} {path}: {} {v}", r.status);
         v["value"].clone()
@@ -174,7 +173,7 @@ impl Browser {
     async fn find_now(&self, using: &str, value: &str) -> Option<Element> {
         let body = json!({"using": using, "value": value}).to_string();
         let path = format!("/session/{}/elements", self.session);
-        let r = request(self.addr, "POST", &path, Some(("application/json", body.as_bytes())), &[]).await;
+        let r = request(self.addr, "POST", &path, Some(("application/json", body.as_bytes()))).await;
         let first = r.json()["value"].as_array()?.first()?[ELEMENT].as_str()?.to_owned();
         Some(Element(first))
     }
@@ -247,7 +246,7 @@ impl Browser {
     /// Picks the `<option>` whose text is `text`.
     pub async fn select(&self, e: &Element, text: &str) {
         let ok = self
-            .run_with(
+            .run(
                 "const s = arguments[0]; const o = [...s.options].find(o => o.textContent === arguments[1]); \
                  if (!o) return false; s.value = o.value; s.dispatchEvent(new Event('change', {bubbles: true})); return true;",
                 json!([{ ELEMENT: e.0 }, text]),
@@ -262,10 +261,6 @@ impl Browser {
 
     /// Runs `script` in the page with `args` and returns its value.
     pub async fn run(&self, script: &str, args: Value) -> Value {
-        self.run_with(script, args).await
-    }
-
-    async fn run_with(&self, script: &str, args: Value) -> Value {
         self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": args }))).await
     }
 
